@@ -1,0 +1,101 @@
+"""Self-describing checkpoints: state dict + architecture description, never pickled modules.
+
+A checkpoint is a dict ``{format, model_name, arch, state_dict, parent, metrics, train_config,
+data}`` saved with ``torch.save`` and read with ``torch.load(weights_only=True)``. ``arch`` is
+JSON-able; ``arch["kind"]`` picks the builder ("vgg" for plain VGGs; compressed variants
+register their own kinds with ``register_arch_kind``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from zoo.vgg import VGG
+
+FORMAT = "adaptive-router-checkpoint/1"
+ArchBuilder = Callable[[dict[str, Any]], nn.Module]
+_ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": lambda arch: VGG.from_arch(arch)}
+
+
+def register_arch_kind(kind: str, builder: ArchBuilder) -> None:
+    """Register how to build an (untrained) module for checkpoints whose arch has ``kind``."""
+    if kind in _ARCH_KINDS and _ARCH_KINDS[kind] is not builder:
+        raise ValueError(f"arch kind {kind!r} is already registered")
+    _ARCH_KINDS[kind] = builder
+
+
+def build_from_arch(arch: dict[str, Any]) -> nn.Module:
+    """Build the module an arch description names (weights not loaded)."""
+    kind = arch.get("kind", "vgg")
+    if kind not in _ARCH_KINDS:
+        importlib.import_module("zoo.compress")  # registers the compressed kinds
+    if kind not in _ARCH_KINDS:
+        raise ValueError(f"unknown arch kind {kind!r}; known: {sorted(_ARCH_KINDS)}")
+    return _ARCH_KINDS[kind](arch)
+
+
+def save_checkpoint(path: str | Path, *, model_name: str, arch: dict[str, Any],
+                    state_dict: dict[str, Any], parent: str | None = None,
+                    metrics: dict[str, Any] | None = None,
+                    train_config: dict[str, Any] | None = None,
+                    data: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Save atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model_name": model_name, "arch": arch,
+               "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v
+                              for k, v in state_dict.items()},
+               "parent": parent, "metrics": metrics or {}, "train_config": train_config or {},
+               "data": data or {}, "extra": extra or {}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; clear errors for missing/corrupt files."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run `train-zoo` (or "
+                                "`compress`) for this model first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it "
+                         "and re-run the step that wrote it") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an adaptive-router checkpoint (format "
+                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from its arch, load the weights, return ``(model.eval(), checkpoint)``."""
+    ckpt = read_checkpoint(path)
+    model = build_from_arch(ckpt["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (used to tie tables to the checkpoints they came from)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,72 @@
+"""Model registry: names map to builders; the command line names models."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+from torch import nn
+
+from zoo.vgg import CFGS, VGG, VGGArch, scale_cfg
+
+Builder = Callable[..., VGGArch]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register an arch builder under ``name``; duplicate names are an error."""
+    def wrap(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_arch(name: str, *, num_classes: int, in_channels: int, input_size: int,
+               width: float = 1.0) -> VGGArch:
+    """The architecture description a registered name builds."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels,
+                           input_size=input_size, width=width)
+
+
+def create_model(name: str, *, num_classes: int, in_channels: int, input_size: int,
+                 width: float = 1.0) -> nn.Module:
+    """Build a freshly initialised registered model."""
+    return VGG(model_arch(name, num_classes=num_classes, in_channels=in_channels,
+                          input_size=input_size, width=width))
+
+
+def _tiny(depth: int) -> Builder:
+    def build(*, num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> VGGArch:
+        return VGGArch(cfg=scale_cfg(CFGS[f"tiny{depth}"], width), in_channels=in_channels,
+                       num_classes=num_classes, input_size=input_size,
+                       classifier=[512, 512], dropout=0.5)
+    return build
+
+
+for _d in range(1, 6):
+    register_model(f"tiny_vgg{_d}")(_tiny(_d))
+
+
+@register_model("vgg19")
+def _vgg19(*, num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> VGGArch:
+    """torchvision's VGG19 shape: adaptive 7x7 pool, 4096-wide classifier (~143M at 1000 classes)."""
+    return VGGArch(cfg=scale_cfg(CFGS["E"], width), in_channels=in_channels,
+                   num_classes=num_classes, input_size=input_size,
+                   classifier=[4096, 4096], dropout=0.5, adaptive_pool=[7, 7])
+
+
+@register_model("vgg19_small")
+def _vgg19_small(*, num_classes: int, in_channels: int, input_size: int,
+                 width: float = 1.0) -> VGGArch:
+    """16 convs for small inputs (ceil-mode pools, so 28x28 works), classifier F-4096-4096-C."""
+    return VGGArch(cfg=scale_cfg(CFGS["E"], width), in_channels=in_channels,
+                   num_classes=num_classes, input_size=input_size,
+                   classifier=[4096, 4096], dropout=0.5, ceil_mode=True)
