@@ -1,0 +1,149 @@
+"""The whole study as ordered stages, each one a console script's ``main``, resumable.
+
+Every stage skips work that is already current; on top of that ``run_pipeline`` stamps each
+finished stage in ``RUN/stages/<stage>.json`` with the argument list it ran with, so a second
+call does no work at all. When a stage does run, every later stamp is dropped so that the later
+stages see its new output.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from oracle.io import read_json, write_json
+
+
+@dataclass
+class PipelinePreset:
+    """Arguments for each stage (``--run`` and data flags are added by the pipeline)."""
+
+    name: str
+    train_args: list[str]
+    compress_args: list[str]
+    profile_args: list[str] = field(default_factory=lambda: ["--threads", "2"])
+    evaluate_args: list[str] = field(default_factory=lambda: [
+        "--sacrifices", "0", "0.005", "0.01", "0.02", "0.05", "0.1", "--threads", "2"])
+    report_args: list[str] = field(default_factory=list)
+    expected: str = ""
+
+
+PRESETS: dict[str, PipelinePreset] = {
+    "quick": PipelinePreset(
+        name="quick",
+        train_args=["--preset", "quick"],
+        compress_args=["--base", "vgg19_small", "--preset", "quick"],
+        expected="about 30 minutes on a 2-core CPU",
+    ),
+    "full": PipelinePreset(
+        name="full",
+        train_args=["--preset", "full"],
+        compress_args=["--base", "vgg19_small", "--preset", "full"],
+        expected="several hours on a 2-core CPU; about 20-30 minutes on one H100 GPU",
+    ),
+}
+
+STAGES: list[tuple[str, str]] = [
+    ("train-zoo", "scripts.train_zoo"),
+    ("compress", "scripts.compress"),
+    ("profile-zoo", "scripts.profile_zoo"),
+    ("evaluate-routers", "scripts.evaluate_routers"),
+    ("report", "scripts.report"),
+]
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    ran: bool
+    seconds: float
+
+
+def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[str],
+               device_args: list[str]) -> list[str]:
+    """The argument list one stage is called with."""
+    base = ["--run", str(run)]
+    if stage == "train-zoo":
+        return base + data_args + device_args + preset.train_args
+    if stage == "compress":
+        return base + device_args + preset.compress_args
+    if stage == "profile-zoo":
+        return base + preset.profile_args
+    if stage == "evaluate-routers":
+        return base + preset.evaluate_args
+    return base + preset.report_args
+
+
+def _stamp_path(run: Path, stage: str) -> Path:
+    return run / "stages" / f"{stage}.json"
+
+
+def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] | None = None,
+                 device_args: list[str] | None = None, stages: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> list[StageOutcome]:
+    """Run the stages in order, skipping stamped ones whose arguments are unchanged."""
+    run = Path(run)
+    data_args, device_args = data_args or [], device_args or []
+    wanted = [s for s, _ in STAGES if stages is None or s in stages]
+    outcomes: list[StageOutcome] = []
+    invalidate = False
+    for i, (stage, module_name) in enumerate(STAGES):
+        if stage not in wanted:
+            continue
+        argv = stage_argv(preset, stage, run, data_args, device_args)
+        stamp = _stamp_path(run, stage)
+        if not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv:
+            log(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")
+            outcomes.append(StageOutcome(stage, False, 0.0))
+            continue
+        log(f"[{i + 1}/{len(STAGES)}] {stage} {' '.join(argv)}")
+        start = time.perf_counter()
+        module = importlib.import_module(module_name)
+        code = module.main(argv)
+        if code not in (None, 0):
+            raise RuntimeError(f"stage {stage} failed with exit code {code}; fix the cause and "
+                               "run the same command again: finished work is kept")
+        seconds = time.perf_counter() - start
+        write_json(stamp, {"argv": argv, "seconds": round(seconds, 1),
+                           "finished": dt.datetime.now(dt.timezone.utc).isoformat(
+                               timespec="seconds")})
+        log(f"[{i + 1}/{len(STAGES)}] {stage}: finished in {seconds:.0f} s")
+        outcomes.append(StageOutcome(stage, True, seconds))
+        invalidate = True  # later stages must see this stage's new output
+    return outcomes
+
+
+DEPLOYABLE_FAMILIES = ("dispatcher", "cascade")
+
+
+def summary_lines(run: str | Path, levels: tuple[float, ...] = (0.005, 0.01, 0.02)) -> list[str]:
+    """Best single model and the best deployable router at each level, from routers.csv."""
+    from oracle.io import read_csv
+
+    path = Path(run) / "results" / "routers.csv"
+    if not path.exists():
+        return [f"no {path} yet: run `evaluate-routers --run {run}`"]
+    rows = read_csv(path)
+    best = [r for r in rows if r.get("family") == "best-single"]
+    lines = []
+    if best:
+        b = best[0]
+        lines.append(f"best single model: {b['method']}  accuracy {float(b['accuracy']):.4f}  "
+                     f"{float(b['images_per_second']):.0f} images/s")
+    for s in levels:
+        cands = [r for r in rows if r.get("family") in DEPLOYABLE_FAMILIES
+                 and abs(float(r["sacrifice"]) - s) < 1e-9]
+        held = [r for r in cands if str(r.get("budget_held")).lower() in ("true", "1")]
+        pool = held or cands
+        if not pool:
+            lines.append(f"sacrifice {s:.1%}: no deployable router rows")
+            continue
+        r = max(pool, key=lambda r: float(r["images_per_second"]))
+        note = "budget held on test" if held else "budget NOT held on test"
+        lines.append(f"sacrifice {s:.1%}: {r['method']}  accuracy {float(r['accuracy']):.4f}  "
+                     f"{float(r['images_per_second']):.0f} images/s  speedup "
+                     f"{float(r['speedup_vs_best']):.2f}x vs best single ({note})")
+    return lines

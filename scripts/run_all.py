@@ -1,0 +1,46 @@
+"""`run-all`: the whole study in one command: train-zoo, compress, profile-zoo,
+evaluate-routers, report; resumable, and a second call does no work again."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scripts.pipeline import PRESETS, STAGES, run_pipeline, summary_lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run-all", description=__doc__)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="quick: minutes on a 2-core CPU; full: the whole study (GPU advised)")
+    p.add_argument("--run", type=Path, default=None, help="run directory (default runs/<preset>)")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--no-download", action="store_true", help="never download data")
+    p.add_argument("--device", default=None, help="cpu or cuda for training (default: cpu)")
+    p.add_argument("--stages", nargs="+", choices=[s for s, _ in STAGES], default=None,
+                   help="run only these stages (in pipeline order)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    run = args.run or Path("runs") / preset.name
+    data_args = ["--dataset", args.dataset]
+    if args.data_dir:
+        data_args += ["--data-dir", args.data_dir]
+    if args.no_download:
+        data_args.append("--no-download")
+    device_args = ["--device", args.device] if args.device else []
+    print(f"run-all: preset {preset.name} ({preset.expected}) into {run}")
+    run_pipeline(run, preset, data_args, device_args, args.stages)
+    print("\n== summary ==")
+    for line in summary_lines(run):
+        print(line)
+    index = run / "reports" / "index.html"
+    print(f"report: {index.resolve() if index.exists() else '(not written)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
