@@ -1,0 +1,68 @@
+"""run_pipeline mechanics: stage order, stamps, skipping, invalidation, interruption."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from scripts import pipeline
+from scripts.pipeline import PipelinePreset, run_pipeline
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Five fake stage modules that record their calls; 'fail' makes one raise once."""
+    calls: list[str] = []
+    fail: set[str] = set()
+    stages = []
+    for name in ("a", "b", "c"):
+        mod = types.ModuleType(f"fake_stage_{name}")
+
+        def main(argv, _name=name):
+            if _name in fail:
+                fail.discard(_name)
+                raise KeyboardInterrupt  # a run cut short
+            calls.append(_name)
+            return 0
+        mod.main = main
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        stages.append((name, mod.__name__))
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "stage_argv",
+                        lambda preset, stage, run, d, dev: ["--run", str(run), stage])
+    return calls, fail
+
+
+def test_second_call_does_no_work(tmp_path, fake_stages):
+    calls, _ = fake_stages
+    preset = PipelinePreset("t", [], [])
+    first = run_pipeline(tmp_path, preset, log=lambda s: None)
+    assert calls == ["a", "b", "c"] and all(o.ran for o in first)
+    second = run_pipeline(tmp_path, preset, log=lambda s: None)
+    assert calls == ["a", "b", "c"] and not any(o.ran for o in second)
+
+
+def test_interrupted_run_resumes_at_the_cut(tmp_path, fake_stages):
+    calls, fail = fake_stages
+    fail.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
+    assert calls == ["a"]
+    run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
+    assert calls == ["a", "b", "c"]  # a was not run again
+
+
+def test_rerun_of_a_stage_invalidates_later_ones(tmp_path, fake_stages):
+    calls, _ = fake_stages
+    run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
+    (tmp_path / "stages" / "b.json").unlink()
+    run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
+    assert calls == ["a", "b", "c", "b", "c"]
+
+
+def test_failed_stage_exit_code_is_an_error(tmp_path, fake_stages, monkeypatch):
+    sys.modules["fake_stage_b"].main = lambda argv: 2
+    with pytest.raises(RuntimeError, match="stage b failed"):
+        run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
+    assert not (tmp_path / "stages" / "b.json").exists()
