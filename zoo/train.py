@@ -1,0 +1,358 @@
+"""Training on in-memory tensors: ``fit`` (resumable, early stopping), ``evaluate``.
+
+Data stays as uint8 tensors; each batch is augmented (optional random crop with padding and
+horizontal flip), normalised with ``zoo.data.normalize`` and sent to the device. The learning
+rate changes every step (cosine with optional linear warm-up, or one-cycle). After every epoch
+``fit`` rewrites ``history.csv`` and a resumable state file (model, optimizer, scheduler,
+epoch, history, best weights), both atomically; a later call with the same ``state_path``
+continues from the last finished epoch. At the end the weights with the lowest validation loss
+are restored.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from oracle.io import write_csv
+from zoo.data import DatasetInfo, ImageSet, normalize
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                   "seconds"]
+STATE_FORMAT = "adaptive-router-train-state/1"
+# Settings that change how fast training runs but not what it computes (up to float noise):
+# they may differ between an interrupted run and its resumption.
+RUNTIME_FIELDS = ("device", "channels_last", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """How one model is trained; saved in its checkpoint and card."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"            # "adam" (AdamW, decoupled decay) | "sgd" (momentum)
+    lr: float = 1e-3                   # peak learning rate
+    weight_decay: float = 5e-4
+    momentum: float = 0.9              # SGD momentum (Adam: beta1 is left at 0.9)
+    schedule: str = "cosine"           # "cosine" (per step, after warm-up) | "onecycle"
+    warmup_epochs: float = 0.0         # linear warm-up for "cosine"
+    patience: int | None = None        # early stop after this many epochs without a lower val loss
+    label_smoothing: float = 0.0
+    augment: bool = False              # random crop (padding 2) per batch
+    flip: bool = True                  # with augment: horizontal flip (off for digits)
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = False
+    max_batches_per_epoch: int | None = None  # cap on steps per epoch (a random subset each epoch)
+    threads: int | None = None         # torch.set_num_threads for CPU training; None = leave
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse settings that cannot train, naming the field and the fix."""
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs={self.epochs} (use at least 1)")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} (use at least 1)")
+        if self.optimizer not in ("adam", "sgd"):
+            problems.append(f"optimizer={self.optimizer!r} (use 'adam' or 'sgd')")
+        if self.schedule not in ("cosine", "onecycle"):
+            problems.append(f"schedule={self.schedule!r} (use 'cosine' or 'onecycle')")
+        if not self.lr > 0:
+            problems.append(f"lr={self.lr} (use a positive learning rate)")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            problems.append(f"warmup_epochs={self.warmup_epochs} (use 0 <= warmup < epochs)")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience={self.patience} (use None to turn early stopping off)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing} (use 0 <= s < 1)")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (use None or >= 1)")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads={self.threads} (use None or >= 1)")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what is trained (runtime-only fields left out)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` did: per-epoch history and the epoch whose weights were kept."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    epochs_run: int
+    stopped_early: bool
+    seconds: float                      # training + validation time over all epochs (resumes included)
+    resumed_from: int = 0               # epochs already finished when this call started
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: ImageSet, info: DatasetInfo, batch_size: int = 512,
+             device: str | torch.device = "cpu", channels_last: bool = False) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy (fractions) over ``images``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    n = len(images)
+    if n == 0:
+        model.train(was_training)
+        return {"loss": float("nan"), "accuracy": float("nan"), "top5": float("nan")}
+    k = min(5, info.num_classes)
+    loss_sum, correct, correct5 = 0.0, 0, 0
+    for s in range(0, n, batch_size):
+        x = normalize(images.images[s:s + batch_size].to(device), info)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = images.labels[s:s + batch_size].to(device)
+        logits = model(x).float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(k, dim=1).indices  # (B, k)
+        correct += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(dim=1).sum())
+    model.train(was_training)
+    return {"loss": loss_sum / n, "accuracy": correct / n, "top5": correct5 / n}
+
+
+# ---- augmentation ----------------------------------------------------------------------------
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2,
+                  flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding (and random horizontal flip) of uint8 ``(B, C, H, W)``."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    if flip:
+        flipped = torch.rand(b, generator=generator) < 0.5
+        cols = torch.where(flipped[:, None, None], cols.flip(-1), cols)
+    bidx = torch.arange(b)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bidx, rows, cols]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ---- optimisation pieces ---------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with Nesterov-free momentum; weight decay on weights, not biases or BN."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule over the whole run."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+            cycle_momentum=config.optimizer == "sgd")
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(n_train: int, config: TrainConfig) -> int:
+    """Batches per epoch: a final batch of one sample is dropped (BatchNorm cannot train on it)."""
+    n = n_train // config.batch_size + (1 if n_train % config.batch_size > 1 else 0)
+    if config.max_batches_per_epoch is not None:
+        n = min(n, config.max_batches_per_epoch)
+    return n
+
+
+# ---- resumable state -------------------------------------------------------------------------
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"training state {path} cannot be read ({type(e).__name__}: {e}); "
+                         "delete it to train this model from scratch") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a training state file; delete it to start over")
+    saved = state["config"]
+    now = config.identity()
+    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if diffs:
+        raise ValueError(f"training state {path} was written with other settings "
+                         f"({', '.join(diffs)}); rerun with the original settings or delete the "
+                         "file to start over")
+    return state
+
+
+def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+# ---- fit -------------------------------------------------------------------------------------
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
+        config: TrainConfig, *, state_path: str | Path | None = None,
+        history_path: str | Path | None = None, progress: bool = True, desc: str = "",
+        on_epoch_end: EpochCallback | None = None) -> FitResult:
+    """Train ``model`` in place; restore the lowest-val-loss weights; resume from ``state_path``.
+
+    ``on_epoch_end(epoch, row)`` runs after each epoch's state is saved (1-based epoch).
+    """
+    config.validate()
+    if len(train) == 0:
+        raise ValueError("the training set is empty; check --limit-train and the dataset")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    state_path = Path(state_path) if state_path is not None else None
+
+    n_steps = steps_per_epoch(len(train), config)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, n_steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    best = {"loss": math.inf, "accuracy": float("nan"), "epoch": 0}
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_epochs, stopped = 0, False
+    if state_path is not None and state_path.exists():
+        state = _load_state(state_path, config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best = dict(state["best"])
+        best_weights = state["best_weights"]
+        bad_epochs, stopped = int(state["bad_epochs"]), bool(state["stopped"])
+    resumed_from = start_epoch
+
+    for epoch in range(start_epoch, config.epochs):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        # Seeds depend on (seed, epoch) so a resumed run draws what an unbroken one would.
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(train), generator=gen)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
+                   disable=not progress, leave=False)
+        for step in bar:
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            xb = train.images[idx]
+            if config.augment:
+                xb = augment_batch(xb, gen, flip=config.flip)
+            x = normalize(xb.to(device, non_blocking=True), info)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = train.labels[idx].to(device, non_blocking=True)
+            logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = evaluate(model, val, info, config.eval_batch_size, device, config.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+               "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "lr": lr,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        improved = not math.isnan(metrics["loss"]) and metrics["loss"] < best["loss"]
+        if improved or best_weights is None:
+            best = {"loss": metrics["loss"], "accuracy": metrics["accuracy"], "epoch": epoch + 1}
+            best_weights = _cpu_state_dict(model)
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            stopped = config.patience is not None and bad_epochs >= config.patience
+        if history_path is not None:
+            write_csv(history_path, history, HISTORY_COLUMNS)
+        if state_path is not None:
+            _save_state(state_path, {
+                "format": STATE_FORMAT, "config": config.identity(), "epoch": epoch + 1,
+                "model": _cpu_state_dict(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                "best_weights": best_weights, "bad_epochs": bad_epochs, "stopped": stopped})
+        if progress:
+            tqdm.write(f"{desc} epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc "
+                       f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc "
+                       f"{row['val_accuracy']:.4f} | lr {lr:.2e} | {row['seconds']:.1f} s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    model.eval()
+    return FitResult(history=history, best_epoch=int(best["epoch"]),
+                     best_val_loss=float(best["loss"]), best_val_accuracy=float(best["accuracy"]),
+                     epochs_run=len(history), stopped_early=stopped,
+                     seconds=float(sum(r["seconds"] for r in history)), resumed_from=resumed_from)
