@@ -1,0 +1,154 @@
+"""The router strip: each router's choice for this image, its answer, and why.
+
+Loaded once at start from the run directory:
+- routed classifiers saved by ``evaluate-routers`` under ``RUN/routers/`` (cascade and
+  dispatcher), through the router package's own load API;
+- oracle policies ``RUN/policies/*.json`` through ``oracle.policy.Policy.load``. An oracle
+  routes by the true label, so it applies only to a test-set sample.
+A missing artifact becomes an entry that names the command that makes it; the page still works.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.rundir import RunDir
+
+ROUTERS_HINT = "run `evaluate-routers --run {run}` to fit and save the routers"
+POLICIES_HINT = "run `evaluate-routers --run {run}` to fit the oracle policies on val"
+
+
+@dataclass
+class StripEntry:
+    """One router's verdict on one image (or why there is none)."""
+
+    name: str
+    family: str                   # cascade | dispatcher | oracle
+    status: str                   # ok | missing | n/a | error
+    model: str | None = None      # the zoo model it chose
+    answer: str | None = None     # that model's class name
+    answer_index: int | None = None
+    correct: bool | None = None   # only for test samples
+    why: list[dict[str, Any]] = field(default_factory=list)
+    why_text: str = ""
+    message: str = ""
+
+
+@dataclass
+class LoadedPolicy:
+    key: str          # file stem, used in the URL
+    policy: Any       # oracle.policy.Policy
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy.kind}, sacrifice {100 * float(self.policy.sacrifice):g}%"
+
+
+class RouterStrip:
+    """Routers and oracle policies of one run, loaded once."""
+
+    def __init__(self, run: Path, routers: list[Any], router_errors: list[StripEntry],
+                 policies: list[LoadedPolicy], policy_error: str = ""):
+        self.run = run
+        self.routers = routers
+        self.router_errors = router_errors
+        self.policies = policies
+        self.policy_error = policy_error
+
+    @classmethod
+    def load(cls, run_dir: RunDir, model_names: list[str]) -> "RouterStrip":
+        from router.web import routed
+        routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, model_names)
+        policies, policy_error = _load_policies(run_dir)
+        return cls(run_dir.root, routers, errors, policies, policy_error)
+
+    # ---- choosing the oracle policy --------------------------------------------------
+    def policy_options(self) -> list[tuple[str, str]]:
+        return [(p.key, p.label) for p in self.policies]
+
+    def default_policy(self) -> str | None:
+        """The overlap policy (the original study's rule) closest to a 1% sacrifice."""
+        if not self.policies:
+            return None
+        return min(self.policies, key=lambda p: (p.policy.kind != "overlap",
+                                                 abs(float(p.policy.sacrifice) - 0.01),
+                                                 p.key)).key
+
+    # ---- per request -----------------------------------------------------------------
+    def entries(self, image: Any, results: list[Any], label: int | None,
+                policy_key: str | None) -> list[StripEntry]:
+        """Entries for one image; ``results`` are the per-model cards of this request."""
+        by_name = {r.name: r for r in results}
+        out: list[StripEntry] = []
+        for router in self.routers:
+            out.append(router.verdict(image, by_name, label))
+        out += self.router_errors
+        out.append(self._oracle_entry(by_name, label, policy_key))
+        return out
+
+    def _oracle_entry(self, by_name: dict[str, Any], label: int | None,
+                      policy_key: str | None) -> StripEntry:
+        if not self.policies:
+            return StripEntry("oracle policy", "oracle", "missing", message=self.policy_error or
+                              POLICIES_HINT.format(run=self.run))
+        key = policy_key or self.default_policy()
+        chosen = next((p for p in self.policies if p.key == key), None)
+        if chosen is None:
+            return StripEntry("oracle policy", "oracle", "error",
+                              message=f"unknown policy {key!r}; choose one of "
+                                      f"{[p.key for p in self.policies]}")
+        name = f"oracle ({chosen.label})"
+        if label is None:
+            return StripEntry(name, "oracle", "n/a", message=(
+                "an oracle routes by the true label, so it is a bound, not a router: it only "
+                "applies to a test-set sample; pick one below"))
+        pol = chosen.policy
+        try:
+            labels = np.array([label], dtype=np.int64)
+            table = _one_row_table(pol.model_names, by_name, label)
+            idx = int(np.asarray(pol.route(labels, table))[0])
+        except Exception as e:
+            return StripEntry(name, "oracle", "error", message=f"policy {chosen.key}: {e}")
+        model = pol.model_names[idx]
+        r = by_name.get(model)
+        why = (f"true label {label} -> {model}: the {pol.kind} policy fitted on val at "
+               f"sacrifice {100 * float(pol.sacrifice):g}% against reference {pol.reference}")
+        if r is None:
+            return StripEntry(name, "oracle", "error", model=model, why_text=why,
+                              message=f"policy names {model}, which is not loaded from zoo/")
+        return StripEntry(name, "oracle", "ok", model=model, answer=r.pred_class,
+                          answer_index=r.pred, correct=r.pred == label, why_text=why)
+
+
+def _load_policies(run_dir: RunDir) -> tuple[list[LoadedPolicy], str]:
+    files = sorted(run_dir.policies.glob("*.json")) if run_dir.policies.is_dir() else []
+    if not files:
+        return [], f"no oracle policies in {run_dir.policies}: " + POLICIES_HINT.format(
+            run=run_dir.root)
+    try:
+        from oracle.policy import Policy
+    except ImportError as e:
+        return [], f"oracle.policy cannot be imported ({e})"
+    out, bad = [], []
+    for f in files:
+        try:
+            out.append(LoadedPolicy(f.stem, Policy.load(f)))
+        except Exception as e:  # a file that is not a policy: skip it, say so if none load
+            bad.append(f"{f.name}: {e}")
+    out.sort(key=lambda p: (p.policy.kind, float(p.policy.sacrifice)))
+    return out, ("; ".join(bad) if not out else "")
+
+
+def _one_row_table(model_names: list[str], by_name: dict[str, Any], label: int) -> Any:
+    """This request's answers as a one-sample PredictionTable (what a per-sample oracle needs:
+    which models are right on this very image); ``None`` when a policy model is not loaded."""
+    from oracle.table import PredictionTable
+    if any(m not in by_name for m in model_names):
+        return None
+    preds = np.array([[by_name[m].pred for m in model_names]])
+    probs = np.array([[by_name[m].probs for m in model_names]], dtype=np.float16)
+    return PredictionTable(list(model_names), np.array([label]), preds, probs,
+                           np.array([0]), "test")

@@ -1,0 +1,334 @@
+"""The web page and its JSON API: good and bad inputs, the server going on, concurrency.
+
+The run is built here: the synthetic Fashion-MNIST folder, two tiny VGGs with cards, a cost
+table, a val prediction table and one oracle policy, all with values chosen so the expected
+answers can be worked out by hand.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from oracle.table import CostTable, ModelCost, PredictionTable
+from router.web import Limits, TimingConfig, WebService, create_app
+from zoo.checkpoint import file_sha256, save_checkpoint
+from zoo.data import FASHION_MNIST_CLASSES, DatasetInfo, normalize, prepare_data
+from zoo.infer import predict_logits
+from zoo.rundir import RunConfig, RunDir
+
+MODELS = ["tiny_vgg1", "tiny_vgg2"]
+# Batched costs (fixture inputs): tiny_vgg2 is the baseline below, so tiny_vgg1's batched
+# speedup must be 0.5 / 0.2 = 2.5 exactly.
+COSTS = {"tiny_vgg1": (0.2, 1_000_000), "tiny_vgg2": (0.5, 9_000_000)}
+# Oracle policy: label c -> tiny_vgg1 for even c, tiny_vgg2 for odd c.
+LABEL_TO_MODEL = {c: MODELS[c % 2] for c in range(10)}
+
+
+def make_web_run(root: Path, data_dir: Path, with_extras: bool = True) -> Path:
+    """A run dir with two (untrained) tiny VGGs, their cards and, optionally, costs, a val table
+    in which tiny_vgg2 is the more accurate, and one overlap policy."""
+    run = RunDir(root)
+    run.save_config(RunConfig(data_dir=str(data_dir), download=False, limit_eval=30))
+    bundle = prepare_data(root, data_dir=data_dir, download=False, limit_eval=30)
+    info = bundle.info
+    torch.manual_seed(0)
+    for i, name in enumerate(MODELS):
+        m = quick_train(zoo.create_model(name, num_classes=10, in_channels=1, input_size=28),
+                        bundle.train, info)
+        path = save_checkpoint(run.checkpoint(name), model_name=name, arch=m.arch.to_dict(),
+                               state_dict=m.state_dict(), data=info.to_dict())
+        card = {"model_name": name, "arch": m.arch.to_dict(), "parent": None, "variant": None,
+                "dataset": info.to_dict(), "split_fingerprint": bundle.splits.fingerprint,
+                "val_accuracy": [0.5, 0.6][i], "test_accuracy": [0.5, 0.6][i],
+                "params": sum(p.numel() for p in m.parameters()), "train_seconds": 0.0,
+                "train_config": {}, "command": "fixture",
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "checkpoint_sha256": file_sha256(path)}
+        from oracle.io import write_json
+        write_json(run.card(name), card)
+    if with_extras:
+        CostTable({n: ModelCost(n, 100, 100, macs, 1.5, ms, 1000.0 / ms)
+                   for n, (ms, macs) in COSTS.items()}, {"threads": 1}).save(run.costs)
+        labels = np.arange(10)
+        preds = np.stack([np.where(labels < 5, labels, 0), labels], axis=1)  # vgg2 all right
+        probs = np.full((10, 2, 10), 0.1, dtype=np.float16)
+        PredictionTable(MODELS, labels, preds, probs, labels, "val").save(run.tables)
+        from oracle.policy import Policy
+        Policy("overlap", 0.01, MODELS, LABEL_TO_MODEL, "tiny_vgg2").save(
+            run.policies / "overlap-0.01.json")
+    return root
+
+
+def quick_train(model: torch.nn.Module, train, info: DatasetInfo, steps: int = 12) -> torch.nn.Module:
+    """A few Adam steps so the cards show real (if rough) answers, not uniform guesses."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for s in range(steps):
+        idx = torch.arange(s * 32, s * 32 + 32) % len(train)
+        loss = torch.nn.functional.cross_entropy(model(normalize(train.images[idx], info)),
+                                                 train.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def web_run(fake_fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_web_run(tmp_path_factory.mktemp("webrun"), fake_fmnist_dir)
+
+
+@pytest.fixture(scope="module")
+def service(web_run: Path) -> WebService:
+    return WebService.load(web_run, TimingConfig(repeats=1, threads=1))
+
+
+LIMITS = Limits(max_bytes=200_000, max_pixels=4_000_000)
+
+
+@pytest.fixture(scope="module")
+def client(service: WebService):
+    return create_app(service, LIMITS).test_client()
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def upload(client, data: bytes, name: str = "x.png", url: str = "/api/predict", **form):
+    return client.post(url, data={"image": (io.BytesIO(data), name), **form},
+                       content_type="multipart/form-data")
+
+
+def assert_still_serving(client) -> None:
+    assert client.get("/healthz").get_json()["ok"] is True
+    r = upload(client, png_bytes(Image.new("L", (40, 30), 0)))
+    assert r.status_code == 200 and len(r.get_json()["models"]) == len(MODELS)
+
+
+# ---- good inputs --------------------------------------------------------------------------
+
+def test_upload_gives_one_card_per_model_with_costs(client):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 90, 3), np.uint8))
+    r = upload(client, png_bytes(rgb), "photo.png")
+    assert r.status_code == 200
+    d = r.get_json()
+    assert [m["name"] for m in d["models"]] == MODELS  # cheapest first (costs.json)
+    by = {m["name"]: m for m in d["models"]}
+    for m in d["models"]:
+        probs = [t["prob"] for t in m["top3"]]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 3
+        assert abs(sum(m["probs"]) - 1) < 1e-4 and m["ms_this_image"] > 0
+        assert m["top3"][0]["class"] == FASHION_MNIST_CLASSES[m["pred"]]
+    assert d["baseline"] == {"name": "tiny_vgg2", "source": "val table"}
+    assert by["tiny_vgg2"]["is_baseline"] and by["tiny_vgg2"]["speedup_this_image"] == 1.0
+    assert by["tiny_vgg1"]["speedup_batched"] == pytest.approx(0.5 / 0.2)
+    assert by["tiny_vgg1"]["macs"] == 1_000_000 and by["tiny_vgg2"]["macs"] == 9_000_000
+    assert d["source"]["original_size"] == [90, 120] and d["source"]["input_shape"] == [1, 28, 28]
+
+
+def test_sample_matches_direct_inference_and_png_round_trip(client, service, web_run):
+    """A test sample's probabilities equal predict_logits on it, and uploading that sample as a
+    28x28 PNG gives the very same input, hence the same answers."""
+    i = 7
+    d = client.get(f"/api/predict?sample={i}").get_json()
+    x = service.samples.images[i]
+    for m, res in zip(service.models, d["models"]):
+        ref = torch.softmax(predict_logits(m.model, x[None], m.info), dim=1)[0]
+        assert np.allclose(res["probs"], ref.numpy(), atol=1e-5)
+        assert res["correct"] == (res["pred"] == int(service.samples.labels[i]))
+    up = upload(client, png_bytes(Image.fromarray(x[0].numpy(), "L")), "s.png").get_json()
+    assert not up["source"]["inverted"]
+    assert np.allclose([m["probs"] for m in up["models"]], [m["probs"] for m in d["models"]],
+                       atol=1e-6)
+
+
+def test_dark_on_light_photo_is_inverted(client):
+    img = Image.new("L", (64, 64), 255)
+    img.paste(0, (16, 16, 48, 48))
+    d = upload(client, png_bytes(img)).get_json()
+    assert d["source"]["inverted"] is True
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"),
+                                      ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG"),
+                                      ("1", "PNG"), ("RGB", "JPEG"), ("L", "JPEG"),
+                                      ("CMYK", "JPEG")])
+def test_any_mode_is_accepted(client, mode, fmt):
+    img = Image.new(mode, (33, 51))
+    r = upload(client, png_bytes(img, fmt), f"x.{fmt.lower()}")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["source"]["format"] == fmt
+
+
+def test_page_renders_cards_and_strip(client):
+    html = client.get("/?sample=3").get_data(as_text=True)
+    assert html.count('class="model-card') == len(MODELS)
+    assert 'id="router-strip"' in html and "evaluate-routers" in html
+    home = client.get("/").get_data(as_text=True)
+    assert 'id="image"' in home and "/samples/" in home and "model-card" not in home
+    assert client.get("/samples/0.png").mimetype == "image/png"
+
+
+def test_models_endpoint(client):
+    d = client.get("/api/models").get_json()
+    assert [m["name"] for m in d["models"]] == MODELS and d["n_test_samples"] == 30
+
+
+# ---- the router strip ---------------------------------------------------------------------
+
+def test_oracle_needs_a_test_sample(client, service):
+    up = upload(client, png_bytes(Image.new("L", (28, 28)))).get_json()
+    oracle = [e for e in up["routers"] if e["family"] == "oracle"][0]
+    assert oracle["status"] == "n/a" and "true label" in oracle["message"]
+    for i in range(4):
+        d = client.get(f"/api/predict?sample={i}").get_json()
+        label = d["source"]["label"]
+        o = [e for e in d["routers"] if e["family"] == "oracle"][0]
+        assert o["status"] == "ok" and o["model"] == LABEL_TO_MODEL[label]
+        chosen = [m for m in d["models"] if m["name"] == o["model"]][0]
+        assert o["answer_index"] == chosen["pred"] and o["correct"] == (chosen["pred"] == label)
+
+
+def test_missing_routers_name_the_command(client):
+    d = client.get("/api/predict?sample=0").get_json()
+    fams = {e["family"]: e for e in d["routers"]}
+    for fam in ("cascade", "dispatcher"):
+        if fams[fam]["status"] == "missing":
+            assert "evaluate-routers --run" in fams[fam]["message"]
+
+
+def test_bare_run_falls_back_to_cards(fake_fmnist_dir, tmp_path):
+    """No costs, tables or policies: baseline from cards, MACs n/a, the strip says what to run."""
+    run = make_web_run(tmp_path / "bare", fake_fmnist_dir, with_extras=False)
+    svc = WebService.load(run, TimingConfig(repeats=1))
+    c = create_app(svc).test_client()
+    d = c.get("/api/predict?sample=1").get_json()
+    assert d["baseline"] == {"name": "tiny_vgg2", "source": "cards"}  # val_accuracy 0.6 > 0.5
+    assert all(m["macs"] is None and m["speedup_batched"] is None for m in d["models"])
+    assert {e["status"] for e in d["routers"]} == {"missing"}
+    assert "n/a (run profile-zoo)" in c.get("/?sample=1").get_data(as_text=True)
+
+
+# ---- bad inputs -----------------------------------------------------------------------------
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A PNG whose header claims width x height: tiny on the wire, gigantic if decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
+            chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def truncated_png() -> bytes:
+    rng = np.random.default_rng(1)
+    data = png_bytes(Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)))
+    return data[: len(data) // 2]
+
+
+BAD = [
+    ("not an image", b"hello, I am plain text" * 10, "notes.png", 415, "not an image"),
+    ("empty", b"", "empty.png", 400, "empty"),
+    ("gif", png_bytes(Image.new("L", (8, 8)), "GIF"), "a.gif", 415, "only PNG and JPEG"),
+    ("truncated png", truncated_png(), "cut.png", 400, "truncated"),
+    ("decompression bomb", bomb_png(), "bomb.png", 413, "decompression bomb"),
+    ("pil bomb guard", bomb_png(50000, 50000), "bomb2.png", 413, "pixels"),
+    ("over the size limit", b"\x89PNG" + bytes(LIMITS.max_bytes + 10), "big.png", 413,
+     "over the limit"),
+    ("far over the size limit", bytes(3 * LIMITS.max_bytes), "huge.png", 413, "over the limit"),
+    ("parent path", png_bytes(Image.new("L", (8, 8))), "../../etc/passwd.png", 400, "path"),
+    ("absolute path", png_bytes(Image.new("L", (8, 8))), "/tmp/x.png", 400, "path"),
+    ("windows path", png_bytes(Image.new("L", (8, 8))), "C:\\Users\\x.png", 400, "path"),
+]
+
+
+@pytest.mark.parametrize("case,data,name,status,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_upload_api(client, case, data, name, status, needle):
+    r = upload(client, data, name)
+    assert r.status_code == status, r.get_data(as_text=True)
+    assert needle in r.get_json()["error"]
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize("case,data,name,status,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_upload_page(client, case, data, name, status, needle):
+    r = upload(client, data, name, url="/")
+    assert r.status_code == status
+    html = r.get_data(as_text=True)
+    assert 'id="error"' in html and needle in html.replace("&#39;", "'")
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize("query,status,needle", [("sample=999", 404, "out of range"),
+                                                 ("sample=-1", 404, "out of range"),
+                                                 ("sample=abc", 400, "integer"),
+                                                 ("", 400, "nothing to analyse")])
+def test_bad_sample_or_empty_request(client, query, status, needle):
+    r = client.get(f"/api/predict?{query}")
+    assert r.status_code == status and needle in r.get_json()["error"]
+    assert_still_serving(client)
+
+
+def test_form_without_file_and_unknown_route(client):
+    r = client.post("/api/predict", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "field 'image'" in r.get_json()["error"]
+    assert client.get("/api/nope").status_code == 404
+    assert client.get("/api/nope").get_json()["status"] == 404
+    assert client.get("/samples/5000.png").status_code == 404
+    assert_still_serving(client)
+
+
+# ---- concurrency and the script -------------------------------------------------------------
+
+def test_concurrent_requests_agree(service):
+    app = create_app(service, LIMITS)
+    data = png_bytes(Image.fromarray(np.random.default_rng(5).integers(0, 255, (50, 50),
+                                                                          np.uint8)))
+    expected = upload(app.test_client(), data).get_json()["models"]
+    out: list = [None] * 6
+
+    def worker(k: int) -> None:
+        if k % 2:
+            out[k] = upload(app.test_client(), data).get_json()["models"]
+        else:
+            out[k] = app.test_client().get("/api/predict?sample=2").get_json()["models"]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    sample = app.test_client().get("/api/predict?sample=2").get_json()["models"]
+    for k, res in enumerate(out):
+        ref = expected if k % 2 else sample
+        assert res is not None
+        assert np.allclose([m["probs"] for m in res], [m["probs"] for m in ref], atol=1e-6)
+
+
+def test_serve_main_binds_loopback_by_default(web_run, monkeypatch):
+    from flask import Flask
+    from scripts import serve
+    seen = {}
+    monkeypatch.setattr(Flask, "run", lambda self, **kw: seen.update(kw))
+    assert serve.main(["--run", str(web_run), "--repeats", "1"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threaded"] is True
+
+
+def test_serve_main_refuses_empty_run(tmp_path):
+    from scripts import serve
+    with pytest.raises(SystemExit, match="train-zoo --run"):
+        serve.main(["--run", str(tmp_path)])
