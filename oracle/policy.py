@@ -230,30 +230,30 @@ def _fit_budget(n_c: np.ndarray, k_cm: np.ndarray, costs: np.ndarray,
     """
     C, M = k_cm.shape
     order = _cost_order(costs)          # try cheaper models first so ties keep the cheaper
-    inf = np.inf
-    dp = np.full(needed + 1, inf)
+    dp = np.full(needed + 1, np.inf)
     dp[0] = 0.0
-    choice = np.zeros((C, needed + 1), dtype=np.int64)
-    prev = np.zeros((C, needed + 1), dtype=np.int64)
+    # back-pointers: the model chosen for label c at state j; the source state is j - k
+    # except for the capped state, whose source is kept in cap_src[c]
+    choice = np.zeros((C, needed + 1), dtype=np.int16 if M < 2**15 else np.int64)
+    cap_src = np.zeros(C, dtype=np.int64)
     tol = 1e-12 * (float(n_c.sum()) * float(costs.max(initial=0.0)) + 1.0)
     for c in range(C):
-        new = np.full(needed + 1, inf)
-        ch = np.zeros(needed + 1, dtype=np.int64)
-        pv = np.zeros(needed + 1, dtype=np.int64)
+        new = np.full(needed + 1, np.inf)
         for m in order:
             k = int(k_cm[c, m])
-            cand = np.full(needed + 1, inf)
-            src = np.zeros(needed + 1, dtype=np.int64)
+            cand = np.full(needed + 1, np.inf)
             if k < needed:                       # uncapped states: one source each
                 cand[k:needed] = dp[:needed - k]
-                src[k:needed] = np.arange(needed - k)
             lo = max(needed - k, 0)              # capped state: any source j >= needed - k
             j = lo + int(np.argmin(dp[lo:]))
-            cand[needed], src[needed] = dp[j], j
-            cand = cand + n_c[c] * costs[m]
+            cand[needed] = dp[j]
+            cand += n_c[c] * costs[m]
             better = cand < new - tol            # strict: a cheaper-ordered model keeps ties
-            new[better], ch[better], pv[better] = cand[better], m, src[better]
-        dp, choice[c], prev[c] = new, ch, pv
+            new[better] = cand[better]
+            choice[c, better] = m
+            if better[needed]:
+                cap_src[c] = j
+        dp = new
     if not np.isfinite(dp[needed]):
         raise PolicyError(f"no label->model table reaches {needed} correct answers; the "
                           "sacrifice is smaller than any achievable table allows")
@@ -261,7 +261,7 @@ def _fit_budget(n_c: np.ndarray, k_cm: np.ndarray, costs: np.ndarray,
     j = needed
     for c in range(C - 1, -1, -1):
         picks[c] = choice[c, j]
-        j = prev[c, j]
+        j = int(cap_src[c]) if j == needed else j - int(k_cm[c, picks[c]])
     return picks
 
 
