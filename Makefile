@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN ?= runs/quick
 PRESET ?= quick
 
-.PHONY: venv data demo test test-slow clean
+.PHONY: venv data browser demo test test-slow clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,21 @@ data:
 	  else echo "apt-get not found: pass --data-dir to a folder holding the Fashion-MNIST .gz files"; fi; \
 	fi
 
+# Headless Chromium for the page's browser test (skipped with a reason where it is absent).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+	      || echo "make browser: installing chromium failed; the browser test will be skipped"; \
+	  else echo "make browser: no apt-get (or no root/sudo); the browser test will be skipped"; fi; \
+	fi
+
 demo: venv data
 	$(VENV)/bin/run-all --preset $(PRESET) --run $(RUN)
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q
 
 test-slow: venv
