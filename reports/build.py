@@ -1,0 +1,207 @@
+"""``build_report``: every figure and table of a run, then ``index.html``.
+
+A figure whose input file is absent is skipped with a note on the page (a run without
+compression still reports); a present but malformed input raises an error naming the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from oracle.io import write_csv
+from reports import style
+from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
+from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,
+                            TrainingCurvesDisplay)
+from reports.heatmap import ConfusionDisplay, OverlapDisplay
+from reports.html import FigureRef, Section, render_page, write_page
+from reports.inputs import RunArtifacts, load_run
+from reports.tables import (SUMMARY_SACRIFICE, Summary, compression_table,
+                            routers_table, summarize, zoo_table)
+
+
+@dataclass
+class ReportResult:
+    index: Path
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, out: Path, dpi: int):
+        self.out, self.dpi = out, dpi
+        self.figures: list[Path] = []
+        self.notes: list[str] = []
+
+    def figure(self, section: Section, name: str, caption: str, display: Any) -> None:
+        png, csv = style.save_figure(display.figure_, self.out / f"{name}.png", display.data_,
+                                     dpi=self.dpi)
+        self.figures.append(png)
+        section.figures.append(FigureRef(png.name, csv.name, caption))
+
+    def skip(self, section: Section, what: str, reason: str) -> None:
+        note = f"{what} skipped: {reason}"
+        self.notes.append(note)
+        section.notes.append(note)
+
+
+def _summary_lines(s: Summary) -> list[str]:
+    lines = []
+    if s.best_single:
+        acc = [f"{split} accuracy {100 * v:.2f}%" for split, v in
+               (("val", s.best_single_val_accuracy), ("test", s.best_single_test_accuracy))
+               if v is not None]
+        ips = (f", {s.best_single_images_per_second:,.0f} images/s"
+               if s.best_single_images_per_second else "")
+        lines.append(f"Best single model (most accurate on val): {s.best_single} "
+                     f"({', '.join(acc)}{ips}).")
+    else:
+        lines.append("Best single model: unknown (no val table and no routers.csv).")
+    if s.router:
+        r = s.router
+        speed = (f"measured speedup {s.router_speedup:.2f}x over {s.best_single} "
+                 f"({float(r['images_per_second']):,.0f} images/s)"
+                 if s.router_speedup is not None else "speedup unknown (no best-single timing)")
+        lines.append(f"Best deployable router at {100 * SUMMARY_SACRIFICE:g}% sacrifice that held "
+                     f"its budget: {r['method']} ({r['family']}), test accuracy "
+                     f"{100 * float(r['accuracy']):.2f}%, {speed}.")
+    else:
+        lines.append(f"Best deployable router at {100 * SUMMARY_SACRIFICE:g}% sacrifice: none "
+                     f"({s.router_note}).")
+    if s.machine:
+        keys = ("cpu", "threads", "torch", "device")
+        desc = ", ".join(f"{k} {s.machine[k]}" for k in keys if s.machine.get(k) is not None)
+        lines.append(f"Timed on: {desc or s.machine}.")
+    lines.append("Oracle rows route by the true label: they are bounds, not deployable routers.")
+    return lines
+
+
+def _overlap_section(b: _Builder, art: RunArtifacts, split: str) -> Section:
+    sec = Section("Prediction overlap")
+    table = getattr(art, split)
+    if table is None:
+        b.skip(sec, "Overlap maps", f"tables/{split}.npz is absent (run `profile-zoo`)")
+        return sec
+    sec.paragraphs.append("Cell (row i, column j) = % of model j's correct answers that model i "
+                          "also gets right; one fixed 0-100 colour scale.")
+    disp = OverlapDisplay.from_table(table, art.class_names)
+    b.figure(sec, "overlap_total", f"Pooled overlap over all {split} samples", disp.plot_total())
+    disp = OverlapDisplay.from_table(table, art.class_names)
+    b.figure(sec, "overlap_per_label", "Overlap within each label", disp.plot_per_label())
+    return sec
+
+
+def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
+    sec = Section("Routers against sacrifice")
+    if art.routers is None:
+        b.skip(sec, "Router figures", "results/routers.csv is absent (run `evaluate-routers`)")
+        return [sec]
+    r = art.routers
+    b.figure(sec, "metrics_vs_sacrifice", "Accuracy, precision, recall, F1 (macro) on test",
+             SacrificeMetricsDisplay.from_routers(r).plot())
+    b.figure(sec, "time_vs_sacrifice", "Measured time for the test set and images/s",
+             TimeDisplay.from_routers(r).plot())
+    b.figure(sec, "frontier", "Accuracy vs measured throughput", FrontierDisplay.from_routers(r).plot())
+    if any(c.startswith("share_") for c in r.columns):
+        b.figure(sec, "model_shares", "Share of test images per model",
+                 SharesDisplay.from_routers(r).plot())
+    else:
+        b.skip(sec, "Model shares", "routers.csv has no share_<model> columns")
+    sec.tables.append(("Routers at each level (results/routers.csv)", routers_table(r)))
+    return [sec]
+
+
+def _confusion_section(b: _Builder, art: RunArtifacts, summary: Summary) -> Section:
+    sec = Section("Confusion matrices (test)")
+    if art.test is None:
+        b.skip(sec, "Confusion matrices", "tables/test.npz is absent (run `profile-zoo`)")
+        return sec
+    names = art.class_names
+    if summary.best_single in art.test.model_names:
+        i = art.test.model_index(summary.best_single)
+        disp = ConfusionDisplay.from_predictions(art.test.labels, art.test.preds[:, i], names,
+                                                 f"Best single model: {summary.best_single}")
+        b.figure(sec, "confusion_best_single", f"Best single model ({summary.best_single})",
+                 disp.plot())
+    row = summary.router
+    if art.router_predictions is None:
+        b.skip(sec, "Router confusion matrix", "results/router_predictions.npz is absent")
+    elif row is None:
+        b.skip(sec, "Router confusion matrix", summary.router_note)
+    else:
+        preds = art.router_predictions.find(str(row["method"]), float(row["sacrifice"]))
+        if preds is None:
+            b.skip(sec, "Router confusion matrix", f"router_predictions.npz has no entry for "
+                   f"{row['method']} at sacrifice {row['sacrifice']}")
+        elif preds.shape != art.test.labels.shape:
+            raise ValueError(f"router_predictions.npz holds {preds.shape[0]} predictions but the "
+                             f"test table has {art.test.n_samples}; re-run `evaluate-routers`")
+        else:
+            title = f"Router: {row['method']} at {100 * float(row['sacrifice']):g}%"
+            disp = ConfusionDisplay.from_predictions(art.test.labels, preds, names, title)
+            b.figure(sec, "confusion_best_router", title, disp.plot())
+    return sec
+
+
+def _zoo_section(b: _Builder, art: RunArtifacts) -> Section:
+    sec = Section("The zoo")
+    frame = zoo_table(art)
+    if frame.empty:
+        b.skip(sec, "Zoo table", "no tables, costs.json or model cards found")
+    else:
+        write_csv(b.out / "zoo_table.csv", frame.to_dict("records"), list(frame.columns))
+        sec.tables.append(("Models (accuracy from the tables, costs measured by profile-zoo)",
+                           frame))
+    if art.histories:
+        b.figure(sec, "training_curves", "Training curves per model",
+                 TrainingCurvesDisplay.from_histories(art.histories).plot())
+    else:
+        b.skip(sec, "Training curves", "no RUN/zoo/*/history.csv")
+    return sec
+
+
+def _compression_section(b: _Builder, art: RunArtifacts) -> Section:
+    sec = Section("Compression")
+    builds: list[tuple[str, str, Any, Callable[[pd.DataFrame], Any]]] = [
+        ("compression.csv", "compression_bars", art.compression,
+         lambda f: CompressionBarsDisplay.from_frame(f).plot()),
+        ("prune_sweep.csv", "prune_sweep", art.prune_sweep,
+         lambda f: PruneSweepDisplay.from_frame(f).plot()),
+        ("weight_hist.csv", "weight_hist", art.weight_hist,
+         lambda f: WeightHistDisplay.from_frame(f).plot())]
+    captions = {"compression_bars": "Size, params, MACs, latency, accuracy vs baseline",
+                "prune_sweep": "Accuracy and throughput vs pruning level",
+                "weight_hist": "Weight-value histograms"}
+    for file, name, frame, make in builds:
+        if frame is None:
+            b.skip(sec, captions[name], f"results/{file} is absent (run `compress`)")
+        else:
+            b.figure(sec, name, captions[name], make(frame))
+    if art.compression is not None:
+        sec.tables.append(("Compressed variants (results/compression.csv)",
+                           compression_table(art.compression)))
+    return sec
+
+
+def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = style.DEFAULT_DPI,
+                 overlap_split: str = "test") -> ReportResult:
+    """Draw every figure of run ``run`` into ``out`` (default RUN/reports) and write index.html."""
+    if overlap_split not in ("val", "test"):
+        raise ValueError(f"overlap_split must be 'val' or 'test', not {overlap_split!r}")
+    art = load_run(run)
+    out = Path(out) if out is not None else Path(run) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    b = _Builder(out, dpi)
+    summary = summarize(art)
+    sections = [_zoo_section(b, art), *_router_sections(b, art), _overlap_section(b, art, overlap_split),
+                _confusion_section(b, art, summary), _compression_section(b, art)]
+    index = write_page(out / "index.html",
+                       render_page(f"Adaptive-inference router report: {Path(run).name}",
+                                   _summary_lines(summary), sections))
+    return ReportResult(index, b.figures, b.notes)
+
+
+__all__ = ["build_report", "ReportResult"]

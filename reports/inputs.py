@@ -1,0 +1,157 @@
+"""Read what earlier steps saved in a run directory; every input but the tables is optional.
+
+Paths mirror ``zoo.rundir.RunDir`` (not imported: ``zoo/__init__`` imports torch, and
+``reports`` never does). A missing optional file yields ``None`` so its figures are skipped
+with a note; a present but malformed file raises an error that names it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from oracle.io import read_json
+from oracle.table import CostTable, PredictionTable
+
+ROUTER_COLUMNS = ("method", "family", "sacrifice", "accuracy", "images_per_second")
+COMPRESSION_COLUMNS = ("variant", "base")
+PRUNE_COLUMNS = ("method", "level", "accuracy", "images_per_second")
+HIST_COLUMNS = ("variant", "bin_left", "bin_right", "count")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+ROUTER_NPZ_KEYS = ("methods", "sacrifices", "preds")
+
+
+@dataclass
+class RouterPredictions:
+    """Test-split predictions of K routers: ``preds[k]`` is router k's (N,) answers."""
+
+    methods: list[str]
+    sacrifices: np.ndarray   # (K,) float
+    preds: np.ndarray        # (K, N) int
+
+    def find(self, method: str, sacrifice: float) -> np.ndarray | None:
+        for k, (m, s) in enumerate(zip(self.methods, self.sacrifices)):
+            if m == method and np.isclose(float(s), sacrifice):
+                return self.preds[k]
+        return None
+
+
+@dataclass
+class RunArtifacts:
+    """Everything a report reads, loaded once."""
+
+    root: Path
+    val: PredictionTable | None = None
+    test: PredictionTable | None = None
+    costs: CostTable | None = None
+    routers: pd.DataFrame | None = None
+    compression: pd.DataFrame | None = None
+    prune_sweep: pd.DataFrame | None = None
+    weight_hist: pd.DataFrame | None = None
+    router_predictions: RouterPredictions | None = None
+    histories: dict[str, pd.DataFrame] = field(default_factory=dict)
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names from the tables' or the cards' dataset description, if recorded."""
+        sources = [t.meta.get("dataset") for t in (self.test, self.val) if t is not None]
+        sources += [c.get("dataset") for c in self.cards.values()]
+        for ds in sources:
+            if isinstance(ds, dict) and ds.get("classes"):
+                return [str(c) for c in ds["classes"]]
+        return None
+
+
+def _read_frame(path: Path, required: tuple[str, ...], writer: str) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path} is not a readable CSV ({e}); re-run `{writer}`") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing} (has {list(frame.columns)}); "
+                         f"re-run `{writer}` to rewrite it")
+    return frame
+
+
+def _read_router_predictions(path: Path) -> RouterPredictions | None:
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ROUTER_NPZ_KEYS if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} lacks keys {missing}; re-run `evaluate-routers`")
+        methods, sac, preds = (z[k] for k in ROUTER_NPZ_KEYS)
+    if preds.ndim != 2 or len(methods) != preds.shape[0] or len(sac) != preds.shape[0]:
+        raise ValueError(f"{path}: methods {methods.shape}, sacrifices {sac.shape} and preds "
+                         f"{preds.shape} disagree (expected (K,), (K,), (K, N))")
+    return RouterPredictions([str(m) for m in methods], sac.astype(float), preds.astype(np.int64))
+
+
+def load_run(root: str | Path) -> RunArtifacts:
+    """Load a run directory's saved tables and results for reporting."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run directory {root} does not exist; pass the --run DIR that "
+                                "`train-zoo`/`run-all` wrote")
+    tables, results = root / "tables", root / "results"
+    art = RunArtifacts(root=root)
+    for split in ("val", "test"):
+        if (tables / f"{split}.npz").exists():
+            setattr(art, split, PredictionTable.load(tables, split))
+    if art.val is not None and art.test is not None:
+        art.val.check_compatible(art.test)
+    if (root / "costs.json").exists():
+        art.costs = CostTable.load(root / "costs.json")
+    art.routers = _read_frame(results / "routers.csv", ROUTER_COLUMNS, "evaluate-routers")
+    art.compression = _read_frame(results / "compression.csv", COMPRESSION_COLUMNS, "compress")
+    art.prune_sweep = _read_frame(results / "prune_sweep.csv", PRUNE_COLUMNS, "compress")
+    art.weight_hist = _read_frame(results / "weight_hist.csv", HIST_COLUMNS, "compress")
+    art.router_predictions = _read_router_predictions(results / "router_predictions.npz")
+    zoo_dir = root / "zoo"
+    if zoo_dir.is_dir():
+        for d in sorted(p for p in zoo_dir.iterdir() if p.is_dir()):
+            if (d / "card.json").exists():
+                art.cards[d.name] = read_json(d / "card.json")
+            hist = _read_frame(d / "history.csv", HISTORY_COLUMNS, "train-zoo")
+            if hist is not None and not hist.empty:
+                art.histories[d.name] = hist
+    if art.routers is not None:
+        art.routers = normalise_router_frame(art.routers)
+    return art
+
+
+def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held``."""
+    frame = frame.copy()
+    frame["method"] = frame["method"].astype(str)
+    frame["family"] = frame["family"].astype(str)
+    for col in frame.columns:
+        if col in ("method", "family", "budget_held"):
+            continue
+        if col == "sacrifice" or col.startswith("share_") or frame[col].dtype == object:
+            converted = pd.to_numeric(frame[col], errors="coerce")
+            if col == "sacrifice" or col.startswith("share_") or converted.notna().any():
+                frame[col] = converted
+    if "budget_held" in frame.columns:
+        frame["budget_held"] = frame["budget_held"].map(_as_bool)
+    return frame
+
+
+def _as_bool(v: Any) -> bool | None:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    s = str(v).strip().lower()
+    if s in ("true", "1", "1.0", "yes"):
+        return True
+    if s in ("false", "0", "0.0", "no"):
+        return False
+    return None

@@ -1,0 +1,149 @@
+"""Key tables and the page summary, computed from saved tables and result CSVs only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from oracle.policy import reference_index
+from reports.inputs import RunArtifacts
+
+DEPLOYABLE_FAMILIES = ("dispatcher", "cascade")
+SUMMARY_SACRIFICE = 0.01
+ROUTER_TABLE_COLUMNS = ("sacrifice", "method", "family", "accuracy", "precision", "recall", "f1",
+                        "seconds", "images_per_second", "speedup_vs_best", "router_seconds",
+                        "macs_per_image", "budget_held")
+COMPRESSION_TABLE_COLUMNS = ("variant", "base", "params", "nonzero_params", "pruning_rate",
+                             "macs", "sparsity", "size_mb", "size_reduction", "top1", "top5",
+                             "latency_ms_b1", "latency_ms_b64", "speedup_b1", "speedup_b64",
+                             "peak_memory_mb")
+
+
+def best_single_name(art: RunArtifacts) -> str | None:
+    """The reference model (``oracle.policy.reference_index``: most accurate on val, ties to
+    the cheaper), else the routers.csv ``best-single`` row's model."""
+    if art.val is not None:
+        costs = None
+        if art.costs is not None and all(n in art.costs.models for n in art.val.model_names):
+            costs = art.costs.vector(art.val.model_names, "ms_per_image")
+        return art.val.model_names[reference_index(art.val, costs)]
+    if art.routers is not None:
+        rows = art.routers[art.routers["family"] == "best-single"]
+        if not rows.empty:
+            row = rows.iloc[0]
+            return str(row["reference"] if "reference" in row else row["method"])
+    return None
+
+
+def zoo_table(art: RunArtifacts) -> pd.DataFrame:
+    """One row per model: accuracies from the tables, measured costs, training time from cards."""
+    if art.test is not None:
+        names = list(art.test.model_names)
+    elif art.val is not None:
+        names = list(art.val.model_names)
+    elif art.costs is not None:
+        names = art.costs.sorted_names()
+    else:
+        names = sorted(art.cards)
+    accs = {split: dict(zip(t.model_names, t.accuracy()))
+            for split, t in (("val", art.val), ("test", art.test)) if t is not None}
+    rows = []
+    for name in names:
+        card = art.cards.get(name, {})
+        row: dict[str, Any] = {"model": name, "variant": card.get("variant"),
+                               "parent": card.get("parent")}
+        for split in ("val", "test"):
+            acc = accs.get(split, {}).get(name, card.get(f"{split}_accuracy"))
+            row[f"{split}_accuracy"] = None if acc is None else float(acc)
+        cost = art.costs.models.get(name) if art.costs is not None else None
+        row["params"] = cost.params if cost else card.get("params")
+        if cost:
+            row.update(macs=cost.macs, size_mb=cost.size_mb, latency_ms_b1=cost.latency_ms_b1,
+                       images_per_second=cost.images_per_second,
+                       ms_per_image=cost.ms_per_image, peak_memory_mb=cost.peak_memory_mb)
+        row["train_seconds"] = card.get("train_seconds")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.dropna(axis=1, how="all")
+
+
+def routers_table(routers: pd.DataFrame) -> pd.DataFrame:
+    """routers.csv rows at each level (reference rows first), the columns a reader needs."""
+    cols = [c for c in ROUTER_TABLE_COLUMNS if c in routers.columns]
+    order = routers.assign(_level=routers["family"].isin(("single", "best-single", "ceiling"))
+                           .map({True: 0, False: 1}))
+    return order.sort_values(["_level", "sacrifice", "family", "method"], kind="stable")[cols]
+
+
+def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in COMPRESSION_TABLE_COLUMNS if c in compression.columns]
+    return compression[cols]
+
+
+@dataclass
+class Summary:
+    """What the page opens with."""
+
+    best_single: str | None = None
+    best_single_val_accuracy: float | None = None
+    best_single_test_accuracy: float | None = None
+    best_single_images_per_second: float | None = None
+    router: dict[str, Any] | None = None        # the routers.csv row of the chosen router
+    router_speedup: float | None = None
+    router_note: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+def _single_row(routers: pd.DataFrame, name: str | None) -> pd.Series | None:
+    singles = routers[routers["family"].isin(("single", "best-single"))]
+    named = singles[singles["method"] == name] if name else singles.iloc[0:0]
+    if not named.empty:
+        return named.iloc[0]
+    best = routers[routers["family"] == "best-single"]
+    return None if best.empty else best.iloc[0]
+
+
+def pick_router(routers: pd.DataFrame, sacrifice: float = SUMMARY_SACRIFICE) -> tuple[
+        pd.Series | None, str]:
+    """The best deployable router at ``sacrifice`` that held its budget: the fastest of them.
+
+    All candidates kept the accuracy promise, so throughput decides (ties: more accurate).
+    Returns ``(row or None, note)``.
+    """
+    at = routers[routers["family"].isin(DEPLOYABLE_FAMILIES)
+                 & np.isclose(routers["sacrifice"].astype(float), sacrifice)]
+    if at.empty:
+        return None, (f"no dispatcher or cascade was evaluated at {100 * sacrifice:g}% "
+                      "sacrifice")
+    if "budget_held" not in at.columns:
+        return None, "routers.csv has no budget_held column, so no router can be called held"
+    held = at[at["budget_held"] == True]  # noqa: E712 (column holds True/False/None)
+    if held.empty:
+        return None, (f"none of the {len(at)} deployable routers at {100 * sacrifice:g}% "
+                      "sacrifice held its budget on test")
+    best = held.sort_values(["images_per_second", "accuracy"], ascending=False, kind="stable")
+    return best.iloc[0], ""
+
+
+def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summary:
+    s = Summary(machine=dict(art.costs.machine) if art.costs is not None else {})
+    s.best_single = best_single_name(art)
+    for split, t in (("val", art.val), ("test", art.test)):
+        if t is not None and s.best_single in t.model_names:
+            setattr(s, f"best_single_{split}_accuracy",
+                    float(t.accuracy()[t.model_index(s.best_single)]))
+    if art.routers is None:
+        s.router_note = "results/routers.csv is absent: run `evaluate-routers`"
+        return s
+    single = _single_row(art.routers, s.best_single)
+    if single is not None:
+        s.best_single_images_per_second = float(single["images_per_second"])
+    row, s.router_note = pick_router(art.routers, sacrifice)
+    if row is not None:
+        s.router = {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                    for k, v in row.items()}
+        if s.best_single_images_per_second:
+            s.router_speedup = float(row["images_per_second"]) / s.best_single_images_per_second
+    return s

@@ -1,0 +1,265 @@
+"""Reports: every figure from tiny hand-made tables/CSVs, the page, and `report` end to end."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from oracle.io import write_csv, write_json
+from oracle.table import CostTable, ModelCost, PredictionTable
+from reports import style
+from reports.build import build_report
+from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
+from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,
+                            TrainingCurvesDisplay)
+from reports.heatmap import ConfusionDisplay, OverlapDisplay
+from reports.inputs import load_run, normalise_router_frame
+from reports.tables import pick_router, summarize
+
+DPI = 40
+MODELS = ["m_a", "m_b", "m_c"]          # cost order = weak -> strong in the hand table
+CLASSES = ["shirt", "bag"]
+
+# Correctness per model on 8 samples (labels 0,0,0,0,1,1,1,1):
+#   label 0: a=[1,0,0,0] b=[1,1,0,0] c=[1,1,1,1];  label 1: a=[1,1,1,0] b=[1,1,0,1] c=[1,1,1,0]
+# Overlap a-of-c: label 0 -> 1/4 = 25 %, label 1 -> 3/3 = 100 %, pooled -> 4/7 = 57.14 %
+# (not either label's value, and not their mean 62.5 %).
+CORRECT = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1],
+                    [1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 0]], dtype=bool)
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def hand_table(split: str = "test") -> PredictionTable:
+    preds = np.where(CORRECT, LABELS[:, None], 1 - LABELS[:, None])
+    probs = np.zeros((8, 3, 2), dtype=np.float16)
+    for n in range(8):
+        for m in range(3):
+            probs[n, m, preds[n, m]] = 0.8
+            probs[n, m, 1 - preds[n, m]] = 0.2
+    return PredictionTable(MODELS, LABELS, preds, probs, np.arange(8), split,
+                           {"dataset": {"name": "hand", "classes": CLASSES}})
+
+
+def hand_routers() -> pd.DataFrame:
+    """routers.csv as evaluate-routers writes it (bools and numbers as text round-trip)."""
+    rows = [
+        {"method": "m_a", "family": "single", "sacrifice": "", "accuracy": 0.5,
+         "images_per_second": 4000.0, "seconds": 0.002},
+        {"method": "m_c", "family": "single", "sacrifice": "", "accuracy": 0.875,
+         "images_per_second": 1000.0, "seconds": 0.008},
+        {"method": "reference", "family": "best-single", "reference": "m_c", "sacrifice": 0.0,
+         "accuracy": 0.875, "images_per_second": 1000.0, "seconds": 0.008},
+        {"method": "oracle-per-sample", "family": "ceiling", "sacrifice": 0.0, "accuracy": 1.0},
+    ]
+    for s in (0.0, 0.01, 0.05):
+        rows.append({"method": "oracle-overlap", "family": "oracle", "sacrifice": s,
+                     "accuracy": 0.875 - s, "images_per_second": 1500 + 10000 * s,
+                     "seconds": 8 / (1500 + 10000 * s), "budget_held": True,
+                     "share_m_a": s * 10, "share_m_b": 0.2, "share_m_c": 0.8 - s * 10})
+        # cascade: held at 1 %, 2500 images/s -> speedup 2.5 over m_c's 1000
+        rows.append({"method": "cascade-conf", "family": "cascade", "sacrifice": s,
+                     "accuracy": 0.87 - s / 2, "images_per_second": 2000 + 50000 * s,
+                     "seconds": 8 / (2000 + 50000 * s), "budget_held": True,
+                     "share_m_a": 0.5, "share_m_b": 0.25, "share_m_c": 0.25})
+        # dispatcher: faster but did not hold its budget -> must not be the summary's router
+        rows.append({"method": "dispatcher-cnn", "family": "dispatcher", "sacrifice": s,
+                     "accuracy": 0.7, "images_per_second": 9000.0, "seconds": 8 / 9000,
+                     "budget_held": False, "share_m_a": 0.9, "share_m_b": 0.1, "share_m_c": 0.0})
+    for r in rows:
+        r.setdefault("precision", r["accuracy"] - 0.01)
+        r.setdefault("recall", r["accuracy"] - 0.02)
+        r.setdefault("f1", r["accuracy"] - 0.03)
+    return pd.DataFrame(rows)
+
+
+def make_run(root: Path, compression: bool = True) -> Path:
+    """A tiny run directory holding every file `report` reads."""
+    test, val = hand_table("test"), hand_table("val")
+    test.save(root / "tables")
+    val.save(root / "tables")
+    CostTable({m: ModelCost(m, 1000 * (i + 1), 1000 * (i + 1), 10**6 * (i + 1), 0.1 * (i + 1),
+                            1.0 + i, 4000.0 / (2 * i + 1)) for i, m in enumerate(MODELS)},
+              {"cpu": "hand CPU", "threads": 1, "torch": "2.14.1"}).save(root / "costs.json")
+    res = root / "results"
+    write_csv(res / "routers.csv", hand_routers().to_dict("records"))
+    np.savez(res / "router_predictions.npz", methods=np.array(["cascade-conf"] * 3),
+             sacrifices=np.array([0.0, 0.01, 0.05]),
+             preds=np.tile(LABELS, (3, 1)))
+    for i, m in enumerate(MODELS):
+        d = root / "zoo" / m
+        write_csv(d / "history.csv", [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5 + 0.1 * e,
+                                       "val_loss": 1.2 / e, "val_accuracy": 0.45 + 0.1 * e,
+                                       "lr": 0.01, "seconds": 1.0} for e in (1, 2, 3)])
+        write_json(d / "card.json", {"model_name": m, "parent": None, "variant": None,
+                                     "dataset": {"classes": CLASSES}, "params": 1000 * (i + 1),
+                                     "train_seconds": 3.5})
+    if compression:
+        write_csv(res / "compression.csv", [
+            {"variant": "vgg", "base": "vgg", "params": 1000, "size_mb": 4.0, "macs": 100,
+             "latency_ms_b1": 10.0, "top1": 0.9},
+            {"variant": "vgg-int8", "base": "vgg", "params": 1000, "size_mb": 1.0, "macs": 100,
+             "latency_ms_b1": 5.0, "top1": 0.89}])
+        write_csv(res / "prune_sweep.csv", [{"method": "l1", "level": lv, "accuracy": 0.9 - lv / 10,
+                                             "images_per_second": 100 + 100 * lv}
+                                            for lv in (0.0, 0.3, 0.5)])
+        write_csv(res / "weight_hist.csv", [{"variant": v, "bin_left": b / 10, "bin_right": (b + 1) / 10,
+                                             "count": 5 + b} for v in ("vgg", "vgg-int8")
+                                            for b in range(-5, 5)])
+    return root
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def check_saved(display, path: Path) -> pd.DataFrame:
+    """Save; the PNG must be the figure's full size (no cropping), non-blank, with its CSV."""
+    w, h = display.figure_.get_size_inches()
+    expected = (round(w * DPI), round(h * DPI))
+    png, csv = style.save_figure(display.figure_, path, display.data_, dpi=DPI)
+    assert abs(png_size(png)[0] - expected[0]) <= 1 and abs(png_size(png)[1] - expected[1]) <= 1
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert pixels.std() > 5, "figure is blank"
+    frame = pd.read_csv(csv)
+    assert len(frame) == len(display.data_)
+    return frame
+
+
+def test_total_overlap_is_pooled_not_a_label(tmp_path):
+    disp = OverlapDisplay.from_table(hand_table(), CLASSES).plot_total()
+    frame = check_saved(disp, tmp_path / "overlap_total.png")
+    cell = lambda scope: frame[(frame.scope == scope) & (frame.row_model == "m_a")
+                               & (frame.col_model == "m_c")].percent.item()
+    assert cell("total") == pytest.approx(400 / 7)
+    assert cell("shirt") == pytest.approx(25.0) and cell("bag") == pytest.approx(100.0)
+    assert disp.model_names == ["m_a", "m_b", "m_c"]   # weaker rows first, stronger last
+    # annotated cells: one text per matrix cell, fixed 0-100 scale
+    assert len([t for t in disp.ax_.texts if t.get_text()]) == 9
+    assert disp.ax_.collections[0].get_clim() == (0.0, 100.0)
+
+
+def test_per_label_grid_has_class_titles_and_shared_scale(tmp_path):
+    disp = OverlapDisplay.from_table(hand_table(), CLASSES).plot_per_label()
+    titles = [ax.get_title() for ax in disp.axes_.ravel() if ax.get_visible()]
+    assert titles == CLASSES
+    assert all(ax.collections[0].get_clim() == (0.0, 100.0)
+               for ax in disp.axes_.ravel() if ax.get_visible())
+    check_saved(disp, tmp_path / "overlap_per_label.png")
+
+
+def test_overlap_rejects_wrong_class_names():
+    ov = OverlapDisplay.from_table(hand_table(), CLASSES)
+    with pytest.raises(ValueError, match="class names"):
+        OverlapDisplay(ov.model_names, ov.total, ov.per_label, ["only one"])
+
+
+def test_confusion_counts(tmp_path):
+    disp = ConfusionDisplay.from_predictions(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]),
+                                             CLASSES, "hand").plot()
+    assert disp.matrix.tolist() == [[1, 1], [1, 2]]
+    check_saved(disp, tmp_path / "confusion.png")
+
+
+def test_curve_figures(tmp_path):
+    r = normalise_router_frame(hand_routers())
+    metrics = check_saved(SacrificeMetricsDisplay.from_routers(r).plot(), tmp_path / "m.png")
+    assert set(metrics.method) >= {"cascade-conf", "reference", "oracle-per-sample"}
+    check_saved(TimeDisplay.from_routers(r).plot(), tmp_path / "t.png")
+    front = FrontierDisplay.from_routers(r).plot()
+    labels = front.ax_.get_legend_handles_labels()[1]
+    assert "single models" in labels and any("oracle-per-sample" in lab for lab in labels)
+    check_saved(front, tmp_path / "f.png")
+
+
+def test_shares_are_percent_of_each_row(tmp_path):
+    disp = SharesDisplay.from_routers(normalise_router_frame(hand_routers())).plot()
+    frame = check_saved(disp, tmp_path / "shares.png")
+    one = frame[(frame.method == "oracle-overlap") & np.isclose(frame.sacrifice, 0.01)]
+    assert dict(zip(one.model, one.share)) == pytest.approx({"m_a": 10, "m_b": 20, "m_c": 70})
+    assert frame.groupby(["method", "sacrifice"]).share.sum().to_numpy() == pytest.approx(100)
+
+
+def test_training_and_compression_figures(tmp_path):
+    run = make_run(tmp_path / "run")
+    art = load_run(run)
+    frame = check_saved(TrainingCurvesDisplay.from_histories(art.histories).plot(),
+                        tmp_path / "train.png")
+    assert len(frame) == 3 * 3 * 2   # models x epochs x (train, val)
+    bars = CompressionBarsDisplay.from_frame(art.compression)
+    int8 = bars.data_[(bars.data_.variant == "vgg-int8")].set_index("metric").percent_of_base
+    assert int8["size_mb"] == pytest.approx(25.0) and int8["latency_ms_b1"] == pytest.approx(50.0)
+    check_saved(bars.plot(), tmp_path / "bars.png")
+    check_saved(PruneSweepDisplay.from_frame(art.prune_sweep).plot(), tmp_path / "prune.png")
+    check_saved(WeightHistDisplay.from_frame(art.weight_hist).plot(), tmp_path / "hist.png")
+
+
+def test_summary_picks_fastest_held_deployable_router(tmp_path):
+    art = load_run(make_run(tmp_path / "run"))
+    s = summarize(art)
+    assert s.best_single == "m_c"                # most accurate on val
+    assert s.router["method"] == "cascade-conf"  # dispatcher is faster but did not hold
+    assert s.router_speedup == pytest.approx((2000 + 500) / 1000)
+    assert s.machine["cpu"] == "hand CPU"
+    none_held = art.routers.assign(budget_held=False)
+    row, note = pick_router(none_held)
+    assert row is None and "held" in note
+
+
+def test_report_end_to_end(tmp_path, capsys):
+    from scripts.report import main
+    run = make_run(tmp_path / "run")
+    # a hostile method name must come out escaped
+    r = pd.read_csv(run / "results" / "routers.csv")
+    r.loc[r.method == "m_a", "method"] = "<script>x</script>&"
+    r.to_csv(run / "results" / "routers.csv", index=False)
+    assert main(["--run", str(run), "--dpi", str(DPI)]) == 0
+    index = run / "reports" / "index.html"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(index)
+    html = index.read_text()
+    assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;&amp;" in html
+    assert "http://" not in html and "https://" not in html and "@font-face" not in html
+    refs = re.findall(r'(?:src|href)="([^"#]+)"', html)
+    assert refs, "page names no files"
+    for ref in refs:
+        assert (index.parent / ref).is_file(), ref
+    for name in ("overlap_total", "overlap_per_label", "metrics_vs_sacrifice", "time_vs_sacrifice",
+                 "frontier", "model_shares", "training_curves", "confusion_best_single",
+                 "confusion_best_router", "compression_bars", "prune_sweep", "weight_hist"):
+        assert f'src="{name}.png"' in html and (index.parent / f"{name}.csv").is_file(), name
+    assert "cascade-conf" in html and "2.50x" in html and "hand CPU" in html
+    assert "skipped" not in html
+
+
+def test_report_without_compression_notes_the_gap(tmp_path):
+    run = make_run(tmp_path / "run", compression=False)
+    result = build_report(run, dpi=DPI)
+    html = result.index.read_text()
+    assert "compression.csv is absent" in html
+    assert not (run / "reports" / "compression_bars.png").exists()
+    assert (run / "reports" / "frontier.png").exists()
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "results" / "routers.csv").write_text("method,accuracy\nx,1\n")
+    with pytest.raises(ValueError, match="routers.csv lacks columns"):
+        build_report(run, dpi=DPI)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(tmp_path / "nope")
+
+
+def test_reports_never_imports_torch():
+    code = ("import sys, reports.build, reports.style, reports.heatmap, reports.curves, "
+            "reports.compression, reports.tables, reports.html, reports.inputs, scripts.report; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
