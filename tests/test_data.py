@@ -35,14 +35,18 @@ def cifar_batch_dict(n: int, offset: int) -> dict:
             b"data": x.reshape(n, -1), b"filenames": [b"f%d.png" % i for i in range(n)]}
 
 
+def py2_style_pickle(obj) -> bytes:
+    """Protocol 2 naming ``numpy.core.multiarray``, as the real (Python 2 era) files do."""
+    return pickle.dumps(obj, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+
+
 def write_cifar(root: Path, per_batch: int = 4, n_test: int = 3) -> Path:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True, exist_ok=True)
     for b in range(5):
-        with open(d / f"data_batch_{b + 1}", "wb") as f:
-            pickle.dump(cifar_batch_dict(per_batch, b * per_batch), f, protocol=2)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump(cifar_batch_dict(n_test, 100), f, protocol=2)
+        (d / f"data_batch_{b + 1}").write_bytes(
+            py2_style_pickle(cifar_batch_dict(per_batch, b * per_batch)))
+    (d / "test_batch").write_bytes(py2_style_pickle(cifar_batch_dict(n_test, 100)))
     with open(d / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f, protocol=2)
     return d
@@ -152,6 +156,7 @@ def test_cifar10_batches(tmp_path):
     write_cifar(tmp_path, per_batch=4, n_test=3)
     tr, te, info = load_dataset("cifar10", tmp_path, download=False)
     assert tr.images.shape == (20, 3, 32, 32) and te.images.shape == (3, 3, 32, 32)
+    assert b"numpy.core.multiarray" in (tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes()
     # batch order kept: image i of the train set is constant i in channel 0, label i % 10
     assert tr.images[:, 0, 5, 7].tolist() == list(range(20))
     assert tr.labels.tolist() == [i % 10 for i in range(20)]
@@ -210,11 +215,14 @@ def test_cifar_download_path_uses_torchvision(tmp_path, monkeypatch):
 
 
 def test_convert_image_hand_worked(tmp_path):
-    # 40 wide x 20 high: left half red, right half blue. Shorter side 20 -> 10 gives 20 x 10,
-    # the centred 10 x 10 crop keeps columns 5..14: five red, then five blue.
-    arr = np.zeros((20, 40, 3), np.uint8)
-    arr[:, :20] = (255, 0, 0)
-    arr[:, 20:] = (0, 0, 255)
+    # 60 wide x 20 high: green 0..17, red 18..29, blue 30..41, green 42..59. Shorter side
+    # 20 -> 10 gives 30 x 10; the centred 10 x 10 crop keeps resized columns 10..19, i.e.
+    # source 20..39 (each output column blends source 2j-1..2j+2): red at the left edge, blue
+    # at the right edge, no green (squashing instead of cropping would show green there).
+    arr = np.zeros((20, 60, 3), np.uint8)
+    arr[:, :] = (0, 200, 0)
+    arr[:, 18:30] = (255, 0, 0)
+    arr[:, 30:42] = (0, 0, 255)
     Image.fromarray(arr).save(tmp_path / "half.png")
     out = convert_image(tmp_path / "half.png", 3, 10)
     assert out.shape == (3, 10, 10) and out.dtype == np.uint8
