@@ -261,6 +261,8 @@ def test_cost_never_rises_with_sacrifice_and_val_budget_holds(kind):
                 p = fit_policy(kind, t, costs, s)
                 cost, acc = p.meta["expected_cost"], p.meta["val_accuracy"]
                 assert cost <= costs[ref] + 1e-12       # never dearer than the reference
+                if kind != "budget":                    # ... on any single label either
+                    assert all(costs[m] <= costs[ref] for m in p.label_indices().values())
             assert cost <= last + 1e-12, (kind, s)
             assert acc >= ref_acc - s - 1e-12, (kind, s)  # the budget holds on val
             last = cost
