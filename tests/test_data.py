@@ -156,7 +156,8 @@ def test_cifar10_batches(tmp_path):
     write_cifar(tmp_path, per_batch=4, n_test=3)
     tr, te, info = load_dataset("cifar10", tmp_path, download=False)
     assert tr.images.shape == (20, 3, 32, 32) and te.images.shape == (3, 3, 32, 32)
-    assert b"numpy.core.multiarray" in (tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes()
+    assert b"numpy.core.multiarray" in (tmp_path / "cifar-10-batches-py" / "test_batch"
+                                        ).read_bytes()
     # batch order kept: image i of the train set is constant i in channel 0, label i % 10
     assert tr.images[:, 0, 5, 7].tolist() == list(range(20))
     assert tr.labels.tolist() == [i % 10 for i in range(20)]

@@ -178,7 +178,8 @@ def _torchvision_download_idx(name: str, root: Path) -> Path | None:
     return _find_idx_dir([root / cls.__name__ / "raw"])
 
 
-def _channel_stats(images: torch.Tensor, max_samples: int = 10000) -> tuple[list[float], list[float]]:
+def _channel_stats(images: torch.Tensor, max_samples: int = 10000
+                   ) -> tuple[list[float], list[float]]:
     x = images[:max_samples].float() / 255.0
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
@@ -314,7 +315,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that builds numpy arrays and plain containers, and refuses everything else."""
 
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
                ("_codecs", "encode")}
@@ -336,7 +338,8 @@ def read_cifar_batch(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} does not exist") from None
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR batch ({type(e).__name__}: {e}); the "
-                        "file is corrupt or truncated: delete it and fetch the dataset again") from None
+                        "file is corrupt or truncated: delete it and fetch the dataset again"
+                        ) from None
     if not isinstance(d, dict):
         raise DataError(f"{path} holds a {type(d).__name__}, not a CIFAR batch dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
@@ -444,8 +447,8 @@ def list_image_folder(root: Path, classes: list[str] | None = None
         files = sorted(p for p in (root / c).rglob("*")
                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            raise DataError(f"class folder {root / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                            "remove it or add its pictures")
+            raise DataError(f"class folder {root / c} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its pictures")
         paths += files
         labels += [classes.index(c)] * len(files)
     return paths, labels, classes
@@ -466,7 +469,8 @@ def _scan_headers(paths: Sequence[Path]) -> tuple[int, set[tuple[int, int]]]:
 
 
 def split_by_seed(labels: Sequence[int], seed: int,
-                  test_fraction: float = IMAGEFOLDER_TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+                  test_fraction: float = IMAGEFOLDER_TEST_FRACTION
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/test index lists: per class, ``round(n * test_fraction)`` (>= 1 when the
     class has 2+ pictures) go to test, chosen by ``seed``. Same labels + seed -> same split."""
     labels = np.asarray(labels)
@@ -602,7 +606,9 @@ def load_oxford_pet(data_dir: str | Path | None, download: bool, image_size: int
     size = image_size or DEFAULT_IMAGE_SIZE
     root = Path(data_dir or "data")
     candidates = [root / "oxford-iiit-pet", root]
-    ok = lambda c: (c / "annotations" / "trainval.txt").exists() and (c / "images").is_dir()  # noqa: E731
+    def ok(c: Path) -> bool:
+        return (c / "annotations" / "trainval.txt").exists() and (c / "images").is_dir()
+
     found = next((c for c in candidates if ok(c)), None)
     if found is None and download:
         _torchvision_download("oxford-pet", root, lambda ds: ds.OxfordIIITPet(
@@ -613,7 +619,8 @@ def load_oxford_pet(data_dir: str | Path | None, download: bool, image_size: int
                         f"images/) not found in: {', '.join(map(str, candidates))}. To get it: "
                         "download images.tar.gz and annotations.tar.gz from "
                         "https://www.robots.ox.ac.uk/~vgg/data/pets/, extract both into "
-                        "--data-dir/oxford-iiit-pet/, or drop --no-download where a network exists.")
+                        "--data-dir/oxford-iiit-pet/, or drop --no-download where a network "
+                        "exists.")
     sets = []
     for split in ("trainval", "test"):
         rows = read_pet_annotations(found / "annotations" / f"{split}.txt")
