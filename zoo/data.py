@@ -228,7 +228,7 @@ def _to_mode(img, mode: str):
 
     if img.mode.startswith("I;16"):
         arr = (np.asarray(img, dtype=np.uint16) // 257).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)  # uint8 (H, W) -> mode L
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -282,7 +282,7 @@ def _resize_tensor_images(images: torch.Tensor, size: int | None) -> torch.Tenso
     for i in tqdm(range(len(arr)), desc=f"resize to {size}", leave=False,
                   disable=len(arr) < 5000):
         pic = arr[i, 0] if mode == "L" else arr[i].transpose(1, 2, 0)
-        res = np.asarray(_resize_square(Image.fromarray(pic, mode=mode), size))
+        res = np.asarray(_resize_square(Image.fromarray(np.ascontiguousarray(pic)), size))
         out[i] = res[None] if res.ndim == 2 else res.transpose(2, 0, 1)
     return torch.from_numpy(out)
 
