@@ -105,6 +105,9 @@ class Policy:
                                   "route(labels, table)")
             if not np.array_equal(labels, table.labels):
                 raise PolicyError("per_sample routing needs labels equal to table.labels")
+            if "costs" not in self.meta:
+                raise PolicyError("this per_sample policy stores no costs in meta['costs']; "
+                                  "build it with fit_policy('per_sample', val, costs, s)")
             costs = np.asarray(self.meta["costs"], dtype=np.float64)
             return per_sample_choice(table, costs, reference=self.reference_index)
         lookup = self.label_indices()

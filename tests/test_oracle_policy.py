@@ -292,6 +292,10 @@ def test_bad_inputs_have_clear_errors(hand, tmp_path):
         fit_policy("budget", hand, np.array([1.0, np.inf, 2.0, 3.0]), 0.0)
     with pytest.raises(PolicyError, match="needs the prediction table"):
         fit_policy("per_sample", hand, COSTS, 0.0).route(hand.labels)
+    with pytest.raises(PolicyError, match="stores no costs"):
+        Policy("per_sample", 0.0, NAMES, None, "R").route(hand.labels, hand)
+    with pytest.raises(PolicyError, match="not among"):
+        Policy("budget", 0.0, NAMES, {0: "A"}, "Z")
     (tmp_path / "p.json").write_text('{"kind": "budget"}')
     with pytest.raises(PolicyError, match="lacks keys"):
         Policy.load(tmp_path / "p.json")
