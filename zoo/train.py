@@ -10,6 +10,7 @@ are restored.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -356,3 +357,207 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
                      best_val_loss=float(best["loss"]), best_val_accuracy=float(best["accuracy"]),
                      epochs_run=len(history), stopped_early=stopped,
                      seconds=float(sum(r["seconds"] for r in history)), resumed_from=resumed_from)
+
+
+# ---- speed probe -----------------------------------------------------------------------------
+
+def training_images_per_second(model: nn.Module, info: DatasetInfo, *, batch_size: int = 128,
+                               steps: int = 5, repeats: int = 3, warmup: int = 2,
+                               channels_last: bool = False, threads: int | None = None,
+                               device: str = "cpu") -> float:
+    """Median training throughput (forward + backward + AdamW step) on random in-memory batches.
+
+    ``warmup`` untimed steps first, then ``repeats`` timings of ``steps`` steps each.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(model).to(device=device, memory_format=fmt).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, info.in_channels, info.input_size,
+                                    info.input_size), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, info.num_classes, (batch_size,), generator=gen)
+
+    def step() -> None:
+        x = normalize(images.to(device), info)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), labels.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return batch_size * steps / times[len(times) // 2]
+
+
+# ---- one zoo model into a run directory -------------------------------------------------------
+
+@dataclass
+class ZooModelResult:
+    """What ``train_zoo_model`` did for one model: "trained", "resumed" or "skipped"."""
+
+    model_name: str
+    status: str
+    card: dict[str, Any]
+
+
+def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfig,
+                  split_fingerprint: str) -> list[str]:
+    """Why an existing card does not describe the requested model (empty: it does)."""
+    out = []
+    if card.get("arch") != arch:
+        out.append(f"arch {card.get('arch')} -> {arch}")
+    if card.get("split_fingerprint") != split_fingerprint:
+        out.append(f"split_fingerprint {card.get('split_fingerprint')} -> {split_fingerprint}")
+    old = {k: v for k, v in (card.get("train_config") or {}).items() if k not in RUNTIME_FIELDS}
+    new = config.identity()
+    out += [f"train_config.{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    return out
+
+
+def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any,
+                    config: TrainConfig, *, command: str, progress: bool = True,
+                    on_epoch_end: EpochCallback | None = None) -> ZooModelResult:
+    """Train ``model_name`` (built from ``arch``, a ``VGGArch``) into ``RUN/zoo/<model>/``.
+
+    Writes history.csv and a resumable ``train_state.pt`` each epoch, then checkpoint.pt and,
+    last, card.json (which marks the model finished); removes the state file. A finished model
+    whose card matches ``arch``, ``config`` and the split is skipped; a card that does not
+    match is an error (a different model must not silently replace one other steps used).
+    """
+    import datetime as dt
+
+    from oracle.io import read_json, write_json
+    from zoo.checkpoint import file_sha256, save_checkpoint
+    from zoo.rundir import RunDir
+    from zoo.vgg import VGG
+
+    rd = RunDir(run_dir)
+    arch_dict = arch.to_dict()
+    fingerprint = bundle.splits.fingerprint
+    card_path, ckpt_path = rd.card(model_name), rd.checkpoint(model_name)
+    if card_path.exists() and ckpt_path.exists():
+        card = read_json(card_path)
+        diffs = card_mismatch(card, arch_dict, config, fingerprint)
+        if not diffs:
+            return ZooModelResult(model_name, "skipped", card)
+        raise ValueError(f"{model_name} in {rd.root} is finished but was trained with other "
+                         f"settings ({'; '.join(diffs)}); use a new --run directory, the "
+                         f"original settings, or delete {rd.model_dir(model_name)} to retrain")
+    state_path = rd.model_dir(model_name) / "train_state.pt"
+    status = "resumed" if state_path.exists() else "trained"
+    torch.manual_seed(config.seed)  # the initial weights depend on the seed only
+    model = VGG(arch)
+    result = fit(model, bundle.train, bundle.val, bundle.info, config, state_path=state_path,
+                 history_path=rd.history(model_name), progress=progress, desc=model_name,
+                 on_epoch_end=on_epoch_end)
+    device = config.device
+    val = evaluate(model, bundle.val, bundle.info, config.eval_batch_size, device,
+                   config.channels_last)
+    test = evaluate(model, bundle.test, bundle.info, config.eval_batch_size, device,
+                    config.channels_last)
+    model.to("cpu", memory_format=torch.contiguous_format)
+    params = sum(p.numel() for p in model.parameters())
+    metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_top5": val["top5"],
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "test_top5": test["top5"], "best_epoch": result.best_epoch,
+               "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+               "train_seconds": round(result.seconds, 2)}
+    save_checkpoint(ckpt_path, model_name=model_name, arch=arch_dict,
+                    state_dict=model.state_dict(), parent=None, metrics=metrics,
+                    train_config=config.to_dict(), data=bundle.info.to_dict(),
+                    extra={"split_fingerprint": fingerprint, "command": command,
+                           "threads": torch.get_num_threads()})
+    card = {"model_name": model_name, "arch": arch_dict, "parent": None, "variant": None,
+            "dataset": bundle.info.to_dict(), "split_fingerprint": fingerprint,
+            "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            "params": params, "train_seconds": round(result.seconds, 2),
+            "train_config": config.to_dict(), "command": command,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint_sha256": file_sha256(ckpt_path),
+            "metrics": metrics, "threads": torch.get_num_threads(),
+            "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)}
+    write_json(card_path, card)
+    state_path.unlink(missing_ok=True)
+    return ZooModelResult(model_name, status, card)
+
+
+# ---- the whole zoo ----------------------------------------------------------------------------
+
+def ladder_violations(names: list[str], accuracies: list[float]) -> list[str]:
+    """Pairs breaking the ladder: a model (listed later = costlier) not more accurate than an
+    earlier (cheaper) one. Empty when the accuracies rise strictly along ``names``."""
+    out = []
+    for j in range(len(names)):
+        for i in range(j):
+            if not accuracies[j] > accuracies[i]:
+                out.append(f"{names[j]} ({100 * accuracies[j]:.2f}%) is not more accurate than "
+                           f"the cheaper {names[i]} ({100 * accuracies[i]:.2f}%)")
+    return out
+
+
+@dataclass
+class ZooRunSettings:
+    """What ``train-zoo`` was asked for, beyond the run's data settings."""
+
+    preset: str = "quick"
+    models: list[str] | None = None      # None: the preset's models
+    epochs: int | None = None
+    width: float | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    progress: bool = True
+
+
+def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, command: str,
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train (or resume, or skip) every requested model; return one summary row per model."""
+    from zoo.costs import count_macs
+    from zoo.presets import flip_makes_sense, get_preset
+    from zoo.registry import model_arch
+    from zoo.vgg import VGG
+
+    preset = get_preset(settings.preset)
+    models = settings.models or preset.models
+    info = bundle.info
+    rows = []
+    for i, name in enumerate(models):
+        recipe = preset.recipe(name, epochs=settings.epochs, width=settings.width, lr=settings.lr)
+        arch = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                          input_size=info.input_size, width=recipe.width)
+        arch.batch_norm = recipe.batch_norm
+        config = preset.train_config(recipe, seed=settings.seed, device=settings.device,
+                                     threads=settings.threads)
+        if config.augment and not flip_makes_sense(info.name):
+            config.flip = False
+        log(f"[{i + 1}/{len(models)}] {name}: width {recipe.width}, "
+            f"{'BN, ' if recipe.batch_norm else ''}{config.epochs} epochs, lr {config.lr}, "
+            f"{config.optimizer}/{config.schedule}")
+        res = train_zoo_model(run_dir, name, arch, bundle, config, command=command,
+                              progress=settings.progress)
+        card = res.card
+        macs = count_macs(VGG(arch), (1, info.in_channels, info.input_size, info.input_size))
+        rows.append({"model": name, "status": res.status, "width": recipe.width,
+                     "batch_norm": recipe.batch_norm, "params": card["params"], "macs": macs,
+                     "epochs": card["train_config"]["epochs"],
+                     "best_epoch": card.get("metrics", {}).get("best_epoch", ""),
+                     "val_accuracy": card["val_accuracy"], "test_accuracy": card["test_accuracy"],
+                     "train_seconds": card["train_seconds"]})
+        log(f"[{i + 1}/{len(models)}] {name}: {res.status}; val {100 * card['val_accuracy']:.2f}% "
+            f"test {100 * card['test_accuracy']:.2f}% in {card['train_seconds']:.0f} s")
+    return rows

@@ -1,0 +1,106 @@
+"""train-zoo: train the model zoo of a preset into ``RUN/zoo/<model>/``; resumable.
+
+    train-zoo --run runs/quick [--preset quick|full] [--models tiny_vgg1 ...] [--epochs N]
+              [--dataset fashion-mnist] [--data-dir D] [--no-download] [--limit-train N]
+              [--limit-eval N] [--seed S] [--device cpu|cuda] [--threads N] [--width W]
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from oracle.io import write_csv
+from zoo.data import DataError, prepare_data
+from zoo.presets import PRESETS, get_preset
+from zoo.registry import list_models
+from zoo.rundir import RunConfig, RunDir
+from zoo.train import ZooRunSettings, ladder_violations, train_zoo
+
+COLUMNS = ["model", "status", "width", "batch_norm", "params", "macs", "epochs", "best_epoch",
+           "val_accuracy", "test_accuracy", "train_seconds"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train-zoo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory (created if missing)")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--models", nargs="+", help="models to train (default: the preset's), "
+                   "listed cheapest first: the order the accuracy ladder is checked in")
+    p.add_argument("--dataset", default=None, help="dataset (default: the preset's)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--epochs", type=int, help="epochs for every model (overrides the preset)")
+    p.add_argument("--lr", type=float, help="peak learning rate for every model")
+    p.add_argument("--width", type=float, help="width multiplier for every model")
+    p.add_argument("--limit-train", type=int, help="first N training indices")
+    p.add_argument("--limit-eval", type=int, help="first N val and test indices")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p.parse_args(argv)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:6.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    preset = get_preset(args.preset)
+    unknown = [m for m in (args.models or []) if m not in list_models()]
+    if unknown:
+        print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())}",
+              file=sys.stderr)
+        return 2
+    rd = RunDir(args.run)
+    limit_train = args.limit_train if args.limit_train is not None else preset.limit_train
+    limit_eval = args.limit_eval if args.limit_eval is not None else preset.limit_eval
+    try:
+        config = rd.ensure_config(RunConfig(
+            dataset=args.dataset or preset.dataset, data_dir=args.data_dir, seed=args.seed,
+            limit_train=limit_train, limit_eval=limit_eval, download=not args.no_download,
+            preset=args.preset))
+        bundle = prepare_data(rd.root, **config.data_kwargs())
+    except (DataError, ValueError) as e:
+        print(f"train-zoo: {e}", file=sys.stderr)
+        return 2
+    print(f"data: {config.dataset} train {len(bundle.train)} / val {len(bundle.val)} / test "
+          f"{len(bundle.test)}, split {bundle.splits.fingerprint}")
+    settings = ZooRunSettings(preset=args.preset, models=args.models, epochs=args.epochs,
+                              width=args.width, lr=args.lr, seed=args.seed, device=args.device,
+                              threads=args.threads, progress=not args.no_progress)
+    command = shlex.join(["train-zoo", *argv])
+    try:
+        rows = train_zoo(rd.root, bundle, settings, command=command)
+    except ValueError as e:
+        print(f"train-zoo: {e}", file=sys.stderr)
+        return 2
+    write_csv(rd.results / "train_zoo.csv", rows, COLUMNS)
+
+    print(f"\n{'model':<12} {'status':<8} {'params':>10} {'MMACs':>8} {'epochs':>6} "
+          f"{'val %':>7} {'test %':>7} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['model']:<12} {r['status']:<8} {r['params']:>10,} {r['macs'] / 1e6:>8.1f} "
+              f"{r['epochs']:>6} {_pct(r['val_accuracy']):>7} {_pct(r['test_accuracy']):>7} "
+              f"{r['train_seconds']:>8.0f}")
+    names = [r["model"] for r in rows]
+    for split in ("val", "test"):
+        bad = ladder_violations(names, [r[f"{split}_accuracy"] for r in rows])
+        if bad:
+            print(f"WARNING: the accuracy ladder does NOT hold on {split} (models in the order "
+                  f"given, cheapest first):\n  " + "\n  ".join(bad))
+        else:
+            print(f"ladder holds on {split}: each model more accurate than every one before it")
+    by_macs = [r["model"] for r in sorted(rows, key=lambda r: r["macs"])]
+    if by_macs != names:
+        print(f"note: ordered by counted MACs the models are {by_macs} (MACs are a count, not "
+              "a time: profile-zoo measures the seconds that order the router's tables)")
+    print(f"wrote {rd.results / 'train_zoo.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
