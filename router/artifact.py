@@ -1,0 +1,208 @@
+"""A routed classifier as one file: router settings and weights + the zoo models it may call.
+
+On disk (``torch.save``, read back with ``weights_only=True``): ``{format, kind, name,
+model_names, models: [{name, checkpoint, checkpoint_abs, sha256}], router: {...}, info,
+meta}``. Zoo model weights are referenced by checkpoint path (relative to the run directory,
+plus the absolute path as written) and SHA-256, checked on load, so a changed checkpoint is
+refused instead of silently used. The dispatcher's own (small) weights are embedded.
+
+``RoutedClassifier.load(path)`` gives a callable: uint8 images in -> ``RoutedOutput`` with
+predictions, chosen models, each answer's confidence and the scores behind each choice.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from router.base import AssignmentRouter, Router, RouterError
+from router.cascade import CascadeRouter
+from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
+from router.execute import execute_routed
+from zoo.checkpoint import file_sha256, load_model
+from zoo.data import DatasetInfo
+
+FORMAT = "adaptive-router-routed/1"
+
+
+@dataclass
+class RoutedOutput:
+    """Answers for N images and why each model was chosen."""
+
+    preds: np.ndarray                 # (N,) predicted class
+    chosen: np.ndarray                # (N,) index into model_names of the answering model
+    model_names: list[str]
+    confidence: np.ndarray            # (N,) top softmax probability of the answering model
+    scores: np.ndarray | None = None  # (N, K) numbers behind the choice (NaN: not computed)
+    score_names: list[str] = field(default_factory=list)
+    rule: str = ""
+
+    @property
+    def chosen_names(self) -> list[str]:
+        return [self.model_names[i] for i in self.chosen]
+
+
+class RoutedClassifier:
+    """A router plus the zoo models it routes to, callable on uint8 images."""
+
+    def __init__(self, name: str, router: Router, models: Sequence[nn.Module | None],
+                 infos: Sequence[DatasetInfo | None], checkpoints: Sequence[str | Path | None],
+                 batch_size: int = 256, meta: dict[str, Any] | None = None):
+        self.name, self.router = name, router
+        self.model_names = list(router.model_names)
+        if not (len(models) == len(infos) == len(checkpoints) == len(self.model_names)):
+            raise RouterError("models, infos and checkpoints must be given for every model name "
+                              "(None for models the router never chooses)")
+        self.models, self.infos = list(models), list(infos)
+        self.checkpoints = [None if c is None else Path(c) for c in checkpoints]
+        self.batch_size, self.meta = batch_size, dict(meta or {})
+        if isinstance(router, CascadeRouter):
+            router.attach(self.models, self.infos, batch_size)
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> RoutedOutput:
+        x = _as_images(images, self._info())
+        if isinstance(self.router, CascadeRouter):   # routing = running the stages
+            res = self.router.run(x)
+            routing = self.router.routing_of(res)
+        else:
+            routing = self.router.explain(x)
+            missing = sorted({self.model_names[m] for m in np.unique(routing.chosen)
+                              if self.models[m] is None})
+            if missing:
+                raise RouterError(f"the router chose models {missing} that this artifact did not load")
+            res = execute_routed(AssignmentRouter(self.model_names, routing.chosen), x,
+                                 self.models, self.infos, self.batch_size)
+        return RoutedOutput(res.preds, res.chosen, self.model_names, res.confidence,
+                            routing.scores, routing.score_names, routing.rule)
+
+    def _info(self) -> DatasetInfo:
+        return next(i for i in self.infos if i is not None)
+
+    # ---- persistence ------------------------------------------------------------------
+    def save(self, path: str | Path, run_root: str | Path | None = None) -> Path:
+        """Write the artifact atomically; checkpoint paths are stored relative to ``run_root``."""
+        path = Path(path)
+        run_root = Path(run_root) if run_root is not None else path.parent.parent
+        models = []
+        for name, ckpt in zip(self.model_names, self.checkpoints):
+            if ckpt is None:
+                models.append({"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": ""})
+                continue
+            rel = os.path.relpath(ckpt.resolve(), run_root.resolve())
+            models.append({"name": name, "checkpoint": rel, "checkpoint_abs": str(ckpt.resolve()),
+                           "sha256": file_sha256(ckpt)})
+        payload = {"format": FORMAT, "name": self.name, "model_names": self.model_names,
+                   "models": models, "router": _router_payload(self.router),
+                   "info": self._info().to_dict(), "batch_size": self.batch_size,
+                   "meta": self.meta}
+        payload["kind"] = payload["router"]["kind"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, run_root: str | Path | None = None,
+             verify: bool = True) -> "RoutedClassifier":
+        """Rebuild the router and load the zoo models it may choose (checksums verified)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"routed classifier {path} does not exist; run "
+                                    "`evaluate-routers --run DIR` to write RUN/routers/*.pt")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); re-run "
+                             "`evaluate-routers`") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a routed-classifier artifact ({FORMAT})")
+        run_root = Path(run_root) if run_root is not None else path.parent.parent
+        info = DatasetInfo.from_dict(d["info"])
+        router = _router_from_payload(d["router"], d["model_names"], info)
+        needed = _needed_models(router, len(d["model_names"]))
+        models, infos, ckpts = [], [], []
+        for i, entry in enumerate(d["models"]):
+            if i not in needed:
+                models.append(None), infos.append(None), ckpts.append(None)
+                continue
+            ckpt = _resolve(entry, run_root)
+            if verify and entry["sha256"] and file_sha256(ckpt) != entry["sha256"]:
+                raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since the "
+                                 f"router was saved (sha256 differs); re-run `evaluate-routers`")
+            model, c = load_model(ckpt)
+            models.append(model)
+            infos.append(DatasetInfo.from_dict(c["data"]) if c.get("data") else info)
+            ckpts.append(ckpt)
+        return cls(d["name"], router, models, infos, ckpts, int(d.get("batch_size", 256)),
+                   d.get("meta"))
+
+
+def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        raise RouterError(f"images must be uint8 (0-255), got {x.dtype}; pass raw pixels, the "
+                          "classifier normalises them itself")
+    if x.ndim == 3 and info.in_channels == 1:
+        x = x.unsqueeze(1)
+    want = (info.in_channels, info.input_size, info.input_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise RouterError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), got "
+                          f"{tuple(x.shape)}")
+    return x
+
+
+def _router_payload(router: Router) -> dict[str, Any]:
+    if isinstance(router, Dispatcher):
+        return {"kind": "dispatcher", "mode": router.mode, "arch": router.net.arch.to_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in router.net.state_dict().items()},
+                "costs": router.costs.tolist(),
+                "label_to_model": (None if router.label_to_model is None
+                                   else router.label_to_model.tolist()),
+                "threshold": router.threshold, "fallback": router.fallback,
+                "macs": router.macs_per_image}
+    if isinstance(router, CascadeRouter):
+        return {"kind": "cascade", "stages": router.stages, "thresholds": router.thresholds}
+    raise RouterError(f"only dispatchers and cascades save as artifacts, not {type(router).__name__}"
+                      " (oracle routers need the true label and are not deployable)")
+
+
+def _router_from_payload(r: dict[str, Any], names: list[str], info: DatasetInfo) -> Router:
+    if r["kind"] == "cascade":
+        return CascadeRouter(names, r["stages"], r["thresholds"])
+    if r["kind"] == "dispatcher":
+        net = DispatcherNet(DispatcherArch.from_dict(r["arch"]))
+        net.load_state_dict(r["state_dict"])
+        return Dispatcher(r["mode"], net, info, names, np.asarray(r["costs"]),
+                          label_to_model=r["label_to_model"], threshold=r["threshold"],
+                          fallback=r["fallback"], macs=r["macs"])
+    raise ValueError(f"unknown router kind {r['kind']!r} in artifact")
+
+
+def _needed_models(router: Router, n: int) -> set[int]:
+    if isinstance(router, CascadeRouter):
+        return set(router.stages)
+    if isinstance(router, Dispatcher) and router.mode == "label":
+        return {int(m) for m in router.label_to_model}
+    return set(range(n))
+
+
+def _resolve(entry: dict[str, str], run_root: Path) -> Path:
+    for cand in (run_root / entry["checkpoint"], Path(entry["checkpoint_abs"])):
+        if entry["checkpoint"] and cand.exists():
+            return cand
+    raise FileNotFoundError(f"checkpoint of model {entry['name']!r} not found at "
+                            f"{run_root / entry['checkpoint']} or {entry['checkpoint_abs']}; "
+                            "load the artifact from inside its run directory or pass run_root=")

@@ -1,0 +1,158 @@
+"""The router interface and the threshold logic every router shares (written once, here).
+
+A ``Router`` sees a batch of uint8 images and returns one model index per image (indices into
+``model_names``, which are sorted by cost). Threshold routers (the confidence cascade and the
+``sample``-mode dispatcher) all decide the same way: take the first model, in cost order, whose
+score clears its threshold, else a fallback. ``first_confident`` is that rule;
+``least_cost_meeting`` picks the cheapest setting whose simulated accuracy holds a target;
+``table_precision`` rounds live scores the way the float16 prediction tables store them, so a
+threshold fitted on a table makes exactly the same decision when executed.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+_EPS = 1e-9
+
+
+class RouterError(ValueError):
+    """A router was built, fitted or called with inputs it cannot use; the message says why."""
+
+
+@dataclass
+class Routing:
+    """What a router decided for N inputs and why.
+
+    ``chosen`` (N,) model indices; ``scores`` (N, K) the numbers behind the choice (class
+    probabilities, predicted chance each model is right, or each stage's confidence; NaN where
+    not computed), named by ``score_names`` (K,); ``rule`` says in words how scores became choices.
+    """
+
+    chosen: np.ndarray
+    scores: np.ndarray | None = None
+    score_names: list[str] = field(default_factory=list)
+    rule: str = ""
+
+
+class Router(ABC):
+    """Picks a model per input from the image alone (bounds that cheat say so in their name)."""
+
+    model_names: list[str]
+
+    @abstractmethod
+    def route(self, images: torch.Tensor) -> np.ndarray:
+        """(N,) int64 model indices for uint8 images (N, C, H, W)."""
+
+    def explain(self, images: torch.Tensor) -> Routing:
+        """The choice plus the scores behind it; routers with scores override this."""
+        return Routing(chosen=self.route(images))
+
+    @property
+    def macs_per_image(self) -> int:
+        """The router's own multiply-accumulates per image (0 for table lookups)."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings (thresholds, mapping, ...) for results and artifacts."""
+        return {"type": type(self).__name__}
+
+
+class ConstantRouter(Router):
+    """Every input to one model: how single models run through the same harness."""
+
+    def __init__(self, model_names: list[str], index: int):
+        if not 0 <= index < len(model_names):
+            raise RouterError(f"model index {index} out of range for {model_names}")
+        self.model_names, self.index = list(model_names), int(index)
+
+    def route(self, images: torch.Tensor) -> np.ndarray:
+        return np.full(len(images), self.index, dtype=np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "constant", "model": self.model_names[self.index]}
+
+
+class AssignmentRouter(Router):
+    """Replays a precomputed assignment (N,) for exactly N inputs, in order.
+
+    Used for the bounds that need the true label or per-sample correctness (oracle policies,
+    the per-sample ceiling): the lookup runs inside the clock like any router, but it is not
+    deployable and ``describe`` says so.
+    """
+
+    def __init__(self, model_names: list[str], chosen: np.ndarray, what: str = "assignment"):
+        self.model_names = list(model_names)
+        self.chosen = check_choices(chosen, len(model_names))
+        self.what = what
+
+    def route(self, images: torch.Tensor) -> np.ndarray:
+        if len(images) != len(self.chosen):
+            raise RouterError(f"this {self.what} router holds {len(self.chosen)} choices but got "
+                              f"{len(images)} images; build it for exactly these inputs")
+        return self.chosen.copy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.what, "deployable": False}
+
+
+def check_choices(chosen: Any, n_models: int) -> np.ndarray:
+    """Validate (N,) integer model indices in [0, n_models)."""
+    c = np.asarray(chosen)
+    if c.ndim != 1 or (c.size and not np.issubdtype(c.dtype, np.integer)):
+        raise RouterError(f"choices must be a 1-D integer array, got shape {c.shape} dtype {c.dtype}")
+    if c.size and (c.min() < 0 or c.max() >= n_models):
+        raise RouterError(f"choices must lie in [0, {n_models}), got [{c.min()}, {c.max()}]")
+    return c.astype(np.int64)
+
+
+def table_precision(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Scores rounded through float16, as prediction tables store probabilities.
+
+    Rounding is monotone and thresholds are float16 values, so a threshold fitted on a table
+    stops exactly the inputs whose live (float32) scores round to the same table value.
+    """
+    if torch.is_tensor(scores):
+        scores = scores.detach().cpu().numpy()
+    return np.asarray(scores, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def first_confident(scores: np.ndarray, thresholds: np.ndarray | float,
+                    fallback: int | np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """(N,) the first column (in ``order``, default 0..K-1) whose score >= its threshold.
+
+    ``scores`` (N, K); ``thresholds`` scalar or (K,); ``fallback`` (scalar or (N,)) where no
+    column clears. NaN scores never clear. This is the one threshold rule of all routers.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2:
+        raise RouterError(f"scores must be (N, K), got shape {scores.shape}")
+    k = scores.shape[1]
+    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+    th = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (k,))
+    clears = scores[:, order] >= th[order][None, :]           # NaN >= t is False
+    any_clear = clears.any(axis=1)
+    first = order[np.argmax(clears, axis=1)]
+    fb = np.broadcast_to(np.asarray(fallback, dtype=np.int64), (len(scores),))
+    return np.where(any_clear, first, fb).astype(np.int64)
+
+
+def least_cost_meeting(accuracy: np.ndarray, cost: np.ndarray, target: float) -> int:
+    """Index of the cheapest candidate with ``accuracy >= target`` (ties: more accurate, then first).
+
+    Raises ``RouterError`` when no candidate meets the target (callers include a setting that
+    reproduces the reference model, so this means the inputs were inconsistent).
+    """
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    cost = np.asarray(cost, dtype=np.float64)
+    ok = np.flatnonzero(accuracy >= target - _EPS)
+    if ok.size == 0:
+        raise RouterError(f"no candidate reaches accuracy {target:.4f} (best "
+                          f"{accuracy.max(initial=float('nan')):.4f}); include the reference "
+                          "model among the candidates")
+    best = ok[np.lexsort((ok, -accuracy[ok], cost[ok]))[0]]
+    return int(best)

@@ -1,0 +1,176 @@
+"""Routed execution on data already in memory, and the one timing harness for everything.
+
+``execute_routed``: the router runs on the whole batch of inputs (in batches), inputs are
+grouped by chosen model, each group runs in batches, answers go back to input order.
+``execute_cascade``: stage by stage, only the still-unsure inputs go on. Single models run
+through ``execute_routed`` with a ``ConstantRouter``, so every speedup is a ratio of two
+measurements by the same code. ``benchmark`` wraps any of them: warm-up runs, then the median
+of timed repeats; the router's own time (routing plus grouping and gathering: everything that
+is not a model's forward pass) is measured inside the same clock.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from router.base import Router, RouterError, first_confident, table_precision
+from zoo.data import DatasetInfo, normalize
+
+
+@dataclass
+class ExecResult:
+    """Answers for N inputs: predictions, the model that answered each, and timing parts."""
+
+    preds: np.ndarray             # (N,) int64 class predictions, input order
+    chosen: np.ndarray            # (N,) int64 index of the model whose answer was kept
+    seconds: float = 0.0          # wall-clock of the whole call
+    model_seconds: float = 0.0    # time inside model forward passes
+    confidence: np.ndarray | None = None  # (N,) top softmax prob of the answering model
+    stage_confidence: np.ndarray | None = None  # cascades: (N, S), NaN where not reached
+
+    @property
+    def router_seconds(self) -> float:
+        """Everything that is not a zoo model's forward pass: routing, grouping, gathering."""
+        return max(0.0, self.seconds - self.model_seconds)
+
+
+@dataclass
+class Timing:
+    """Median wall-clock of repeats after warm-up, with what it was measured under."""
+
+    seconds: float
+    router_seconds: float
+    n_samples: int
+    threads: int
+    repeats: int
+    warmup: int
+    all_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_samples / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def router_share(self) -> float:
+        return self.router_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(images_per_second=self.images_per_second, router_share=self.router_share)
+        return d
+
+
+class _Clock:
+    """Accumulates time spent inside model forward passes."""
+
+    def __init__(self) -> None:
+        self.model_seconds = 0.0
+
+
+@torch.inference_mode()
+def _run_model(model: nn.Module, images: torch.Tensor, info: DatasetInfo, batch_size: int,
+               clock: _Clock) -> torch.Tensor:
+    """Logits (n, C) float32 for uint8 images, in batches; forward time goes on the clock."""
+    outs = []
+    for s in range(0, len(images), batch_size):
+        t0 = time.perf_counter()
+        outs.append(model(normalize(images[s:s + batch_size], info)).float())
+        clock.model_seconds += time.perf_counter() - t0
+    return torch.cat(outs) if outs else torch.empty(0, info.num_classes)
+
+
+def _check_models(models: Sequence[nn.Module], infos: Sequence[DatasetInfo], n: int) -> None:
+    if len(models) != n or len(infos) != n:
+        raise RouterError(f"the router knows {n} models but got {len(models)} models and "
+                          f"{len(infos)} dataset infos; pass them in the table's model order")
+
+
+def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Module],
+                   infos: Sequence[DatasetInfo], batch_size: int = 256) -> ExecResult:
+    """Route all inputs, run each chosen model on its group in batches, restore input order."""
+    _check_models(models, infos, len(router.model_names))
+    clock = _Clock()
+    t0 = time.perf_counter()
+    chosen = np.asarray(router.route(images), dtype=np.int64)
+    if chosen.shape != (len(images),):
+        raise RouterError(f"{type(router).__name__}.route returned shape {chosen.shape} for "
+                          f"{len(images)} images")
+    preds = torch.empty(len(images), dtype=torch.int64)
+    conf = torch.empty(len(images), dtype=torch.float32)
+    chosen_t = torch.from_numpy(chosen)
+    for m in np.unique(chosen):
+        idx = torch.nonzero(chosen_t == int(m), as_tuple=True)[0]
+        logits = _run_model(models[m], images.index_select(0, idx), infos[m], batch_size, clock)
+        p, y = torch.softmax(logits, dim=1).max(dim=1)
+        preds[idx], conf[idx] = y, p
+    seconds = time.perf_counter() - t0
+    return ExecResult(preds.numpy(), chosen, seconds, clock.model_seconds, conf.numpy())
+
+
+def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: torch.Tensor,
+                    models: Sequence[nn.Module], infos: Sequence[DatasetInfo],
+                    batch_size: int = 256) -> ExecResult:
+    """Run ``models[stages[0]]`` on all inputs, keep answers whose confidence clears the stage
+    threshold, send the rest to the next stage; the last stage answers everything left.
+
+    Confidences are compared at table precision (``table_precision``), as when fitted.
+    """
+    if len(stages) == 0 or len(thresholds) != len(stages):
+        raise RouterError(f"a cascade needs stages and one threshold per stage, got "
+                          f"{list(stages)} and {list(thresholds)}")
+    clock = _Clock()
+    t0 = time.perf_counter()
+    n = len(images)
+    preds = torch.empty(n, dtype=torch.int64)
+    conf = torch.empty(n, dtype=torch.float32)
+    chosen = np.full(n, int(stages[-1]), dtype=np.int64)
+    stage_conf = np.full((n, len(stages)), np.nan, dtype=np.float32)
+    todo = torch.arange(n)
+    for k, (m, th) in enumerate(zip(stages, thresholds)):
+        if len(todo) == 0:
+            break
+        logits = _run_model(models[m], images.index_select(0, todo), infos[m], batch_size, clock)
+        p, y = torch.softmax(logits, dim=1).max(dim=1)
+        stage_conf[todo.numpy(), k] = p.numpy()
+        last = k == len(stages) - 1
+        stop = (np.ones(len(todo), dtype=bool) if last else
+                first_confident(table_precision(p)[:, None], th, fallback=-1) == 0)
+        stop_t = torch.from_numpy(stop)
+        done = todo[stop_t]
+        preds[done], conf[done] = y[stop_t], p[stop_t]
+        chosen[done.numpy()] = int(m)
+        todo = todo[~stop_t]
+    seconds = time.perf_counter() - t0
+    return ExecResult(preds.numpy(), chosen, seconds, clock.model_seconds, conf.numpy(),
+                      stage_conf)
+
+
+def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
+              repeats: int = 3) -> tuple[ExecResult, Timing]:
+    """Warm-up runs, then ``repeats`` timed runs; the median total and median router time.
+
+    Returns the last run's result (all runs compute the same answers) and the timing.
+    The caller fixes the thread count (``torch.set_num_threads``); it is recorded here.
+    """
+    if repeats < 1 or warmup < 0:
+        raise RouterError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    result = None
+    for _ in range(warmup):
+        result = run()
+    totals, routers = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = run()
+        totals.append(time.perf_counter() - t0)
+        routers.append(result.router_seconds)
+    assert result is not None
+    timing = Timing(seconds=statistics.median(totals), router_seconds=statistics.median(routers),
+                    n_samples=n_samples, threads=torch.get_num_threads(), repeats=repeats,
+                    warmup=warmup, all_seconds=totals)
+    return result, timing

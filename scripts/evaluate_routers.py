@@ -1,0 +1,52 @@
+"""evaluate-routers: fit the dispatcher and the cascade on val, score and time every router on test.
+
+    evaluate-routers --run runs/quick [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--threads 2]
+                     [--repeats 3] [--timing-samples 2000]
+
+Writes RUN/results/routers.csv, RUN/results/router_predictions.npz and RUN/routers/*.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from router.dispatcher import DispatcherConfig
+from router.evaluate import DEFAULT_SACRIFICES, EvalConfig, evaluate_run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="evaluate-routers", description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run directory (made by train-zoo/profile-zoo)")
+    p.add_argument("--sacrifices", type=float, nargs="+", default=list(DEFAULT_SACRIFICES),
+                   help="accuracy sacrifice levels as fractions (0.01 = one point)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads, fixed and recorded")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after warm-up")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method")
+    p.add_argument("--timing-samples", type=int, default=2000,
+                   help="time on the first N test images (0 = all of them)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of each model group")
+    p.add_argument("--label-policy", default="budget", choices=["overlap", "accuracy", "budget"],
+                   help="oracle policy the label-mode dispatcher maps predicted labels through")
+    p.add_argument("--cascade-max-stages", type=int, default=3)
+    p.add_argument("--dispatcher-epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    cfg = EvalConfig(sacrifices=a.sacrifices, threads=a.threads, repeats=a.repeats,
+                     warmup=a.warmup, timing_samples=a.timing_samples or None,
+                     batch_size=a.batch_size, label_policy=a.label_policy,
+                     cascade_max_stages=a.cascade_max_stages,
+                     dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,
+                                                 progress=not a.no_progress),
+                     seed=a.seed, save_routers=not a.no_save_routers, progress=not a.no_progress)
+    evaluate_run(a.run, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
