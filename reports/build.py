@@ -74,7 +74,9 @@ def _summary_lines(s: Summary) -> list[str]:
     if s.machine:
         keys = ("cpu", "threads", "torch", "device")
         desc = ", ".join(f"{k} {s.machine[k]}" for k in keys if s.machine.get(k) is not None)
-        lines.append(f"Timed on: {desc or s.machine}.")
+        threads = (f"; routers timed with {s.router_threads} threads"
+                   if s.router_threads is not None else "")
+        lines.append(f"Timed on: {desc or s.machine}{threads}.")
     lines.append("Oracle rows route by the true label: they are bounds, not deployable routers.")
     return lines
 

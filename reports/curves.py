@@ -15,9 +15,12 @@ import pandas as pd
 import seaborn as sns
 
 from reports import style
+from reports.inputs import model_of
 
 SINGLE_FAMILIES = ("single", "best-single")
 REFERENCE_FAMILIES = ("single", "best-single", "ceiling")
+# oracle-executed rows carry the same predictions as their simulated oracle rows (only timed)
+SAME_AS_ORACLE = ("oracle-executed",)
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
@@ -47,8 +50,7 @@ def _reference_lines(ax: Any, frame: pd.DataFrame, column: str) -> None:
     ceiling method has several sacrifice levels)."""
     best = best_single_row(frame)
     if best is not None and column in best and np.isfinite(best[column]):
-        name = best.get("reference", best["method"])
-        ax.axhline(best[column], label=f"best single ({name})",
+        ax.axhline(best[column], label=f"best single ({model_of(best)})",
                    **style.REFERENCE_STYLE["best-single"])
     if column not in frame.columns:
         return
@@ -87,14 +89,18 @@ class SacrificeMetricsDisplay:
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", *self.metrics]
         refs = self.frame[self.frame["family"].isin(("best-single", "ceiling"))]
-        return pd.concat([routed_rows(self.frame), refs])[keep]
+        return pd.concat([self._rows(), refs])[keep]
+
+    def _rows(self) -> pd.DataFrame:
+        rows = routed_rows(self.frame)
+        return rows[~rows["family"].isin(SAME_AS_ORACLE)]
 
     def plot(self) -> "SacrificeMetricsDisplay":
         n = len(self.metrics)
         ncols = min(n, 2)
         fig, axes = style.new_figure(4.2 * ncols + 1.6, 3.0 * math.ceil(n / ncols),
                                      math.ceil(n / ncols), ncols)
-        rows = routed_rows(self.frame).assign(level=lambda d: 100 * d["sacrifice"])
+        rows = self._rows().assign(level=lambda d: 100 * d["sacrifice"])
         for ax, metric in zip(axes.ravel(), self.metrics):
             sns.lineplot(rows, x="level", y=metric, hue="method", style="family",
                          markers=True, dashes=False, ax=ax, legend=ax is axes.ravel()[0])
@@ -181,31 +187,29 @@ class FrontierDisplay:
         if ax is None:
             fig, axes = style.new_figure(7.5, 4.6)
             ax = axes[0, 0]
-        singles = self.frame[self.frame["family"] == "single"].drop_duplicates("method")
+        singles = self.frame[self.frame["family"].isin(SINGLE_FAMILIES)]
+        singles = singles.assign(model=[model_of(r) for _, r in singles.iterrows()])
         best = best_single_row(self.frame)
-        if best is not None:
-            name = str(best.get("reference", best["method"]))
-            if name in set(singles["method"]):
-                singles = singles.assign(method=singles["method"].where(
-                    singles["method"] != name, f"{name} (best single)"))
-            else:
-                singles = pd.concat([singles, best.to_frame().T.assign(
-                    method=f"{name} (best single)")])
+        best_name = model_of(best) if best is not None else None
+        singles = singles.drop_duplicates("model").assign(
+            label=lambda d: d["model"].where(d["model"] != best_name, f"{best_name} (best single)"))
         ax.scatter(singles["images_per_second"], singles["accuracy"], color="dimgray",
                    marker="o", zorder=3, label="single models")
         for _, r in singles.iterrows():
-            ax.annotate(str(r["method"]), (r["images_per_second"], r["accuracy"]), fontsize=6,
+            ax.annotate(str(r["label"]), (r["images_per_second"], r["accuracy"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
-        rows = routed_rows(self.frame)
+        rows = routed_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
         if not rows.empty:
             sns.lineplot(rows, x="images_per_second", y="accuracy", hue="method",
                          style="family", markers=True, dashes=False, sort=False, ax=ax)
-        for method, part in ceiling_rows(self.frame).groupby("method", sort=False):
+        ceil = ceiling_rows(self.frame)
+        any_timed = not ceil.dropna(subset=["images_per_second", "accuracy"]).empty
+        for method, part in ceil.groupby("method", sort=False):
             timed = part.dropna(subset=["images_per_second", "accuracy"])
             if not timed.empty:
                 ax.plot(timed["images_per_second"], timed["accuracy"], marker="*", markersize=9,
                         label=f"{method} (bound)", **style.REFERENCE_STYLE["ceiling"])
-            elif part["accuracy"].notna().any():
+            elif not any_timed and part["accuracy"].notna().any():
                 ax.axhline(float(part["accuracy"].max()), label=f"{method} (bound, untimed)",
                            **style.REFERENCE_STYLE["ceiling"])
         positive = self.frame["images_per_second"].dropna()
@@ -233,6 +237,7 @@ class SharesDisplay:
             raise ValueError("routers.csv has no share_<model> columns; re-run "
                              "`evaluate-routers`")
         rows = routed_rows(frame)
+        rows = rows[~rows["family"].isin(SAME_AS_ORACLE)]
         _need_rows(rows, "model shares")
         values = rows[cols].fillna(0.0).to_numpy(dtype=float)
         totals = values.sum(axis=1, keepdims=True)

@@ -100,13 +100,13 @@ class OverlapDisplay:
         c, m = len(self.class_names), len(self.model_names)
         ncols = ncols or min(c, 5)
         nrows = math.ceil(c / ncols)
-        cell = 0.35 * m + 0.9
+        cell = 0.42 * m + 0.9
         fig, axes = style.new_figure(max(cell * ncols + 1.2, 6.0), cell * nrows + 0.6, nrows, ncols)
         flat = axes.ravel()
         for k, name in enumerate(self.class_names):
             ax = flat[k]
             _draw_overlap(ax, self.per_label[k], self.model_names, name, cbar=False,
-                          annot_size=max(4.0, 8.0 - 0.6 * m))
+                          annot_size=max(5.0, 8.0 - 0.4 * m))
             if k % ncols:
                 ax.set_yticklabels([])
             if k < c - ncols:

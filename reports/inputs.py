@@ -127,6 +127,19 @@ def load_run(root: str | Path) -> RunArtifacts:
     return art
 
 
+def model_of(row: Any) -> str:
+    """The model behind a single-model routers.csv row: ``single:NAME`` / ``best-single:NAME``
+    (evaluate-routers), or the ``reference`` column (oracle.metrics.sacrifice_sweep)."""
+    ref = row.get("reference") if hasattr(row, "get") else None
+    if isinstance(ref, str) and ref:
+        return ref
+    method = str(row["method"])
+    for prefix in ("best-single:", "single:"):
+        if method.startswith(prefix):
+            return method[len(prefix):]
+    return method
+
+
 def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held``."""
     frame = frame.copy()

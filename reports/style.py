@@ -23,8 +23,9 @@ OVERLAP_CMAP = "viridis"           # the one colour map of every overlap map (fi
 CONFUSION_CMAP = "Blues"
 OVERLAP_VMIN, OVERLAP_VMAX = 0.0, 100.0
 PALETTE = "tab10"
-REFERENCE_STYLE = {"best-single": dict(color="black", linestyle="--", linewidth=1.2),
-                   "ceiling": dict(color="tab:red", linestyle=":", linewidth=1.5)}
+# reference lines stay out of the tab10 palette the methods use
+REFERENCE_STYLE = {"best-single": dict(color="dimgray", linestyle="--", linewidth=1.4),
+                   "ceiling": dict(color="black", linestyle=":", linewidth=1.5)}
 
 
 def apply_theme() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from oracle.policy import reference_index
-from reports.inputs import RunArtifacts
+from reports.inputs import RunArtifacts, model_of
 
 DEPLOYABLE_FAMILIES = ("dispatcher", "cascade")
 SUMMARY_SACRIFICE = 0.01
@@ -32,8 +32,7 @@ def best_single_name(art: RunArtifacts) -> str | None:
     if art.routers is not None:
         rows = art.routers[art.routers["family"] == "best-single"]
         if not rows.empty:
-            row = rows.iloc[0]
-            return str(row["reference"] if "reference" in row else row["method"])
+            return model_of(rows.iloc[0])
     return None
 
 
@@ -94,12 +93,14 @@ class Summary:
     router_speedup: float | None = None
     router_note: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
+    router_threads: int | None = None           # threads recorded with the routers' timing
 
 
 def _single_row(routers: pd.DataFrame, name: str | None) -> pd.Series | None:
     singles = routers[routers["family"].isin(("single", "best-single"))]
-    named = singles[singles["method"] == name] if name else singles.iloc[0:0]
-    if not named.empty:
+    mask = np.array([model_of(r) == name for _, r in singles.iterrows()], dtype=bool)
+    named = singles.loc[mask] if len(singles) else singles
+    if name and not named.empty:
         return named.iloc[0]
     best = routers[routers["family"] == "best-single"]
     return None if best.empty else best.iloc[0]
@@ -144,6 +145,8 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
     if row is not None:
         s.router = {k: (None if isinstance(v, float) and np.isnan(v) else v)
                     for k, v in row.items()}
+        if "threads" in row and pd.notna(row["threads"]):
+            s.router_threads = int(row["threads"])
         if s.best_single_images_per_second:
             s.router_speedup = float(row["images_per_second"]) / s.best_single_images_per_second
     return s

@@ -47,30 +47,39 @@ def hand_table(split: str = "test") -> PredictionTable:
 
 
 def hand_routers() -> pd.DataFrame:
-    """routers.csv as evaluate-routers writes it (bools and numbers as text round-trip)."""
-    rows = [
-        {"method": "m_a", "family": "single", "sacrifice": "", "accuracy": 0.5,
-         "images_per_second": 4000.0, "seconds": 0.002},
-        {"method": "m_c", "family": "single", "sacrifice": "", "accuracy": 0.875,
-         "images_per_second": 1000.0, "seconds": 0.008},
-        {"method": "reference", "family": "best-single", "reference": "m_c", "sacrifice": 0.0,
-         "accuracy": 0.875, "images_per_second": 1000.0, "seconds": 0.008},
-        {"method": "oracle-per-sample", "family": "ceiling", "sacrifice": 0.0, "accuracy": 1.0},
-    ]
+    """routers.csv as evaluate-routers writes it: single/best-single/ceiling rows repeated at
+    every level, oracle + oracle-executed, dispatcher, cascade, random (text round trip)."""
+    rows = []
+    shares = lambda a, b, c: {"share_m_a": a, "share_m_b": b, "share_m_c": c}
     for s in (0.0, 0.01, 0.05):
-        rows.append({"method": "oracle-overlap", "family": "oracle", "sacrifice": s,
-                     "accuracy": 0.875 - s, "images_per_second": 1500 + 10000 * s,
-                     "seconds": 8 / (1500 + 10000 * s), "budget_held": True,
-                     "share_m_a": s * 10, "share_m_b": 0.2, "share_m_c": 0.8 - s * 10})
-        # cascade: held at 1 %, 2500 images/s -> speedup 2.5 over m_c's 1000
-        rows.append({"method": "cascade-conf", "family": "cascade", "sacrifice": s,
-                     "accuracy": 0.87 - s / 2, "images_per_second": 2000 + 50000 * s,
-                     "seconds": 8 / (2000 + 50000 * s), "budget_held": True,
-                     "share_m_a": 0.5, "share_m_b": 0.25, "share_m_c": 0.25})
-        # dispatcher: faster but did not hold its budget -> must not be the summary's router
-        rows.append({"method": "dispatcher-cnn", "family": "dispatcher", "sacrifice": s,
-                     "accuracy": 0.7, "images_per_second": 9000.0, "seconds": 8 / 9000,
-                     "budget_held": False, "share_m_a": 0.9, "share_m_b": 0.1, "share_m_c": 0.0})
+        rows += [
+            {"method": "single:m_a", "family": "single", "sacrifice": s, "accuracy": 0.5,
+             "images_per_second": 4000.0, "seconds": 0.002, **shares(1, 0, 0)},
+            {"method": "single:m_c", "family": "single", "sacrifice": s, "accuracy": 0.875,
+             "images_per_second": 1000.0, "seconds": 0.008, **shares(0, 0, 1)},
+            {"method": "best-single:m_c", "family": "best-single", "sacrifice": s,
+             "accuracy": 0.875, "images_per_second": 1000.0, "seconds": 0.008, **shares(0, 0, 1)},
+            {"method": "ceiling", "family": "ceiling", "sacrifice": s, "accuracy": 1.0,
+             "images_per_second": 3000.0, "seconds": 8 / 3000, **shares(0.5, 0.1, 0.4)},
+            {"method": "ceiling-budget", "family": "ceiling", "sacrifice": s, "accuracy": 1.0 - s,
+             **shares(0.5, 0.1, 0.4)},
+            {"method": "oracle-overlap", "family": "oracle", "sacrifice": s,
+             "accuracy": 0.875 - s, "budget_held": True, **shares(s * 10, 0.2, 0.8 - s * 10)},
+            {"method": "oracle-overlap-executed", "family": "oracle-executed", "sacrifice": s,
+             "accuracy": 0.875 - s, "images_per_second": 1500 + 10000 * s,
+             "seconds": 8 / (1500 + 10000 * s), "budget_held": True,
+             **shares(s * 10, 0.2, 0.8 - s * 10)},
+            # cascade: held at 1 %, 2500 images/s -> speedup 2.5 over m_c's 1000
+            {"method": "cascade", "family": "cascade", "sacrifice": s, "accuracy": 0.87 - s / 2,
+             "images_per_second": 2000 + 50000 * s, "seconds": 8 / (2000 + 50000 * s),
+             "budget_held": True, "threads": 2, **shares(0.5, 0.25, 0.25)},
+            # dispatcher: faster but did not hold its budget -> must not be the summary's router
+            {"method": "dispatcher-label", "family": "dispatcher", "sacrifice": s,
+             "accuracy": 0.7, "images_per_second": 9000.0, "seconds": 8 / 9000,
+             "budget_held": False, "threads": 2, **shares(0.9, 0.1, 0.0)},
+            {"method": "random~cascade", "family": "random", "sacrifice": s, "accuracy": 0.6,
+             **shares(0.5, 0.25, 0.25)},
+        ]
     for r in rows:
         r.setdefault("precision", r["accuracy"] - 0.01)
         r.setdefault("recall", r["accuracy"] - 0.02)
@@ -88,7 +97,7 @@ def make_run(root: Path, compression: bool = True) -> Path:
               {"cpu": "hand CPU", "threads": 1, "torch": "2.14.1"}).save(root / "costs.json")
     res = root / "results"
     write_csv(res / "routers.csv", hand_routers().to_dict("records"))
-    np.savez(res / "router_predictions.npz", methods=np.array(["cascade-conf"] * 3),
+    np.savez(res / "router_predictions.npz", methods=np.array(["cascade"] * 3),
              sacrifices=np.array([0.0, 0.01, 0.05]),
              preds=np.tile(LABELS, (3, 1)))
     for i, m in enumerate(MODELS):
@@ -171,11 +180,14 @@ def test_confusion_counts(tmp_path):
 def test_curve_figures(tmp_path):
     r = normalise_router_frame(hand_routers())
     metrics = check_saved(SacrificeMetricsDisplay.from_routers(r).plot(), tmp_path / "m.png")
-    assert set(metrics.method) >= {"cascade-conf", "reference", "oracle-per-sample"}
+    assert set(metrics.method) >= {"cascade", "best-single:m_c", "ceiling", "ceiling-budget"}
+    assert "oracle-overlap-executed" not in set(metrics.method)  # same predictions as oracle
     check_saved(TimeDisplay.from_routers(r).plot(), tmp_path / "t.png")
     front = FrontierDisplay.from_routers(r).plot()
     labels = front.ax_.get_legend_handles_labels()[1]
-    assert "single models" in labels and any("oracle-per-sample" in lab for lab in labels)
+    assert "single models" in labels and "ceiling (bound)" in labels
+    notes = sorted(t.get_text() for t in front.ax_.texts)
+    assert notes == ["m_a", "m_c (best single)"]      # one point per model, best one marked
     check_saved(front, tmp_path / "f.png")
 
 
@@ -205,9 +217,9 @@ def test_summary_picks_fastest_held_deployable_router(tmp_path):
     art = load_run(make_run(tmp_path / "run"))
     s = summarize(art)
     assert s.best_single == "m_c"                # most accurate on val
-    assert s.router["method"] == "cascade-conf"  # dispatcher is faster but did not hold
+    assert s.router["method"] == "cascade"       # dispatcher is faster but did not hold
     assert s.router_speedup == pytest.approx((2000 + 500) / 1000)
-    assert s.machine["cpu"] == "hand CPU"
+    assert s.machine["cpu"] == "hand CPU" and s.router_threads == 2
     none_held = art.routers.assign(budget_held=False)
     row, note = pick_router(none_held)
     assert row is None and "held" in note
@@ -218,7 +230,7 @@ def test_report_end_to_end(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     # a hostile method name must come out escaped
     r = pd.read_csv(run / "results" / "routers.csv")
-    r.loc[r.method == "m_a", "method"] = "<script>x</script>&"
+    r.loc[r.method == "random~cascade", "method"] = "<script>x</script>&"
     r.to_csv(run / "results" / "routers.csv", index=False)
     assert main(["--run", str(run), "--dpi", str(DPI)]) == 0
     index = run / "reports" / "index.html"
@@ -234,7 +246,7 @@ def test_report_end_to_end(tmp_path, capsys):
                  "frontier", "model_shares", "training_curves", "confusion_best_single",
                  "confusion_best_router", "compression_bars", "prune_sweep", "weight_hist"):
         assert f'src="{name}.png"' in html and (index.parent / f"{name}.csv").is_file(), name
-    assert "cascade-conf" in html and "2.50x" in html and "hand CPU" in html
+    assert "cascade (cascade)" in html and "2.50x" in html and "hand CPU" in html
     assert "skipped" not in html
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import shutil
 import struct
 import threading
 import zlib
@@ -64,9 +65,42 @@ def make_web_run(root: Path, data_dir: Path, with_extras: bool = True) -> Path:
         probs = np.full((10, 2, 10), 0.1, dtype=np.float16)
         PredictionTable(MODELS, labels, preds, probs, labels, "val").save(run.tables)
         from oracle.policy import Policy
-        Policy("overlap", 0.01, MODELS, LABEL_TO_MODEL, "tiny_vgg2").save(
-            run.policies / "overlap-0.01.json")
+        for sac in (0.01, 0.05):
+            Policy("overlap", sac, MODELS, LABEL_TO_MODEL, "tiny_vgg2").save(
+                run.policies / f"overlap-{sac}.json")
     return root
+
+
+CASCADE_THRESHOLDS = {0.01: 0.0, 0.05: 1.01}  # 0: stage 1 always stops; > 1: never
+
+
+def add_routers(root: Path) -> bool:
+    """Two cascades (sacrifice 1%: threshold 0, so always tiny_vgg1; 5%: threshold 1.01, so
+    always tiny_vgg2) and an untrained label dispatcher (predicted label -> LABEL_TO_MODEL)."""
+    try:
+        from router.artifact import RoutedClassifier
+        from router.cascade import CascadeRouter
+        from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
+    except ImportError:
+        return False
+    from zoo.checkpoint import load_model
+    run = RunDir(root)
+    loaded = [load_model(run.checkpoint(n)) for n in MODELS]
+    models = [m for m, _ in loaded]
+    infos = [DatasetInfo.from_dict(c["data"]) for _, c in loaded]
+    ckpts = [run.checkpoint(n) for n in MODELS]
+    for sac, th in CASCADE_THRESHOLDS.items():
+        RoutedClassifier("cascade", CascadeRouter(MODELS, [0, 1], [th, 0.0]), models, infos,
+                         ckpts, meta={"sacrifice": sac}).save(root / "routers" / f"cascade-{sac}.pt",
+                                                              root)
+    torch.manual_seed(1)
+    net = DispatcherNet(DispatcherArch(1, 28, 10, width=4))
+    disp = Dispatcher("label", net, infos[0], MODELS, np.array([0.2, 0.5]),
+                      label_to_model=[MODELS.index(LABEL_TO_MODEL[c]) for c in range(10)], macs=0)
+    RoutedClassifier("dispatcher-label", disp, models, infos, ckpts,
+                     meta={"sacrifice": 0.01}).save(root / "routers" / "dispatcher-label-0.01.pt",
+                                                    root)
+    return True
 
 
 def quick_train(model: torch.nn.Module, train, info: DatasetInfo, steps: int = 12) -> torch.nn.Module:
@@ -85,7 +119,18 @@ def quick_train(model: torch.nn.Module, train, info: DatasetInfo, steps: int = 1
 
 @pytest.fixture(scope="module")
 def web_run(fake_fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_web_run(tmp_path_factory.mktemp("webrun"), fake_fmnist_dir)
+    root = make_web_run(tmp_path_factory.mktemp("webrun"), fake_fmnist_dir)
+    add_routers(root)
+    return root
+
+
+def copy_run(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a run without some of its artifacts (cheaper than training again)."""
+    shutil.copytree(src, dst)
+    for name in drop:
+        p = dst / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +221,8 @@ def test_any_mode_is_accepted(client, mode, fmt):
 def test_page_renders_cards_and_strip(client):
     html = client.get("/?sample=3").get_data(as_text=True)
     assert html.count('class="model-card') == len(MODELS)
-    assert 'id="router-strip"' in html and "evaluate-routers" in html
+    assert 'id="router-strip"' in html and html.count('class="router-entry') >= 3
+    assert "stage" in html and "threshold" in html  # the cascade's why-table
     home = client.get("/").get_data(as_text=True)
     assert 'id="image"' in home and "/samples/" in home and "model-card" not in home
     assert client.get("/samples/0.png").mimetype == "image/png"
@@ -202,17 +248,60 @@ def test_oracle_needs_a_test_sample(client, service):
         assert o["answer_index"] == chosen["pred"] and o["correct"] == (chosen["pred"] == label)
 
 
-def test_missing_routers_name_the_command(client):
-    d = client.get("/api/predict?sample=0").get_json()
+def test_cascade_and_dispatcher_explain_their_choice(client, service, web_run):
+    if not (web_run / "routers").is_dir():
+        pytest.skip("router.artifact is not available yet")
+    from router.dispatcher import dispatcher_scores
+    for policy, th in (("overlap-0.01", 0.0), ("overlap-0.05", 1.01)):
+        d = client.get(f"/api/predict?sample=4&policy={policy}").get_json()
+        casc = [e for e in d["routers"] if e["family"] == "cascade"]
+        assert len(casc) == 1 and casc[0]["status"] == "ok"  # one per group, at this sacrifice
+        c = casc[0]
+        by = {m["name"]: m for m in d["models"]}
+        if th == 0.0:  # stage 1 stops at once: its confidence is the card's
+            assert c["model"] == "tiny_vgg1" and c["why"][1]["confidence"] == "not run"
+            assert c["why"][0]["confidence"] == pytest.approx(by["tiny_vgg1"]["confidence"],
+                                                              abs=1e-5)
+        else:  # nothing clears 1.01: both stages run, the last answers
+            assert c["model"] == "tiny_vgg2" and c["why"][0]["stops"] == "no"
+            assert c["why"][1]["confidence"] == pytest.approx(by["tiny_vgg2"]["confidence"],
+                                                              abs=1e-5)
+        assert c["answer_index"] == by[c["model"]]["pred"]
+    disp = [e for e in d["routers"] if e["family"] == "dispatcher"][0]
+    rc = [r for r in service.strip.routers if r.family == "dispatcher"][0].routed
+    top = int(dispatcher_scores(rc.router.net, service.samples.images[4][None], rc.router.info,
+                                "label").argmax())
+    assert disp["model"] == LABEL_TO_MODEL[top]
+    assert disp["why"][0]["routes to"] == disp["model"]
+    assert disp["answer_index"] == {m["name"]: m for m in d["models"]}[disp["model"]]["pred"]
+    # the routers use the server's own model objects, not second copies
+    assert all(m is None or any(m is lm.model for lm in service.models) for m in rc.models)
+
+
+def test_missing_routers_name_the_command(web_run, tmp_path):
+    run = copy_run(web_run, tmp_path / "r", ("routers",) if (web_run / "routers").exists() else ())
+    d = create_app(WebService.load(run, TimingConfig(repeats=1))).test_client().get(
+        "/api/predict?sample=0").get_json()
     fams = {e["family"]: e for e in d["routers"]}
     for fam in ("cascade", "dispatcher"):
-        if fams[fam]["status"] == "missing":
-            assert "evaluate-routers --run" in fams[fam]["message"]
+        assert fams[fam]["status"] == "missing"
+        assert "evaluate-routers --run" in fams[fam]["message"]
+    assert fams["oracle"]["status"] == "ok"
 
 
-def test_bare_run_falls_back_to_cards(fake_fmnist_dir, tmp_path):
+def test_broken_router_artifact_is_reported_not_fatal(web_run, tmp_path):
+    run = copy_run(web_run, tmp_path / "r", ("routers",) if (web_run / "routers").exists() else ())
+    (run / "routers").mkdir()
+    (run / "routers" / "cascade-0.01.pt").write_bytes(b"garbage")
+    c = create_app(WebService.load(run, TimingConfig(repeats=1))).test_client()
+    d = c.get("/api/predict?sample=0").get_json()
+    casc = [e for e in d["routers"] if e["family"] == "cascade"][0]
+    assert casc["status"] == "error" and "cannot be loaded" in casc["message"]
+
+
+def test_bare_run_falls_back_to_cards(web_run, tmp_path):
     """No costs, tables or policies: baseline from cards, MACs n/a, the strip says what to run."""
-    run = make_web_run(tmp_path / "bare", fake_fmnist_dir, with_extras=False)
+    run = copy_run(web_run, tmp_path / "bare", ("costs.json", "tables", "policies", "routers"))
     svc = WebService.load(run, TimingConfig(repeats=1))
     c = create_app(svc).test_client()
     d = c.get("/api/predict?sample=1").get_json()

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,9 +51,13 @@ def save_checkpoint(path: str | Path, *, model_name: str, arch: dict[str, Any],
     """Save atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = OrderedDict((k, v.detach().cpu() if torch.is_tensor(v) else v)
+                        for k, v in state_dict.items())
+    if getattr(state_dict, "_metadata", None) is not None:
+        # keep per-module versions: quantized modules need them to read their own state
+        state._metadata = state_dict._metadata  # type: ignore[attr-defined]
     payload = {"format": FORMAT, "model_name": model_name, "arch": arch,
-               "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v
-                              for k, v in state_dict.items()},
+               "state_dict": state,
                "parent": parent, "metrics": metrics or {}, "train_config": train_config or {},
                "data": data or {}, "extra": extra or {}}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

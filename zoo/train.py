@@ -251,11 +251,13 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         config: TrainConfig, *, state_path: str | Path | None = None,
         history_path: str | Path | None = None, progress: bool = True, desc: str = "",
-        on_epoch_end: EpochCallback | None = None) -> FitResult:
+        on_epoch_end: EpochCallback | None = None, log_epochs: bool | None = None) -> FitResult:
     """Train ``model`` in place; restore the lowest-val-loss weights; resume from ``state_path``.
 
     ``on_epoch_end(epoch, row)`` runs after each epoch's state is saved (1-based epoch).
+    ``log_epochs`` prints one line per epoch (default: when ``progress``).
     """
+    log_epochs = progress if log_epochs is None else log_epochs
     config.validate()
     if len(train) == 0:
         raise ValueError("the training set is empty; check --limit-train and the dataset")
@@ -343,7 +345,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
                 "model": _cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "best": best,
                 "best_weights": best_weights, "bad_epochs": bad_epochs, "stopped": stopped})
-        if progress:
+        if log_epochs:
             tqdm.write(f"{desc} epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc "
                        f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc "
                        f"{row['val_accuracy']:.4f} | lr {lr:.2e} | {row['seconds']:.1f} s")
@@ -430,7 +432,8 @@ def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfi
 
 def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any,
                     config: TrainConfig, *, command: str, progress: bool = True,
-                    on_epoch_end: EpochCallback | None = None) -> ZooModelResult:
+                    on_epoch_end: EpochCallback | None = None,
+                    log_epochs: bool = True) -> ZooModelResult:
     """Train ``model_name`` (built from ``arch``, a ``VGGArch``) into ``RUN/zoo/<model>/``.
 
     Writes history.csv and a resumable ``train_state.pt`` each epoch, then checkpoint.pt and,
@@ -463,7 +466,7 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
     model = VGG(arch)
     result = fit(model, bundle.train, bundle.val, bundle.info, config, state_path=state_path,
                  history_path=rd.history(model_name), progress=progress, desc=model_name,
-                 on_epoch_end=on_epoch_end)
+                 on_epoch_end=on_epoch_end, log_epochs=log_epochs)
     device = config.device
     val = evaluate(model, bundle.val, bundle.info, config.eval_batch_size, device,
                    config.channels_last)

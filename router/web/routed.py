@@ -1,24 +1,154 @@
-"""Routed classifiers (cascade, dispatcher) saved under ``RUN/routers/``, seen by the page.
+"""Routed classifiers (cascade, dispatcher) saved under ``RUN/routers/*.pt``, seen by the page.
 
-Each loaded router gives, for one image, the zoo model it picks, that model's answer, and why
-(cascade: each stage's confidence against its threshold; dispatcher: its score per model).
+Each artifact loads once through ``router.artifact.RoutedClassifier.load`` (checkpoint hashes
+checked); its zoo models are then swapped for the server's own copies of the same checkpoints,
+so a router adds only its own small weights to memory. For one image an entry gives the model
+it picks, that model's answer, and why: a cascade's confidence per stage against each stage's
+threshold, a dispatcher's scores (per-label probabilities or each model's predicted chance of
+being right) against its rule.
 """
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from router.web.images import resize_input
 from router.web.strip import ROUTERS_HINT, StripEntry
 
 FAMILIES = ("cascade", "dispatcher")
 
 
-def load_all(routers_dir: Path, run_root: Path, model_names: list[str]) -> tuple[list[Any], list[StripEntry]]:
-    """Routers found under ``routers_dir`` and entries for the families that are missing."""
+@dataclass
+class LoadedRouter:
+    """One routed-classifier artifact, loaded once."""
+
+    key: str       # file stem
+    family: str    # cascade | dispatcher
+    routed: Any    # router.artifact.RoutedClassifier
+
+    @property
+    def sacrifice(self) -> float | None:
+        s = self.routed.meta.get("sacrifice")
+        return None if s is None else float(s)
+
+    @property
+    def group(self) -> str:
+        """Routers of one group differ only in their sacrifice (cascade, dispatcher-label...)."""
+        mode = getattr(self.routed.router, "mode", None)
+        return f"{self.family}-{mode}" if mode else self.family
+
+    @property
+    def title(self) -> str:
+        s = self.sacrifice
+        return self.group + ("" if s is None else f", sacrifice {100 * s:g}%")
+
+    def verdict(self, image: torch.Tensor, by_name: dict[str, Any], label: int | None) -> StripEntry:
+        """Run the routed classifier on one uint8 ``(C, H, W)`` image and explain its choice."""
+        rc = self.routed
+        info = rc._info() if hasattr(rc, "_info") else next(i for i in rc.infos if i is not None)
+        x = resize_input(image, info)[None]
+        t0 = time.perf_counter()
+        out = rc(x)
+        ms = (time.perf_counter() - t0) * 1000.0
+        model = out.chosen_names[0]
+        pred = int(out.preds[0])
+        classes = info.classes or []
+        why = self._why(out)
+        text = (f"{out.rule}. The whole routed call took {ms:.2f} ms for this one image "
+                "(router plus the models it ran).")
+        return StripEntry(self.title, self.family, "ok", model=model,
+                          answer=classes[pred] if pred < len(classes) else str(pred),
+                          answer_index=pred, correct=None if label is None else pred == label,
+                          why=why, why_text=text)
+
+    def _why(self, out: Any) -> list[dict[str, Any]]:
+        scores = out.scores[0] if out.scores is not None else np.array([])
+        names = list(out.score_names)
+        router = self.routed.router
+        if self.family == "cascade":
+            rows = []
+            for j, (stage, conf) in enumerate(zip(router.stages, scores)):
+                last = j == len(router.stages) - 1
+                reached = not math.isnan(float(conf))
+                th = router.thresholds[j]
+                rows.append({"stage": str(j + 1), "model": router.model_names[stage],
+                             "confidence": float(conf) if reached else "not run",
+                             "threshold": "last stage" if last else float(th),
+                             "stops": ("yes" if reached and (last or conf >= th) else
+                                       "no" if reached else "")})
+            return rows
+        if getattr(router, "mode", None) == "label":  # top-3 predicted labels and their models
+            top = np.argsort(-scores)[:3]
+            return [{"predicted label": names[k].split(":", 1)[-1], "p": float(scores[k]),
+                     "routes to": router.model_names[int(router.label_to_model[k])]}
+                    for k in top]
+        th = getattr(router, "threshold", None)
+        return [{"model": n.split(":", 1)[-1], "p(right)": float(v),
+                 "threshold": float(th) if th is not None else "",
+                 "clears": "yes" if th is not None and v >= th else "no"}
+                for n, v in zip(names, scores)]
+
+
+def load_all(routers_dir: Path, run_root: Path, shared_models: dict[str, tuple[Path, nn.Module]]
+             ) -> tuple[list[LoadedRouter], list[StripEntry]]:
+    """Every artifact under ``routers_dir``; entries for families with none (or a broken one)."""
     hint = ROUTERS_HINT.format(run=run_root)
-    routers: list[Any] = []
+    files = sorted(routers_dir.glob("*.pt")) if routers_dir.is_dir() else []
+    routers: list[LoadedRouter] = []
     errors: list[StripEntry] = []
+    if files:
+        try:
+            from router.artifact import RoutedClassifier
+        except ImportError as e:
+            return [], [StripEntry(f, f, "error", message=f"router.artifact cannot be imported "
+                                   f"({e})") for f in FAMILIES]
+        for f in files:
+            family = next((k for k in FAMILIES if k in f.stem), "router")
+            try:
+                rc = RoutedClassifier.load(f, run_root)
+            except Exception as e:  # a stale or foreign artifact must not stop the server
+                errors.append(StripEntry(f.stem, family, "error",
+                                         message=f"{f.name} cannot be loaded ({e}); {hint}"))
+                continue
+            family = type(rc.router).__name__.lower().replace("router", "")
+            family = "cascade" if "cascade" in family else "dispatcher"
+            _share_models(rc, shared_models)
+            routers.append(LoadedRouter(f.stem, family, rc))
+    have = {r.family for r in routers} | {e.family for e in errors}
     for family in FAMILIES:
-        errors.append(StripEntry(family, family, "missing",
-                                 message=f"no saved {family} in {routers_dir}: {hint}"))
+        if family not in have:
+            errors.append(StripEntry(family, family, "missing",
+                                     message=f"no saved {family} in {routers_dir}: {hint}"))
     return routers, errors
+
+
+def _share_models(rc: Any, shared: dict[str, tuple[Path, nn.Module]]) -> None:
+    """Point the artifact at the server's copies of the same (hash-checked) checkpoint files."""
+    for i, name in enumerate(rc.model_names):
+        if rc.models[i] is None or name not in shared:
+            continue
+        path, model = shared[name]
+        if rc.checkpoints[i] is not None and Path(rc.checkpoints[i]).resolve() == path.resolve():
+            rc.models[i] = model
+    if hasattr(rc.router, "attach") and getattr(rc.router, "models", None) is not None:
+        rc.router.attach(rc.models, rc.infos, rc.batch_size)
+
+
+def pick_per_group(routers: list[LoadedRouter], sacrifice: float | None) -> list[LoadedRouter]:
+    """One router per group: the one whose sacrifice is closest to ``sacrifice`` (default 1%)."""
+    target = 0.01 if sacrifice is None else sacrifice
+    best: dict[str, LoadedRouter] = {}
+    for r in routers:
+        cur = best.get(r.group)
+        dist = abs((r.sacrifice if r.sacrifice is not None else target) - target)
+        if cur is None or dist < abs((cur.sacrifice if cur.sacrifice is not None else target)
+                                     - target):
+            best[r.group] = r
+    return sorted(best.values(), key=lambda r: (FAMILIES.index(r.family), r.group))

@@ -125,9 +125,13 @@ class WebService:
         strip = None
         if load_routers:
             from router.web.strip import RouterStrip
-            strip = RouterStrip.load(run_dir, [m.name for m in models])
-        return cls(run_dir.root, models, baseline, samples, note, timing,
-                   costs.machine if costs else None, strip)
+            shared = {m.name: (run_dir.checkpoint(m.name), m.model) for m in models}
+            strip = RouterStrip.load(run_dir, shared)
+        service = cls(run_dir.root, models, baseline, samples, note, timing,
+                      costs.machine if costs else None, strip)
+        if strip is not None:
+            strip.lock = service._lock  # routers share the server's models: one lock for all
+        return service
 
     # ---- per request -----------------------------------------------------------------
     def native_model(self) -> LoadedModel:

@@ -9,6 +9,7 @@ A missing artifact becomes an entry that names the command that makes it; the pa
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,19 +52,23 @@ class RouterStrip:
     """Routers and oracle policies of one run, loaded once."""
 
     def __init__(self, run: Path, routers: list[Any], router_errors: list[StripEntry],
-                 policies: list[LoadedPolicy], policy_error: str = ""):
+                 policies: list[LoadedPolicy], policy_error: str = "",
+                 lock: threading.Lock | None = None):
         self.run = run
         self.routers = routers
         self.router_errors = router_errors
         self.policies = policies
         self.policy_error = policy_error
+        self.lock = lock or threading.Lock()  # the service's inference lock (shared models)
 
     @classmethod
-    def load(cls, run_dir: RunDir, model_names: list[str]) -> "RouterStrip":
+    def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any]],
+             lock: threading.Lock | None = None) -> "RouterStrip":
+        """``shared_models``: name -> (checkpoint path, loaded model) the server already holds."""
         from router.web import routed
-        routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, model_names)
+        routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, shared_models)
         policies, policy_error = _load_policies(run_dir)
-        return cls(run_dir.root, routers, errors, policies, policy_error)
+        return cls(run_dir.root, routers, errors, policies, policy_error, lock)
 
     # ---- choosing the oracle policy --------------------------------------------------
     def policy_options(self) -> list[tuple[str, str]]:
@@ -80,11 +85,23 @@ class RouterStrip:
     # ---- per request -----------------------------------------------------------------
     def entries(self, image: Any, results: list[Any], label: int | None,
                 policy_key: str | None) -> list[StripEntry]:
-        """Entries for one image; ``results`` are the per-model cards of this request."""
+        """Entries for one uint8 ``(C, H, W)`` image; ``results`` are this request's cards.
+
+        Of each router group (cascade, dispatcher-label, dispatcher-sample) the one fitted at
+        the sacrifice closest to the chosen oracle policy's is shown."""
+        from router.web.routed import pick_per_group
         by_name = {r.name: r for r in results}
+        chosen = next((p for p in self.policies
+                       if p.key == (policy_key or self.default_policy())), None)
+        sacrifice = float(chosen.policy.sacrifice) if chosen else None
         out: list[StripEntry] = []
-        for router in self.routers:
-            out.append(router.verdict(image, by_name, label))
+        for router in pick_per_group(self.routers, sacrifice):
+            try:
+                with self.lock:
+                    out.append(router.verdict(image, by_name, label))
+            except Exception as e:  # one broken router must not take the page down
+                out.append(StripEntry(router.title, router.family, "error",
+                                      message=f"{router.key}: {type(e).__name__}: {e}"))
         out += self.router_errors
         out.append(self._oracle_entry(by_name, label, policy_key))
         return out
