@@ -1,0 +1,84 @@
+"""`compress`: compressed variants of a trained VGG as zoo members, plus the compression table.
+
+Example: ``compress --run runs/quick --base vgg19_small --variants struct-l1-30 int8-static``.
+Without a trained base in the run (or with ``--weights FILE``, a torchvision state dict) it
+measures the cost-only columns on a torchvision-shape model at ``--input-size``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from zoo.compress.measure import MeasureSettings
+from zoo.compress.run import PRESETS, CompressConfig, run_compress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory (RUN/zoo/<base> is the base)")
+    p.add_argument("--base", required=True, help="base model name, e.g. vgg19_small or vgg19")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="quick: 8 variants, 1 fine-tune epoch on 6000 train images (~5-6 min "
+                        "for vgg19_small width 0.25); full: 9 variants, 3 epochs, all train "
+                        "images, prune sweep. Explicit flags override it.")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="e.g. struct-l1-30 struct-l2-10-deep unstruct-30 int8-dynamic int8-static "
+                        "qat8 qat4 prune+int8 res-20; 'struct'/'unstruct' take --ratio/--norm/"
+                        "--layers")
+    p.add_argument("--ratio", type=float, default=None, help="pruning fraction, e.g. 0.3")
+    p.add_argument("--norm", choices=["l1", "l2"], default=None, help="filter norm (default l1)")
+    p.add_argument("--layers", default=None,
+                   help="convs to prune: deep (second half, default), all, or indices '8,9,10'")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help="fine-tune / QAT epochs (default 1; 0 = none)")
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="fine-tune and calibrate on this many train images (random subset)")
+    p.add_argument("--sweep", choices=["prune"], default=None,
+                   help="also write results/prune_sweep.csv (0..80%%, no fine-tune)")
+    p.add_argument("--weights", default=None,
+                   help="torchvision vgg19 state dict (cost-only mode, loaded weights_only)")
+    p.add_argument("--input-size", type=int, default=224, help="cost-only mode input side")
+    p.add_argument("--num-classes", type=int, default=1000, help="cost-only mode classes")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for timing")
+    p.add_argument("--device", default="cpu", help="device for fine-tuning (quantized: cpu)")
+    p.add_argument("--calib-images", type=int, default=256,
+                   help="train images for static int8 calibration")
+    p.add_argument("--latency-runs", type=int, default=10, help="batch-1 timed runs (min)")
+    p.add_argument("--batch-repeats", type=int, default=3, help="batch-64 timed repeats (min)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS.get(args.preset or "", {})
+    variants = args.variants or preset.get("variants")
+    if not variants:
+        print("compress: name --variants (or --preset quick|full)", file=sys.stderr)
+        return 2
+    pick = lambda v, key, default: v if v is not None else preset.get(key, default)  # noqa: E731
+    cfg = CompressConfig(
+        run=args.run, base=args.base, variants=variants, ratio=args.ratio, norm=args.norm,
+        layers=args.layers, finetune_epochs=pick(args.finetune_epochs, "finetune_epochs", 1),
+        limit_train=pick(args.limit_train, "limit_train", None),
+        sweep=args.sweep == "prune" or bool(preset.get("sweep")), weights=args.weights,
+        threads=args.threads, device=args.device, input_size=args.input_size,
+        num_classes=args.num_classes, calib_images=args.calib_images, seed=args.seed,
+        measure=MeasureSettings(threads=args.threads, latency_runs=args.latency_runs,
+                                batch_repeats=args.batch_repeats, memory=not args.no_memory),
+        progress=not args.no_progress,
+        command=shlex.join(["compress", *(sys.argv[1:] if argv is None else argv)]))
+    try:
+        run_compress(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"compress: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

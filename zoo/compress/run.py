@@ -1,0 +1,227 @@
+"""``compress`` on a run directory: build, save, card and measure each variant of one base.
+
+Each variant becomes ``RUN/zoo/<base>-<variant>/{checkpoint.pt, card.json}`` (card last) so
+``profile-zoo`` and the routers take it as one more zoo member; finished variants are skipped
+(loaded back, then measured again with the others so all timings come from one run). Tables:
+``RUN/results/compression.csv``, ``weight_hist.csv`` and, with ``sweep``, ``prune_sweep.csv``.
+
+Cost-only mode (no trained base in the run, or ``weights`` given): a torchvision-shape model
+at ``input_size`` with random or user-supplied weights; variants are saved under
+``RUN/cost_only/`` (no cards: they are not zoo members) and calibrated on random inputs, with
+no fine-tuning or QAT training; accuracy columns stay empty.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from oracle.io import write_csv, write_json
+from zoo.checkpoint import file_sha256, load_model, save_checkpoint
+from zoo.compress.measure import COLUMNS, EXTRA_COLUMNS, MeasureSettings, format_table, \
+    histogram_edges, measure, weight_histogram
+from zoo.compress.sweep import SWEEP_COLUMNS, prune_sweep
+from zoo.compress.unstructured import write_sparse_file
+from zoo.compress.variants import CompressContext, Variant, VariantSpec, make_variant, \
+    parse_variant, put_pruned
+from zoo.data import DatasetInfo, prepare_data
+from zoo.registry import model_arch
+from zoo.rundir import RunDir
+from zoo.vgg import VGG
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~5-6 min for a vgg19_small of width 0.25 on Fashion-MNIST on a 2-core CPU
+    "quick": {"variants": ["struct-l1-30", "unstruct-30", "int8-dynamic", "int8-static", "qat8",
+                           "qat4", "prune+int8", "res-20"],
+              "finetune_epochs": 1, "limit_train": 6000, "sweep": False},
+    "full": {"variants": ["struct-l1-30", "struct-l2-10-deep", "unstruct-30", "int8-dynamic",
+                          "int8-static", "qat8", "qat4", "prune+int8", "res-20"],
+             "finetune_epochs": 3, "limit_train": None, "sweep": True},
+}
+
+
+@dataclass
+class CompressConfig:
+    """Everything ``run_compress`` does, from the command line."""
+
+    run: str
+    base: str
+    variants: list[str]
+    ratio: float | None = None
+    norm: str | None = None
+    layers: str | None = None
+    finetune_epochs: int = 1
+    limit_train: int | None = None
+    sweep: bool = False
+    weights: str | None = None
+    threads: int = 2
+    device: str = "cpu"
+    input_size: int = 224          # cost-only mode
+    num_classes: int = 1000        # cost-only mode
+    calib_images: int = 256
+    seed: int = 0
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    progress: bool = True
+    command: str = ""
+
+
+@dataclass
+class CompressResult:
+    rows: list[dict[str, Any]]
+    sweep: list[dict[str, Any]]
+    built: list[str]
+    skipped: list[str]
+    cost_only: bool
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_base(cfg: CompressConfig, rd: RunDir) -> tuple[VGG, dict[str, Any], bool]:
+    """(base model, its checkpoint dict or a stand-in, cost_only)."""
+    if cfg.weights is None and rd.checkpoint(cfg.base).exists():
+        if not rd.card(cfg.base).exists():
+            raise FileNotFoundError(f"{rd.card(cfg.base)} missing: {cfg.base} is not finished; "
+                                    "re-run `train-zoo` for it")
+        model, ckpt = load_model(rd.checkpoint(cfg.base))
+        if ckpt["arch"].get("kind", "vgg") != "vgg":
+            raise ValueError(f"base {cfg.base} is itself a compressed variant "
+                             f"(kind {ckpt['arch']['kind']!r}); compress a plain VGG")
+        return model, ckpt, False
+    try:
+        arch = model_arch(cfg.base, num_classes=cfg.num_classes, in_channels=3,
+                          input_size=cfg.input_size)
+    except KeyError as e:
+        raise FileNotFoundError(f"no trained {cfg.base} in {rd.root / 'zoo'} and {e}; train it "
+                                "with `train-zoo` or pass --weights") from None
+    model = VGG(arch).eval()
+    if cfg.weights is not None:
+        state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"--weights {cfg.weights} does not fit {cfg.base} at "
+                             f"{cfg.num_classes} classes ({str(e)[:300]}); pass a torchvision "
+                             "vgg19 state dict or set --num-classes") from None
+    return model, {"arch": arch.to_dict(), "data": {}}, True
+
+
+def _card(name: str, base: str, v: Variant, info: DatasetInfo, fingerprint: str,
+          val_acc: float, test_acc: float, params: int, ckpt_path: Path,
+          command: str) -> dict[str, Any]:
+    return {"model_name": name, "arch": v.arch, "parent": base, "variant": v.spec.name,
+            "dataset": info.to_dict(), "split_fingerprint": fingerprint,
+            "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
+            "train_seconds": v.seconds, "train_config": v.train_config, "command": command,
+            "created": _now(), "checkpoint_sha256": file_sha256(ckpt_path),
+            "compression": v.extra}
+
+
+def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
+    """Build (or reuse), save and measure every variant; write the tables."""
+    from zoo.costs import count_params
+    from zoo.train import evaluate
+    rd = RunDir(cfg.run)
+    specs: list[VariantSpec] = [parse_variant(v, cfg.ratio, cfg.norm, cfg.layers)
+                                for v in cfg.variants]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variants repeat a name: {names}")
+    base, base_ckpt, cost_only = _load_base(cfg, rd)
+    bundle = None
+    if not cost_only:
+        bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    info = DatasetInfo.from_dict(base_ckpt["data"]) if base_ckpt.get("data") else (
+        bundle.info if bundle else None)
+    train = bundle.train if bundle else None
+    if train is not None and cfg.limit_train and cfg.limit_train < len(train):
+        g = torch.Generator().manual_seed(cfg.seed)
+        train = train.subset(torch.randperm(len(train), generator=g)[:cfg.limit_train].sort()[0])
+    fa = base.arch
+    ctx = CompressContext(info=info, train=train, val=bundle.val if bundle else None,
+                          finetune_epochs=cfg.finetune_epochs, calib_images=cfg.calib_images,
+                          seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                          cost_only_input=(fa.in_channels, fa.input_size, fa.input_size))
+    test = bundle.test if bundle else None
+    out_root = rd.root / ("cost_only" if cost_only else "zoo")
+    torch.set_num_threads(cfg.threads)
+
+    # the base row: its own checkpoint file (cost-only: saved once for its size)
+    if cost_only:
+        base_path = out_root / cfg.base / "checkpoint.pt"
+        if not base_path.exists():
+            save_checkpoint(base_path, model_name=cfg.base, arch=fa.to_dict(),
+                            state_dict=base.state_dict(), extra={"weights": cfg.weights})
+    else:
+        base_path = rd.checkpoint(cfg.base)
+    ms = cfg.measure
+    ms.threads = cfg.threads
+    log(f"compress: measuring base {cfg.base}")
+    base_row = measure(base, variant="base", base=cfg.base, model_name=cfg.base,
+                       arch=fa.to_dict(), checkpoint=base_path, settings=ms, test=test, info=info)
+    edges = histogram_edges(base)
+    hist = weight_histogram(base, "base", edges)
+    rows, built, skipped = [base_row], [], []
+    base_shape = (fa.in_channels, fa.input_size, fa.input_size)  # every variant gets base inputs
+
+    for spec in tqdm(specs, desc="variants", disable=not cfg.progress):
+        name = f"{cfg.base}-{spec.name}"
+        ckpt_path = out_root / name / "checkpoint.pt"
+        done = ckpt_path.exists() and (cost_only or (out_root / name / "card.json").exists())
+        sparse_path = out_root / name / "sparse_weights.pt" if spec.method == "unstruct" else None
+        if done:
+            model, ck = load_model(ckpt_path)
+            arch = ck["arch"]
+            skipped.append(spec.name)
+            log(f"compress: {name} done already, reusing it")
+            if spec.method == "struct":
+                put_pruned(ctx, spec, model, ck.get("train_config", {}), ck.get("extra", {}))
+        else:
+            log(f"compress: building {name}")
+            v = make_variant(base, spec, ctx)
+            save_checkpoint(ckpt_path, model_name=name, arch=v.arch, state_dict=v.state_dict,
+                            parent=cfg.base, train_config=v.train_config,
+                            data=info.to_dict() if info else {}, extra=v.extra,
+                            metrics={"compress_seconds": v.seconds})
+            if sparse_path is not None:
+                write_sparse_file(v.model, sparse_path)
+            model, ck = load_model(ckpt_path)  # measure what was saved, not what is in memory
+            arch = v.arch
+            if not cost_only:
+                val_acc = evaluate(model, bundle.val, info)["accuracy"]
+                test_acc = evaluate(model, test, info)["accuracy"]
+                params = count_params(model)[0]
+                write_json(out_root / name / "card.json",
+                           _card(name, cfg.base, v, info, bundle.splits.fingerprint, val_acc,
+                                 test_acc, params, ckpt_path, cfg.command))
+            built.append(spec.name)
+        row = measure(model, variant=spec.name, base=cfg.base, model_name=name, arch=arch,
+                      checkpoint=ckpt_path, settings=ms, test=test, info=info,
+                      input_shape=base_shape, base_row=base_row, sparse_file=sparse_path)
+        rows.append(row)
+        hist += weight_histogram(model, spec.name, edges)
+        del model
+
+    write_csv(rd.results / "compression.csv", rows, COLUMNS + EXTRA_COLUMNS)
+    write_csv(rd.results / "weight_hist.csv", hist, ["variant", "bin_left", "bin_right", "count"])
+    sweep_rows: list[dict[str, Any]] = []
+    if cfg.sweep:
+        sweep_rows = prune_sweep(base, test=test, info=info, settings=ms,
+                                 norm=cfg.norm or "l1", layers=cfg.layers or "deep",
+                                 progress=cfg.progress)
+        write_csv(rd.results / "prune_sweep.csv", sweep_rows, SWEEP_COLUMNS)
+    write_json(rd.results / "compression_settings.json",
+               {"base": cfg.base, "cost_only": cost_only, "threads": cfg.threads,
+                "measure": asdict(ms), "torch": torch.__version__, "created": _now(),
+                "command": cfg.command, "finetune_epochs": cfg.finetune_epochs,
+                "limit_train": cfg.limit_train, "weights": cfg.weights})
+    log(format_table(rows))
+    return CompressResult(rows, sweep_rows, built, skipped, cost_only)
