@@ -187,7 +187,7 @@ def train_dispatcher(mode: str, images: torch.Tensor, targets: torch.Tensor, inf
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         net.eval()
         with torch.inference_mode():
             z = torch.cat([net(normalize(x_hold[s:s + 1024], info))

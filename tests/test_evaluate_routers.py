@@ -1,0 +1,134 @@
+"""evaluate-routers end to end on a tiny profiled run, and bench-routers on its output."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from oracle.io import read_csv
+from oracle.table import PredictionTable
+from router.artifact import RoutedClassifier
+from router.evaluate import images_for_table
+from scripts.bench_routers import main as bench_main
+from scripts.evaluate_routers import main
+from tests.conftest import make_fake_idx_dataset
+from tests.router_run import make_router_run
+from zoo.data import prepare_data
+from zoo.rundir import RunDir
+
+LEVELS = ["0", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("router-run")
+    data = make_fake_idx_dataset(root / "data", n_train=1000, n_test=200)
+    run = make_router_run(root / "run", data, {"tiny_vgg1": 1, "tiny_vgg2": 2, "tiny_vgg3": 4})
+    assert main(["--run", str(run), "--sacrifices", *LEVELS, "--threads", "1", "--repeats", "2",
+                 "--dispatcher-epochs", "3", "--timing-samples", "0", "--no-progress"]) == 0
+    return run
+
+
+def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
+    rd = RunDir(evaluated_run)
+    rows = read_csv(rd.results / "routers.csv")
+    test = PredictionTable.load(rd.tables, "test")
+    names = test.model_names
+    for col in ["method", "family", "sacrifice", "accuracy", "precision", "recall", "f1",
+                "seconds", "images_per_second", "speedup_vs_best", "router_seconds",
+                "budget_held", "macs_per_image", "routing_accuracy", "gap_recovered",
+                *[f"share_{m}" for m in names]]:
+        assert col in rows[0], col
+    fams = {r["family"] for r in rows}
+    assert fams == {"single", "best-single", "oracle", "oracle-executed", "ceiling",
+                    "dispatcher", "cascade", "random"}
+    for s in LEVELS:
+        at = {r["method"]: r for r in rows if float(r["sacrifice"]) == float(s)}
+        for m in ["dispatcher-label", "dispatcher-sample", "cascade", "ceiling",
+                  "oracle-budget", "oracle-budget-executed", "random~cascade"]:
+            assert m in at, (s, m)
+        best = next(r for r in at.values() if r["family"] == "best-single")
+        assert float(best["speedup_vs_best"]) == pytest.approx(1.0)
+        # single rows are the table's accuracy; shares sum to one
+        for i, m in enumerate(names):
+            assert float(at[f"single:{m}"]["accuracy"]) == pytest.approx(test.accuracy()[i])
+        for r in at.values():
+            assert sum(float(r[f"share_{m}"]) for m in names) == pytest.approx(1.0)
+            held = float(r["accuracy"]) >= float(best["accuracy"]) - float(s) - 1e-9
+            assert (r["budget_held"] == "True") == held
+        # the ceiling is every sample's cheapest right model: its accuracy = any model right
+        assert float(at["ceiling"]["accuracy"]) == pytest.approx(test.correct.any(1).mean())
+        assert float(at["ceiling"]["gap_recovered"]) == pytest.approx(1.0)
+        # executed oracle answers equal the simulated ones (timed on all test images here)
+        for k in ("overlap", "accuracy", "budget"):
+            assert at[f"oracle-{k}-executed"]["accuracy"] == at[f"oracle-{k}"]["accuracy"]
+            assert float(at[f"oracle-{k}-executed"]["agree_with_table"]) == 1.0
+        assert float(at["dispatcher-label"]["router_macs"]) > 0
+        assert float(at["cascade"]["agree_with_table"]) == 1.0
+        assert 0.0 <= float(at["dispatcher-sample"]["routing_accuracy"]) <= 1.0
+
+
+def test_dispatcher_stays_within_a_quarter_of_the_cheapest_model(evaluated_run):
+    from oracle.table import CostTable
+    rd = RunDir(evaluated_run)
+    fits = json.loads((rd.root / "routers" / "fits.json").read_text())
+    cheapest = min(c.macs for c in CostTable.load(rd.costs).models.values())
+    for mode in ("label", "sample"):
+        assert 0 < fits[f"dispatcher_{mode}"]["macs"] <= cheapest / 4
+
+
+def test_predictions_npz_and_saved_routers_reproduce_rows(evaluated_run):
+    rd = RunDir(evaluated_run)
+    test = PredictionTable.load(rd.tables, "test")
+    with np.load(rd.results / "router_predictions.npz") as z:
+        methods, sac, preds = list(z["methods"]), z["sacrifices"], z["preds"]
+        assert preds.shape == (len(methods), test.n_samples)
+        assert np.array_equal(z["labels"], test.labels)
+    rows = read_csv(rd.results / "routers.csv")
+    assert len(methods) == len(rows)
+    i = methods.index("cascade")
+    acc = float(next(r for r in rows if r["method"] == "cascade"
+                     and float(r["sacrifice"]) == sac[i])["accuracy"])
+    assert (preds[i] == test.labels).mean() == pytest.approx(acc)
+    bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    x = images_for_table(bundle.test, test)
+    for method in ("cascade", "dispatcher-sample", "dispatcher-label"):
+        k = next(j for j, m in enumerate(methods) if m == method and sac[j] == 0.05)
+        clf = RoutedClassifier.load(rd.root / "routers" / f"{method}-s0.05.pt")
+        out = clf(x)
+        assert (out.preds == preds[k]).all(), method
+        assert out.scores is not None and len(out.score_names) == out.scores.shape[1]
+
+
+def test_never_fits_on_test_labels(evaluated_run, tmp_path):
+    """Scrambling the test labels leaves every fitted setting unchanged."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    from router.evaluate import EvalConfig, evaluate_run, load_run_inputs
+    from router.dispatcher import DispatcherConfig
+    inp = load_run_inputs(run)
+    inp.test.labels = np.random.default_rng(5).permutation(inp.test.labels)
+    cfg = EvalConfig(sacrifices=[0.05], threads=1, repeats=1, warmup=0, timing_samples=20,
+                     dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
+                     save_routers=False)
+    res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
+    before = {(r["method"], r["sacrifice"]): r["settings"]
+              for r in read_csv(RunDir(evaluated_run).results / "routers.csv")}
+    for r in res.rows:
+        if r["family"] in ("dispatcher", "cascade"):
+            assert r["settings"] == before[(r["method"], "0.05")], r["method"]
+
+
+def test_bench_routers_prints_the_headline(evaluated_run, capsys):
+    assert bench_main(["--run", str(evaluated_run)]) == 0
+    out = capsys.readouterr().out
+    assert "images/s ratio" in out and "gap recovered" in out and "router time" in out
+
+
+def test_missing_tables_name_the_fix(tmp_path):
+    RunDir(tmp_path).save_config(__import__("zoo.rundir", fromlist=["RunConfig"]).RunConfig())
+    with pytest.raises(FileNotFoundError, match="profile-zoo"):
+        main(["--run", str(tmp_path), "--no-progress"])
