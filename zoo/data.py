@@ -129,13 +129,16 @@ def _idx_file(d: Path, stem: str) -> Path:
 def load_idx_dataset(name: str, data_dir: str | Path | None, download: bool,
                      classes: list[str], image_size: int | None = None
                      ) -> tuple[ImageSet, ImageSet, DatasetInfo]:
-    """Fashion-MNIST or MNIST from IDX files: ``data_dir``, the Debian package, or torchvision."""
+    """Fashion-MNIST or MNIST from IDX files: ``data_dir`` (when given, only there), else the
+    Debian package; or torchvision's download where allowed."""
     candidates: list[Path] = []
     if data_dir is not None:
         d = Path(data_dir)
         tv_name = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
         candidates += [d, d / name, d / tv_name / "raw"]
-    if name == "fashion-mnist":
+    elif name == "fashion-mnist":
+        # an explicit --data-dir is authoritative: a wrong folder is an error, not a silent
+        # fall-back to the system copy
         candidates.append(DEBIAN_FASHION_MNIST)
     found = _find_idx_dir(candidates)
     if found is None and download:

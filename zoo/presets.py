@@ -87,7 +87,21 @@ def _full() -> Preset:
                   note="about an hour on one GPU; many hours on a 2-core CPU")
 
 
-PRESETS: dict[str, Preset] = {"quick": _quick(), "full": _full()}
+def _smoke() -> Preset:
+    # Seconds, not minutes: three narrow tiny VGGs, one short epoch on a few hundred images.
+    # For the end-to-end test of run-all and for trying the pipeline on new data; its numbers
+    # mean nothing.
+    models = TINY[:3]
+    recipes = {m: ModelRecipe(width=0.25, batch_norm=True, epochs=1, lr=3e-3,
+                              max_batches_per_epoch=8) for m in models}
+    base = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                       schedule="onecycle", patience=None, label_smoothing=0.0, augment=False,
+                       channels_last=False)
+    return Preset(name="smoke", models=models, recipes=recipes, base=base,
+                  limit_train=256, limit_eval=100, note="seconds; a plumbing check only")
+
+
+PRESETS: dict[str, Preset] = {"quick": _quick(), "full": _full(), "smoke": _smoke()}
 
 
 def get_preset(name: str) -> Preset:
