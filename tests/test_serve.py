@@ -299,6 +299,46 @@ def test_broken_router_artifact_is_reported_not_fatal(web_run, tmp_path):
     assert casc["status"] == "error" and "cannot be loaded" in casc["message"]
 
 
+def test_policies_are_fitted_on_val_when_none_are_saved(web_run, tmp_path):
+    """evaluate-routers saves no policy JSON: the strip fits them at start on the val table.
+    By hand (fixture val table, one sample per label): tiny_vgg1 is right on labels 0-4 only,
+    tiny_vgg2 on all, so the overlap policy at 1% or 5% sends 0-4 to tiny_vgg1 (cheaper, full
+    cover) and 5-9 to the reference tiny_vgg2 (tiny_vgg1 covers none of them)."""
+    run = copy_run(web_run, tmp_path / "r", ("policies",))
+    svc = WebService.load(run, TimingConfig(repeats=1))
+    levels = ["0.01", "0.05"] if (web_run / "routers").is_dir() else \
+        ["0", "0.005", "0.01", "0.02", "0.05", "0.1"]  # the saved routers' levels, else defaults
+    assert sorted(k for k, _ in svc.strip.policy_options()) == sorted(
+        f"{k}-s{s}" for k in ("overlap", "accuracy", "budget") for s in levels)
+    assert svc.strip.default_policy() == "overlap-s0.01"
+    c = create_app(svc).test_client()
+    for i in range(10):
+        d = c.get(f"/api/predict?sample={i}&policy=overlap-s0.05").get_json()
+        o = [e for e in d["routers"] if e["family"] == "oracle"][0]
+        label = d["source"]["label"]
+        assert o["status"] == "ok" and "fitted at start" in o["why_text"]
+        assert o["model"] == ("tiny_vgg1" if label < 5 else "tiny_vgg2")
+    html = c.get("/?sample=0").get_data(as_text=True)
+    assert html.count('id="policy-upload"') == 1 and "budget, sacrifice 5%" in html
+
+
+def test_models_load_once_not_per_request(service, monkeypatch):
+    """After start nothing is read from disk again: loading a checkpoint now would fail."""
+    import router.artifact
+    import router.web.service
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded during a request")
+    for mod in (router.web.service, router.artifact):
+        monkeypatch.setattr(mod, "load_model", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    c = create_app(service, LIMITS).test_client()
+    assert upload(c, png_bytes(Image.new("RGB", (20, 20), (9, 9, 9)))).status_code == 200
+    d = c.get("/api/predict?sample=5").get_json()
+    assert {e["status"] for e in d["routers"]} == {"ok"}
+    assert c.get("/?sample=6").status_code == 200
+
+
 def test_bare_run_falls_back_to_cards(web_run, tmp_path):
     """No costs, tables or policies: baseline from cards, MACs n/a, the strip says what to run."""
     run = copy_run(web_run, tmp_path / "bare", ("costs.json", "tables", "policies", "routers"))
@@ -417,7 +457,17 @@ def test_serve_main_binds_loopback_by_default(web_run, monkeypatch):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threaded"] is True
 
 
-def test_serve_main_refuses_empty_run(tmp_path):
+def test_serve_main_refuses_empty_or_missing_run(tmp_path):
     from scripts import serve
     with pytest.raises(SystemExit, match="train-zoo --run"):
         serve.main(["--run", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        serve.main(["--run", str(tmp_path / "nope")])
+
+
+def test_serve_main_names_a_damaged_checkpoint(web_run, tmp_path):
+    from scripts import serve
+    run = copy_run(web_run, tmp_path / "r", ("routers",))
+    (run / "zoo" / "tiny_vgg1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="model tiny_vgg1 cannot be loaded"):
+        serve.main(["--run", str(run)])

@@ -106,6 +106,9 @@ class WebService:
              load_samples: bool = True, load_routers: bool = True) -> "WebService":
         run_dir = RunDir(run)
         timing = timing or TimingConfig()
+        if not run_dir.root.is_dir():
+            raise FileNotFoundError(f"run directory {run_dir.root} does not exist; pass the --run "
+                                    "of a run made by `train-zoo` or `run-all`")
         names = run_dir.finished_models()
         if not names:
             raise FileNotFoundError(
@@ -205,8 +208,13 @@ class WebService:
 
 
 def _load_one(run_dir: RunDir, name: str, costs: CostTable | None) -> LoadedModel:
-    card = run_dir.read_card(name)
-    model, ckpt = load_model(run_dir.checkpoint(name))
+    try:
+        card = run_dir.read_card(name)
+        model, ckpt = load_model(run_dir.checkpoint(name))
+    except Exception as e:  # a damaged file: say which, and what remakes it
+        raise ValueError(f"model {name} cannot be loaded from {run_dir.model_dir(name)} "
+                         f"({type(e).__name__}: {e}); remake it (`train-zoo` or `compress` with "
+                         f"--run {run_dir.root}) or move that folder out of zoo/") from None
     data = card.get("dataset") or ckpt.get("data")
     if not data:
         raise ValueError(f"{run_dir.card(name)} and its checkpoint hold no dataset description; "

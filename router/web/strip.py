@@ -3,8 +3,11 @@
 Loaded once at start from the run directory:
 - routed classifiers saved by ``evaluate-routers`` under ``RUN/routers/`` (cascade and
   dispatcher), through the router package's own load API;
-- oracle policies ``RUN/policies/*.json`` through ``oracle.policy.Policy.load``. An oracle
-  routes by the true label, so it applies only to a test-set sample.
+- oracle policies ``RUN/policies/*.json`` through ``oracle.policy.Policy.load``; where there
+  are none (``evaluate-routers`` fits its policies without saving them), the label policies are
+  fitted here at start, on the val table with the profiled costs, exactly as
+  ``evaluate-routers`` fits them (``oracle.policy.fit_policy``), at the saved routers'
+  sacrifice levels. An oracle routes by the true label, so it applies only to a test sample.
 A missing artifact becomes an entry that names the command that makes it; the page still works.
 """
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 from zoo.rundir import RunDir
 
 ROUTERS_HINT = "run `evaluate-routers --run {run}` to fit and save the routers"
-POLICIES_HINT = "run `evaluate-routers --run {run}` to fit the oracle policies on val"
+POLICIES_HINT = ("run `profile-zoo --run {run}` (the oracle policies are fitted on its val "
+                 "table and costs.json)")
 
 
 @dataclass
@@ -40,8 +44,9 @@ class StripEntry:
 
 @dataclass
 class LoadedPolicy:
-    key: str          # file stem, used in the URL
+    key: str          # file stem (or kind-s<level> when fitted here), used in the URL
     policy: Any       # oracle.policy.Policy
+    source: str = ""  # the JSON file, or "fitted at start on RUN/tables/val.npz"
 
     @property
     def label(self) -> str:
@@ -67,7 +72,9 @@ class RouterStrip:
         """``shared_models``: name -> (checkpoint path, loaded model) the server already holds."""
         from router.web import routed
         routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, shared_models)
-        policies, policy_error = _load_policies(run_dir)
+        from router.evaluate import DEFAULT_SACRIFICES  # the levels evaluate-routers uses
+        levels = sorted({r.sacrifice for r in routers if r.sacrifice is not None})
+        policies, policy_error = _load_policies(run_dir, levels or list(DEFAULT_SACRIFICES))
         return cls(run_dir.root, routers, errors, policies, policy_error, lock)
 
     # ---- choosing the oracle policy --------------------------------------------------
@@ -132,7 +139,8 @@ class RouterStrip:
         model = pol.model_names[idx]
         r = by_name.get(model)
         why = (f"true label {label} -> {model}: the {pol.kind} policy fitted on val at "
-               f"sacrifice {100 * float(pol.sacrifice):g}% against reference {pol.reference}")
+               f"sacrifice {100 * float(pol.sacrifice):g}% against reference {pol.reference} "
+               f"({chosen.source})")
         if r is None:
             return StripEntry(name, "oracle", "error", model=model, why_text=why,
                               message=f"policy names {model}, which is not loaded from zoo/")
@@ -140,23 +148,40 @@ class RouterStrip:
                           answer_index=r.pred, correct=r.pred == label, why_text=why)
 
 
-def _load_policies(run_dir: RunDir) -> tuple[list[LoadedPolicy], str]:
+def _load_policies(run_dir: RunDir, levels: list[float]) -> tuple[list[LoadedPolicy], str]:
+    """Policies saved under ``RUN/policies/``, else fitted here on val (see the module doc)."""
+    from oracle.policy import Policy
     files = sorted(run_dir.policies.glob("*.json")) if run_dir.policies.is_dir() else []
     if not files:
-        return [], f"no oracle policies in {run_dir.policies}: " + POLICIES_HINT.format(
-            run=run_dir.root)
-    try:
-        from oracle.policy import Policy
-    except ImportError as e:
-        return [], f"oracle.policy cannot be imported ({e})"
+        return fit_policies(run_dir, levels)
     out, bad = [], []
     for f in files:
         try:
-            out.append(LoadedPolicy(f.stem, Policy.load(f)))
+            out.append(LoadedPolicy(f.stem, Policy.load(f), f.name))
         except Exception as e:  # a file that is not a policy: skip it, say so if none load
             bad.append(f"{f.name}: {e}")
     out.sort(key=lambda p: (p.policy.kind, float(p.policy.sacrifice)))
     return out, ("; ".join(bad) if not out else "")
+
+
+def fit_policies(run_dir: RunDir, levels: list[float]) -> tuple[list[LoadedPolicy], str]:
+    """Every label policy kind at every level, fitted on ``RUN/tables/val.npz`` with the
+    ms/image of ``RUN/costs.json`` (what ``evaluate-routers`` does); or why that cannot be."""
+    from oracle.policy import LABEL_KINDS, fit_policy
+    from oracle.table import CostTable, PredictionTable
+    hint = POLICIES_HINT.format(run=run_dir.root)
+    if not (run_dir.tables / "val.npz").exists() or not run_dir.costs.exists():
+        return [], (f"no oracle policy: {run_dir.policies} holds none and there is no val table "
+                    f"or costs.json to fit them on; {hint}")
+    try:
+        val = PredictionTable.load(run_dir.tables, "val")
+        costs = CostTable.load(run_dir.costs).vector(val.model_names, "ms_per_image")
+        out = [LoadedPolicy(f"{kind}-s{s:g}", fit_policy(kind, val, costs, s),
+                            "fitted at start on tables/val.npz with costs.json")
+               for kind in LABEL_KINDS for s in levels]
+    except Exception as e:  # a stale or partial table must not stop the server
+        return [], f"the oracle policies cannot be fitted on {run_dir.tables / 'val.npz'} ({e}); {hint}"
+    return out, ""
 
 
 def _one_row_table(model_names: list[str], by_name: dict[str, Any], label: int) -> Any:
