@@ -1,10 +1,14 @@
 """A routed classifier as one file: router settings and weights + the zoo models it may call.
 
 On disk (``torch.save``, read back with ``weights_only=True``): ``{format, kind, name,
-model_names, models: [{name, checkpoint, checkpoint_abs, sha256}], router: {...}, info,
-meta}``. Zoo model weights are referenced by checkpoint path (relative to the run directory,
-plus the absolute path as written) and SHA-256, checked on load, so a changed checkpoint is
-refused instead of silently used. The dispatcher's own (small) weights are embedded.
+model_names, models: [{name, checkpoint, checkpoint_abs, sha256, embedded?}], router: {...},
+info, meta}``. The dispatcher's own (small) weights are always inside. Zoo model weights are
+either referenced (default: checkpoint path relative to the run directory, plus the absolute
+path as written, and its SHA-256, checked on load so a changed checkpoint is refused instead
+of silently used) or, with ``save(..., embed=True)``, copied in: the whole checkpoint dict of
+every model the router can choose, so the one file is all a user needs (the zoo's tiny VGGs
+weigh about 26 MB each, which is why embedding is not the default for the per-level files
+evaluate-routers writes).
 
 ``RoutedClassifier.load(path)`` gives a callable: uint8 images in -> ``RoutedOutput`` with
 predictions, chosen models, each answer's confidence and the scores behind each choice.
@@ -25,7 +29,7 @@ from router.base import AssignmentRouter, Router, RouterError
 from router.cascade import CascadeRouter
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
-from zoo.checkpoint import file_sha256, load_model
+from zoo.checkpoint import build_from_arch, file_sha256, load_model, read_checkpoint
 from zoo.data import DatasetInfo
 
 FORMAT = "adaptive-router-routed/1"
@@ -62,6 +66,7 @@ class RoutedClassifier:
         self.models, self.infos = list(models), list(infos)
         self.checkpoints = [None if c is None else Path(c) for c in checkpoints]
         self.batch_size, self.meta = batch_size, dict(meta or {})
+        self.embedded: dict[int, dict[str, Any]] = {}   # model index -> checkpoint read from file
         if isinstance(router, CascadeRouter):
             router.attach(self.models, self.infos, batch_size)
 
@@ -85,18 +90,33 @@ class RoutedClassifier:
         return next(i for i in self.infos if i is not None)
 
     # ---- persistence ------------------------------------------------------------------
-    def save(self, path: str | Path, run_root: str | Path | None = None) -> Path:
-        """Write the artifact atomically; checkpoint paths are stored relative to ``run_root``."""
+    def save(self, path: str | Path, run_root: str | Path | None = None,
+             embed: bool = False) -> Path:
+        """Write the artifact atomically; checkpoint paths are stored relative to ``run_root``.
+
+        ``embed``: copy the checkpoint of every model the router can choose into the file, so
+        it loads anywhere without the run directory.
+        """
         path = Path(path)
         run_root = Path(run_root) if run_root is not None else path.parent.parent
+        needed = _needed_models(self.router, len(self.model_names))
         models = []
-        for name, ckpt in zip(self.model_names, self.checkpoints):
+        for i, (name, ckpt) in enumerate(zip(self.model_names, self.checkpoints)):
+            if ckpt is None and i in self.embedded:      # loaded from an embedded artifact
+                models.append({"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": "",
+                               "embedded": self.embedded[i]})
+                continue
             if ckpt is None:
+                if embed and i in needed:
+                    raise RouterError(f"cannot embed model {name!r}: no checkpoint was given")
                 models.append({"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": ""})
                 continue
             rel = os.path.relpath(ckpt.resolve(), run_root.resolve())
-            models.append({"name": name, "checkpoint": rel, "checkpoint_abs": str(ckpt.resolve()),
-                           "sha256": file_sha256(ckpt)})
+            entry = {"name": name, "checkpoint": rel, "checkpoint_abs": str(ckpt.resolve()),
+                     "sha256": file_sha256(ckpt)}
+            if embed and i in needed:
+                entry["embedded"] = read_checkpoint(ckpt)
+            models.append(entry)
         payload = {"format": FORMAT, "name": self.name, "model_names": self.model_names,
                    "models": models, "router": _router_payload(self.router),
                    "info": self._info().to_dict(), "batch_size": self.batch_size,
@@ -133,21 +153,31 @@ class RoutedClassifier:
         info = DatasetInfo.from_dict(d["info"])
         router = _router_from_payload(d["router"], d["model_names"], info)
         needed = _needed_models(router, len(d["model_names"]))
-        models, infos, ckpts = [], [], []
+        models, infos, ckpts, embedded = [], [], [], {}
         for i, entry in enumerate(d["models"]):
             if i not in needed:
                 models.append(None), infos.append(None), ckpts.append(None)
                 continue
-            ckpt = _resolve(entry, run_root)
-            if verify and entry["sha256"] and file_sha256(ckpt) != entry["sha256"]:
-                raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since the "
-                                 f"router was saved (sha256 differs); re-run `evaluate-routers`")
-            model, c = load_model(ckpt)
+            if entry.get("embedded") is not None:
+                c = entry["embedded"]
+                model = build_from_arch(c["arch"])
+                model.load_state_dict(c["state_dict"])
+                model.eval()
+                ckpt, embedded[i] = None, c
+            else:
+                ckpt = _resolve(entry, run_root)
+                if verify and entry["sha256"] and file_sha256(ckpt) != entry["sha256"]:
+                    raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since "
+                                     "the router was saved (sha256 differs); re-run "
+                                     "`evaluate-routers`")
+                model, c = load_model(ckpt)
             models.append(model)
             infos.append(DatasetInfo.from_dict(c["data"]) if c.get("data") else info)
             ckpts.append(ckpt)
-        return cls(d["name"], router, models, infos, ckpts, int(d.get("batch_size", 256)),
-                   d.get("meta"))
+        clf = cls(d["name"], router, models, infos, ckpts, int(d.get("batch_size", 256)),
+                  d.get("meta"))
+        clf.embedded = embedded
+        return clf
 
 
 def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo) -> torch.Tensor:

@@ -73,6 +73,7 @@ class EvalConfig:
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     seed: int = 0
     save_routers: bool = True
+    embed_models: bool = False           # copy zoo checkpoints into each RUN/routers/*.pt
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -438,7 +439,8 @@ def _save(directory: Path, method: str, s: float, router: Router, inp: RunInputs
     clf = RoutedClassifier(f"{method}@{s:g}", router, inp.models, inp.infos, inp.checkpoints,
                            cfg.batch_size, meta={"sacrifice": s, "method": method,
                                                  "settings": router.describe()})
-    return str(clf.save(directory / f"{method}-s{s:g}.pt", run_root=inp.root))
+    return str(clf.save(directory / f"{method}-s{s:g}.pt", run_root=inp.root,
+                        embed=cfg.embed_models))
 
 
 def write_results(rd: RunDir, result: EvalResult, names: list[str],

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dispatcher-epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
+    p.add_argument("--embed-models", action="store_true",
+                   help="copy the zoo checkpoints each router can choose into its RUN/routers/*.pt "
+                        "(self-contained files; tens of MB each) instead of referencing them")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                      cascade_max_stages=a.cascade_max_stages,
                      dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,
                                                  progress=not a.no_progress),
-                     seed=a.seed, save_routers=not a.no_save_routers, progress=not a.no_progress)
+                     seed=a.seed, save_routers=not a.no_save_routers,
+                     embed_models=a.embed_models, progress=not a.no_progress)
     evaluate_run(a.run, cfg)
     return 0
 

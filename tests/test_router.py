@@ -263,3 +263,23 @@ def test_artifact_round_trip_dispatcher_and_cascade(tmp_path):
                     state_dict=models[0].state_dict(), data=INFO28.to_dict())
     with pytest.raises(ValueError, match="changed since the router was saved"):
         RoutedClassifier.load(tmp_path / "routers" / "cascade.pt")
+
+
+def test_embedded_artifact_loads_without_the_run(tmp_path):
+    """embed=True copies the chosen models in: the file alone rebuilds the classifier."""
+    import shutil
+    run = tmp_path / "run"
+    models, ckpts = saved_models(run)
+    x, _ = crafted(40, seed=5)
+    clf = RoutedClassifier("cascade", CascadeRouter(["m0", "m1", "m2"], [0, 2], [0.3, 0.0]),
+                           models, [INFO28] * 3, ckpts)
+    out = clf(x)
+    path = clf.save(tmp_path / "alone.pt", run_root=run, embed=True)
+    shutil.rmtree(run)                                   # no checkpoint left on disk
+    back = RoutedClassifier.load(path)
+    assert back.models[1] is None                        # never chosen by stages [0, 2]
+    again = back(x)
+    assert (again.preds == out.preds).all() and (again.chosen == out.chosen).all()
+    # re-saving a loaded embedded classifier keeps the weights inside
+    back.save(tmp_path / "copy.pt")
+    assert (RoutedClassifier.load(tmp_path / "copy.pt")(x).preds == out.preds).all()
