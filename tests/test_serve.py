@@ -35,9 +35,10 @@ COSTS = {"tiny_vgg1": (0.2, 1_000_000), "tiny_vgg2": (0.5, 9_000_000)}
 LABEL_TO_MODEL = {c: MODELS[c % 2] for c in range(10)}
 
 
-def make_web_run(root: Path, data_dir: Path, with_extras: bool = True) -> Path:
-    """A run dir with two (untrained) tiny VGGs, their cards and, optionally, costs, a val table
-    in which tiny_vgg2 is the more accurate, and one overlap policy."""
+def make_web_run(root: Path, data_dir: Path, with_extras: bool = True, steps: int = 12) -> Path:
+    """A run dir with two barely trained tiny VGGs (``steps`` Adam steps), their cards and,
+    optionally, costs, a val table in which tiny_vgg2 is the more accurate, and two overlap
+    policies."""
     run = RunDir(root)
     run.save_config(RunConfig(data_dir=str(data_dir), download=False, limit_eval=30))
     bundle = prepare_data(root, data_dir=data_dir, download=False, limit_eval=30)
@@ -45,7 +46,7 @@ def make_web_run(root: Path, data_dir: Path, with_extras: bool = True) -> Path:
     torch.manual_seed(0)
     for i, name in enumerate(MODELS):
         m = quick_train(zoo.create_model(name, num_classes=10, in_channels=1, input_size=28),
-                        bundle.train, info)
+                        bundle.train, info, steps)
         path = save_checkpoint(run.checkpoint(name), model_name=name, arch=m.arch.to_dict(),
                                state_dict=m.state_dict(), data=info.to_dict())
         card = {"model_name": name, "arch": m.arch.to_dict(), "parent": None, "variant": None,
