@@ -219,6 +219,24 @@ def test_any_mode_is_accepted(client, mode, fmt):
     assert r.get_json()["source"]["format"] == fmt
 
 
+def test_phone_camera_mpo_jpeg_is_accepted(client):
+    """Many phone JPEGs are multi-picture (PIL: MPO); the first picture is what is classified."""
+    first = Image.new("RGB", (40, 30), (200, 10, 10))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (40, 30))])
+    d = upload(client, buf.getvalue(), "phone.jpg").get_json()
+    plain = upload(client, png_bytes(first, "JPEG"), "plain.jpg").get_json()
+    assert d["source"]["format"] == "MPO"
+    assert np.allclose([m["probs"] for m in d["models"]], [m["probs"] for m in plain["models"]],
+                       atol=1e-6)
+
+
+def test_file_name_is_escaped_on_the_page(client):
+    name = "<img src=x onerror=alert(1)>.png"
+    html = upload(client, png_bytes(Image.new("L", (8, 8))), name, url="/").get_data(as_text=True)
+    assert name not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+
+
 def test_page_renders_cards_and_strip(client):
     html = client.get("/?sample=3").get_data(as_text=True)
     assert html.count('class="model-card') == len(MODELS)

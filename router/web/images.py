@@ -16,7 +16,9 @@ from PIL import Image, UnidentifiedImageError
 
 from zoo.data import DatasetInfo, load_image_as_input
 
-ALLOWED_FORMATS = ("PNG", "JPEG")
+# MPO is how PIL names the multi-picture JPEG that many phone cameras write (frame 0 is a
+# plain JPEG); refusing it would refuse ordinary photos.
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO")
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any camera photo, far below a bomb
 
 
