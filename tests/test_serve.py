@@ -467,6 +467,60 @@ def test_concurrent_requests_agree(service):
         assert np.allclose([m["probs"] for m in res], [m["probs"] for m in ref], atol=1e-6)
 
 
+def test_concurrent_requests_over_a_real_threaded_server(service):
+    """The server ``serve`` runs (werkzeug, one thread per request) on a loopback socket: good
+    and bad requests at once all get their own right answer, and it serves on afterwards."""
+    import json
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(service, LIMITS), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    good = png_bytes(Image.fromarray(np.random.default_rng(6).integers(0, 255, (30, 40),
+                                                                          np.uint8)))
+
+    def call(k: int) -> tuple[int, dict]:
+        if k % 3 == 2:  # a GET for a test sample
+            url, body, headers = f"{base}/api/predict?sample={k % 5}", None, {}
+        else:           # an upload: a good picture, or plain text sent as a PNG
+            data = good if k % 3 == 0 else b"plain text, not a picture"
+            body = (b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\""
+                    b"\r\n\r\n" + data + b"\r\n--B--\r\n")
+            url, headers = f"{base}/api/predict", {"Content-Type": "multipart/form-data; boundary=B"}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        def key(k: int) -> tuple[str, int]:  # requests with the same key must agree
+            return ("sample", k % 5) if k % 3 == 2 else ("upload", k % 3)
+        expected: dict = {}
+        for k in range(18):  # one at a time first: the answer to every distinct request
+            expected.setdefault(key(k), call(k))
+        assert len(expected) == 7
+        with ThreadPoolExecutor(6) as ex:
+            out = list(ex.map(call, range(18)))
+        for k, (status, d) in enumerate(out):
+            want_status, want = expected[key(k)]
+            assert status == want_status
+            if status != 200:
+                assert status == 415 and "not an image" in d["error"]
+                continue
+            assert np.allclose([m["probs"] for m in d["models"]],
+                               [m["probs"] for m in want["models"]], atol=1e-6)
+        assert call(0)[0] == 200
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
 def test_serve_main_binds_loopback_by_default(web_run, monkeypatch):
     from flask import Flask
     from scripts import serve
