@@ -41,12 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision vgg19 state dict (cost-only mode, loaded weights_only)")
     p.add_argument("--input-size", type=int, default=224, help="cost-only mode input side")
     p.add_argument("--num-classes", type=int, default=1000, help="cost-only mode classes")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="cost-only mode conv width multiplier (1.0 = torchvision's vgg19)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for timing")
     p.add_argument("--device", default="cpu", help="device for fine-tuning (quantized: cpu)")
     p.add_argument("--calib-images", type=int, default=256,
                    help="train images for static int8 calibration")
     p.add_argument("--latency-runs", type=int, default=10, help="batch-1 timed runs (min)")
     p.add_argument("--batch-repeats", type=int, default=3, help="batch-64 timed repeats (min)")
+    p.add_argument("--big-batch", type=int, default=64,
+                   help="the large timing batch (the *_b64 columns; recorded as big_batch)")
+    p.add_argument("--budget-s", type=float, default=3.0,
+                   help="soft cap on timing seconds per model (minimum runs still run)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -67,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         limit_train=pick(args.limit_train, "limit_train", None),
         sweep=args.sweep == "prune" or bool(preset.get("sweep")), weights=args.weights,
         threads=args.threads, device=args.device, input_size=args.input_size,
-        num_classes=args.num_classes, calib_images=args.calib_images, seed=args.seed,
-        measure=MeasureSettings(threads=args.threads, latency_runs=args.latency_runs,
-                                batch_repeats=args.batch_repeats, memory=not args.no_memory),
+        num_classes=args.num_classes, width=args.width, calib_images=args.calib_images,
+        seed=args.seed,
+        measure=MeasureSettings(threads=args.threads, big_batch=args.big_batch,
+                                latency_runs=args.latency_runs, batch_repeats=args.batch_repeats,
+                                budget_s=args.budget_s, memory=not args.no_memory),
         progress=not args.no_progress,
         command=shlex.join(["compress", *(sys.argv[1:] if argv is None else argv)]))
     try:

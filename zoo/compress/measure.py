@@ -6,7 +6,10 @@ sparsity (zero weights among those left), checkpoint size (MB = 1e6 bytes) and i
 vs the base, top-1/top-5 on test (fractions), latency at batch 1 and batch 64 (median after
 warm-up, fixed threads), speedups vs the base, peak memory added by one batch-64 inference
 (fresh subprocess), CPU use during the batch-64 timing (100 = one core busy) and L1/L2 norms
-of all conv/Linear weights (dequantized).
+of all conv/Linear weights (dequantized). The base's own row has ``variant`` equal to the base
+name. "Batch 64" is ``MeasureSettings.big_batch`` (64 unless set; recorded in ``big_batch``).
+The pruning rate compares against the base with BatchNorm folded (``ref_params``), so a
+variant that only folds BN and quantizes has a pruning rate of 0.
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ MB = 1e6
 COLUMNS = ["variant", "base", "params", "nonzero_params", "pruning_rate", "macs", "sparsity",
            "size_mb", "size_reduction", "top1", "top5", "latency_ms_b1", "latency_ms_b64",
            "speedup_b1", "speedup_b64", "peak_memory_mb", "cpu_percent", "l1_norm", "l2_norm"]
-EXTRA_COLUMNS = ["kind", "input_size", "sparse_file_mb", "images_per_second_b64", "threads",
-                 "model_name"]
+EXTRA_COLUMNS = ["kind", "input_size", "sparse_file_mb", "images_per_second_b64", "big_batch",
+                 "threads", "model_name"]
 
 
 @dataclass
@@ -112,8 +115,13 @@ def measure(model: nn.Module, *, variant: str, base: str, model_name: str,
             test: ImageSet | None = None, info: DatasetInfo | None = None,
             input_shape: tuple[int, ...] | None = None,
             base_row: dict[str, Any] | None = None,
-            sparse_file: str | Path | None = None) -> dict[str, Any]:
-    """One row of the compression table (``base_row`` None: this is the base itself)."""
+            sparse_file: str | Path | None = None,
+            ref_params: int | None = None) -> dict[str, Any]:
+    """One row of the compression table (``base_row`` None: this is the base itself).
+
+    ``ref_params``: the parameter count pruning is measured against (the BN-folded base);
+    defaults to the base row's own count.
+    """
     from zoo.train import evaluate
     model = model.cpu().eval()
     old = torch.get_num_threads()
@@ -144,10 +152,12 @@ def measure(model: nn.Module, *, variant: str, base: str, model_name: str,
         "latency_ms_b64": 1000.0 * thr["throughput_seconds_median"],
         "images_per_second_b64": thr["images_per_second"], "peak_memory_mb": mem,
         "cpu_percent": cpu_pct, "l1_norm": l1, "l2_norm": l2, "threads": settings.threads,
+        "big_batch": settings.big_batch,
         "kind": arch.get("kind", "vgg"), "input_size": fa.input_size,
         "sparse_file_mb": Path(sparse_file).stat().st_size / MB if sparse_file else ""}
     ref = base_row or row
-    row["pruning_rate"] = 1.0 - params / ref["params"] if ref["params"] else 0.0
+    n_ref = ref_params if ref_params is not None else ref["params"]
+    row["pruning_rate"] = 1.0 - params / n_ref if n_ref else 0.0
     row["size_reduction"] = 1.0 - size / ref["size_mb"] if ref["size_mb"] else 0.0
     row["speedup_b1"] = ref["latency_ms_b1"] / row["latency_ms_b1"]
     row["speedup_b64"] = ref["latency_ms_b64"] / row["latency_ms_b64"]

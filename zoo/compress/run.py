@@ -3,12 +3,15 @@
 Each variant becomes ``RUN/zoo/<base>-<variant>/{checkpoint.pt, card.json}`` (card last) so
 ``profile-zoo`` and the routers take it as one more zoo member; finished variants are skipped
 (loaded back, then measured again with the others so all timings come from one run). Tables:
-``RUN/results/compression.csv``, ``weight_hist.csv`` and, with ``sweep``, ``prune_sweep.csv``.
+``RUN/results/compression.csv`` (one block of rows per base: compressing a second base keeps
+the first one's rows), ``weight_hist.csv`` and, with ``sweep``, ``prune_sweep.csv`` (these two
+hold the latest base only).
 
 Cost-only mode (no trained base in the run, or ``weights`` given): a torchvision-shape model
 at ``input_size`` with random or user-supplied weights; variants are saved under
 ``RUN/cost_only/`` (no cards: they are not zoo members) and calibrated on random inputs, with
-no fine-tuning or QAT training; accuracy columns stay empty.
+no fine-tuning or QAT training; accuracy columns stay empty. Its tables carry a ``_cost_only``
+suffix (``results/compression_cost_only.csv``, ...) so they never overwrite a trained base's.
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from oracle.io import write_csv, write_json
+from oracle.io import read_csv, write_csv, write_json
 from zoo.checkpoint import file_sha256, load_model, save_checkpoint
 from zoo.compress.measure import COLUMNS, EXTRA_COLUMNS, MeasureSettings, format_table, \
     histogram_edges, measure, weight_histogram
+from zoo.compress.structured import fold_batchnorm
 from zoo.compress.sweep import SWEEP_COLUMNS, prune_sweep
 from zoo.compress.unstructured import write_sparse_file
 from zoo.compress.variants import CompressContext, Variant, VariantSpec, make_variant, \
@@ -63,6 +67,7 @@ class CompressConfig:
     device: str = "cpu"
     input_size: int = 224          # cost-only mode
     num_classes: int = 1000        # cost-only mode
+    width: float = 1.0             # cost-only mode: conv width multiplier
     calib_images: int = 256
     seed: int = 0
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -77,6 +82,21 @@ class CompressResult:
     built: list[str]
     skipped: list[str]
     cost_only: bool
+
+
+def result_paths(results: Path, cost_only: bool) -> dict[str, Path]:
+    """Where the tables go: ``compression.csv`` etc., with ``_cost_only`` in cost-only mode."""
+    sfx = "_cost_only" if cost_only else ""
+    return {"compression": results / f"compression{sfx}.csv",
+            "weight_hist": results / f"weight_hist{sfx}.csv",
+            "prune_sweep": results / f"prune_sweep{sfx}.csv",
+            "settings": results / f"compression_settings{sfx}.json"}
+
+
+def merge_rows(path: Path, rows: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """Rows of other bases already in ``path`` (kept as read) followed by ``rows``."""
+    old = read_csv(path) if path.exists() else []
+    return [r for r in old if r.get("base") != base] + rows
 
 
 def _now() -> str:
@@ -96,7 +116,7 @@ def _load_base(cfg: CompressConfig, rd: RunDir) -> tuple[VGG, dict[str, Any], bo
         return model, ckpt, False
     try:
         arch = model_arch(cfg.base, num_classes=cfg.num_classes, in_channels=3,
-                          input_size=cfg.input_size)
+                          input_size=cfg.input_size, width=cfg.width)
     except KeyError as e:
         raise FileNotFoundError(f"no trained {cfg.base} in {rd.root / 'zoo'} and {e}; train it "
                                 "with `train-zoo` or pass --weights") from None
@@ -165,10 +185,11 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     ms = cfg.measure
     ms.threads = cfg.threads
     log(f"compress: measuring base {cfg.base}")
-    base_row = measure(base, variant="base", base=cfg.base, model_name=cfg.base,
+    base_row = measure(base, variant=cfg.base, base=cfg.base, model_name=cfg.base,
                        arch=fa.to_dict(), checkpoint=base_path, settings=ms, test=test, info=info)
+    folded_params = count_params(fold_batchnorm(base))[0]  # what pruning is measured against
     edges = histogram_edges(base)
-    hist = weight_histogram(base, "base", edges)
+    hist = weight_histogram(base, cfg.base, edges)
     rows, built, skipped = [base_row], [], []
     base_shape = (fa.in_channels, fa.input_size, fa.input_size)  # every variant gets base inputs
 
@@ -184,6 +205,8 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
             log(f"compress: {name} done already, reusing it")
             if spec.method == "struct":
                 put_pruned(ctx, spec, model, ck.get("train_config", {}), ck.get("extra", {}))
+            if sparse_path is not None and not sparse_path.exists():
+                write_sparse_file(model, sparse_path)
         else:
             log(f"compress: building {name}")
             v = make_variant(base, spec, ctx)
@@ -205,20 +228,23 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
             built.append(spec.name)
         row = measure(model, variant=spec.name, base=cfg.base, model_name=name, arch=arch,
                       checkpoint=ckpt_path, settings=ms, test=test, info=info,
-                      input_shape=base_shape, base_row=base_row, sparse_file=sparse_path)
+                      input_shape=base_shape, base_row=base_row, sparse_file=sparse_path,
+                      ref_params=folded_params)
         rows.append(row)
         hist += weight_histogram(model, spec.name, edges)
         del model
 
-    write_csv(rd.results / "compression.csv", rows, COLUMNS + EXTRA_COLUMNS)
-    write_csv(rd.results / "weight_hist.csv", hist, ["variant", "bin_left", "bin_right", "count"])
+    paths = result_paths(rd.results, cost_only)
+    write_csv(paths["compression"], merge_rows(paths["compression"], rows, cfg.base),
+              COLUMNS + EXTRA_COLUMNS)
+    write_csv(paths["weight_hist"], hist, ["variant", "bin_left", "bin_right", "count"])
     sweep_rows: list[dict[str, Any]] = []
     if cfg.sweep:
         sweep_rows = prune_sweep(base, test=test, info=info, settings=ms,
                                  norm=cfg.norm or "l1", layers=cfg.layers or "deep",
                                  progress=cfg.progress)
-        write_csv(rd.results / "prune_sweep.csv", sweep_rows, SWEEP_COLUMNS)
-    write_json(rd.results / "compression_settings.json",
+        write_csv(paths["prune_sweep"], sweep_rows, SWEEP_COLUMNS)
+    write_json(paths["settings"],
                {"base": cfg.base, "cost_only": cost_only, "threads": cfg.threads,
                 "measure": asdict(ms), "torch": torch.__version__, "created": _now(),
                 "command": cfg.command, "finetune_epochs": cfg.finetune_epochs,

@@ -31,7 +31,8 @@ def prune_sweep(base: VGG, *, test: ImageSet | None, info: DatasetInfo | None,
     from zoo.train import evaluate
     folded = fold_batchnorm(base).eval()
     fa = folded.arch
-    xb = sample_inputs(test, info, (fa.in_channels, fa.input_size, fa.input_size), settings.big_batch)
+    xb = sample_inputs(test, info, (fa.in_channels, fa.input_size, fa.input_size),
+                       settings.big_batch)
     rows = []
     old = torch.get_num_threads()
     torch.set_num_threads(settings.threads)

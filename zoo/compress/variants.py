@@ -151,11 +151,12 @@ def calibration_batches(ctx: CompressContext, batch: int = 64) -> list[torch.Ten
     return [x[s:s + batch] for s in range(0, len(x), batch)]
 
 
-def _static_int8(float_model: VGG, ctx: CompressContext) -> nn.Module:
+def _static_int8(float_model: VGG, ctx: CompressContext) -> tuple[nn.Module, int]:
+    """Post-training static int8 calibrated on ``calibration_batches``: (model, images used)."""
     batches = calibration_batches(ctx)
     prepared = quant.prepare(copy.deepcopy(float_model).cpu().eval(), batches[0][:1], "int8")
     quant.calibrate(prepared, batches)
-    return quant.convert(prepared, "int8")
+    return quant.convert(prepared, "int8"), sum(len(b) for b in batches)
 
 
 def _pruned(base: VGG, spec: VariantSpec, ctx: CompressContext) -> tuple[VGG, dict, dict]:
@@ -217,9 +218,9 @@ def make_variant(base: VGG, spec: VariantSpec, ctx: CompressContext) -> Variant:
                          backend=quant.BACKEND)
         state = model.state_dict()
     elif spec.method == "int8-static":
-        model = _static_int8(folded, ctx)
+        model, n_calib = _static_int8(folded, ctx)
         arch = make_arch("quantized", fa, method="fx", scheme="int8", backend=quant.BACKEND,
-                         calibration_images=sum(len(b) for b in calibration_batches(ctx)))
+                         calibration_images=n_calib)
         state = model.state_dict()
         extra["calibration"] = "train images" if ctx.has_data else "random inputs (no data)"
     elif spec.method in ("qat8", "qat4"):
@@ -241,7 +242,8 @@ def make_variant(base: VGG, spec: VariantSpec, ctx: CompressContext) -> Variant:
     elif spec.method == "prune+int8":
         pruned, tc, e = _pruned(folded, spec, ctx)
         extra.update(e)
-        model = _static_int8(pruned, ctx)
+        model, n_calib = _static_int8(pruned, ctx)
+        extra["calibration_images"] = n_calib
         arch = make_arch("quantized", pruned.arch, method="fx", scheme="int8",
                          backend=quant.BACKEND, pruned={"ratio": spec.ratio, "norm": spec.norm,
                                                         "layers": spec.layers},
