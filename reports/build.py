@@ -65,12 +65,26 @@ def _summary_lines(s: Summary) -> list[str]:
         speed = (f"measured speedup {s.router_speedup:.2f}x over {s.best_single} "
                  f"({float(r['images_per_second']):,.0f} images/s)"
                  if s.router_speedup is not None else "speedup unknown (no best-single timing)")
+        target = (f" (target {100 * float(r['target_accuracy']):.2f}%)"
+                  if r.get("target_accuracy") is not None else "")
         lines.append(f"Best deployable router at {100 * SUMMARY_SACRIFICE:g}% sacrifice that held "
                      f"its budget: {r['method']} ({r['family']}), test accuracy "
-                     f"{100 * float(r['accuracy']):.2f}%, {speed}.")
+                     f"{100 * float(r['accuracy']):.2f}%{target}, {speed}.")
     else:
         lines.append(f"Best deployable router at {100 * SUMMARY_SACRIFICE:g}% sacrifice: none "
                      f"({s.router_note}).")
+        if s.missed:
+            m = s.missed
+            speed = (f", {float(m['images_per_second']) / s.best_single_images_per_second:.2f}x "
+                     "the best single model's speed" if s.best_single_images_per_second else "")
+            lines.append(f"Fastest deployable router there, which missed its budget: "
+                         f"{m['method']} at {100 * float(m['accuracy']):.2f}% test accuracy"
+                         f"{speed}.")
+    if s.oracle_bound and s.oracle_speedup is not None:
+        o = s.oracle_bound
+        lines.append(f"Bound at {100 * SUMMARY_SACRIFICE:g}%: the label oracle {o['method']} "
+                     f"(routes by the true label, not deployable) reaches "
+                     f"{100 * float(o['accuracy']):.2f}% at {s.oracle_speedup:.2f}x.")
     if s.machine:
         keys = ("cpu", "threads", "torch", "device")
         desc = ", ".join(f"{k} {s.machine[k]}" for k in keys if s.machine.get(k) is not None)
@@ -87,8 +101,12 @@ def _overlap_section(b: _Builder, art: RunArtifacts, split: str) -> Section:
     if table is None:
         b.skip(sec, "Overlap maps", f"tables/{split}.npz is absent (run `profile-zoo`)")
         return sec
-    sec.paragraphs.append("Cell (row i, column j) = % of model j's correct answers that model i "
-                          "also gets right; one fixed 0-100 colour scale.")
+    sec.paragraphs.append(
+        "Cell (row i, column j) = % of the samples model j gets right that model i also gets "
+        "right: 100 * |both right| / |j right|. Models are ordered weakest to strongest, so the "
+        "upper-right triangle reads as '% of the stronger model's correct answers the weaker one "
+        "keeps' (the original study's '% weaker of stronger'). The total map pools all samples "
+        "(it is not any one label's map, nor their mean); every map shares one 0-100 scale.")
     disp = OverlapDisplay.from_table(table, art.class_names)
     b.figure(sec, "overlap_total", f"Pooled overlap over all {split} samples", disp.plot_total())
     disp = OverlapDisplay.from_table(table, art.class_names)
@@ -102,11 +120,24 @@ def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
         b.skip(sec, "Router figures", "results/routers.csv is absent (run `evaluate-routers`)")
         return [sec]
     r = art.routers
-    b.figure(sec, "metrics_vs_sacrifice", "Accuracy, precision, recall, F1 (macro) on test",
-             SacrificeMetricsDisplay.from_routers(r).plot())
-    b.figure(sec, "time_vs_sacrifice", "Measured time for the test set and images/s",
-             TimeDisplay.from_routers(r).plot())
-    b.figure(sec, "frontier", "Accuracy vs measured throughput", FrontierDisplay.from_routers(r).plot())
+    sec.paragraphs.append(
+        "Sacrifice s: each policy may lose at most s (in accuracy points) against the best single "
+        "model. Everything is fitted on the validation split and scored on test; a row's "
+        "budget_held says whether the test accuracy kept the promise. Label oracles route by the "
+        "true label: they are bounds, not deployable routers.")
+    if r[["accuracy", "images_per_second"]].dropna().empty:
+        b.skip(sec, "Frontier", "no row of routers.csv has both accuracy and images/s")
+    else:
+        b.figure(sec, "frontier", "Accuracy against measured throughput: single models as "
+                 "points, routers as curves over their sacrifice levels (level printed at each "
+                 "end), the per-sample ceiling as a star", FrontierDisplay.from_routers(r).plot())
+    b.figure(sec, "metrics_vs_sacrifice", "Accuracy, precision, recall, F1 (macro) on test "
+             "against sacrifice", SacrificeMetricsDisplay.from_routers(r).plot())
+    if r["images_per_second"].notna().any() and "seconds" in r.columns:
+        b.figure(sec, "time_vs_sacrifice", "Measured seconds and images/s against sacrifice",
+                 TimeDisplay.from_routers(r).plot())
+    else:
+        b.skip(sec, "Time against sacrifice", "no row of routers.csv was timed")
     if any(c.startswith("share_") for c in r.columns):
         b.figure(sec, "model_shares", "Share of test images per model",
                  SharesDisplay.from_routers(r).plot())
@@ -178,10 +209,18 @@ def _compression_section(b: _Builder, art: RunArtifacts) -> Section:
                 "prune_sweep": "Accuracy and throughput vs pruning level",
                 "weight_hist": "Weight-value histograms"}
     for file, name, frame, make in builds:
-        if frame is None:
-            b.skip(sec, captions[name], f"results/{file} is absent (run `compress`)")
-        else:
+        if frame is not None:
             b.figure(sec, name, captions[name], make(frame))
+        elif name == "prune_sweep" and art.compression is not None:
+            try:
+                disp = PruneSweepDisplay.from_compression(art.compression)
+            except ValueError as e:
+                b.skip(sec, captions[name], str(e))
+            else:
+                b.figure(sec, name, captions[name] + " (fine-tuned variants of compression.csv;"
+                         " `compress --sweep` adds the one-shot sweep)", disp.plot())
+        else:
+            b.skip(sec, captions[name], f"results/{file} is absent (run `compress`)")
     if art.compression is not None:
         sec.tables.append(("Compressed variants (results/compression.csv)",
                            compression_table(art.compression)))
@@ -198,8 +237,9 @@ def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = s
     out.mkdir(parents=True, exist_ok=True)
     b = _Builder(out, dpi)
     summary = summarize(art)
-    sections = [_zoo_section(b, art), *_router_sections(b, art), _overlap_section(b, art, overlap_split),
-                _confusion_section(b, art, summary), _compression_section(b, art)]
+    sections = [*_router_sections(b, art), _overlap_section(b, art, overlap_split),
+                _zoo_section(b, art), _confusion_section(b, art, summary),
+                _compression_section(b, art)]
     index = write_page(out / "index.html",
                        render_page(f"Adaptive-inference router report: {Path(run).name}",
                                    _summary_lines(summary), sections))

@@ -3,16 +3,20 @@
 Families in routers.csv: ``single`` and ``best-single`` rows are single models (points and
 reference lines); ``ceiling`` is the per-sample oracle (a reference); the routed families
 (oracle, oracle-executed, dispatcher, cascade, random) are curves over their sacrifice levels.
+Every routing method keeps one colour in every figure (``style.method_colors``); line style
+says what it is: solid = deployable router, dashed = label oracle (a bound), dotted = the
+cost-matched random baseline.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from reports import style
 from reports.inputs import model_of
@@ -22,6 +26,10 @@ REFERENCE_FAMILIES = ("single", "best-single", "ceiling")
 # oracle-executed rows carry the same predictions as their simulated oracle rows (only timed)
 SAME_AS_ORACLE = ("oracle-executed",)
 METRICS = ("accuracy", "precision", "recall", "f1")
+METRIC_LABELS = {"accuracy": "accuracy (%)", "precision": "precision, macro (%)",
+                 "recall": "recall, macro (%)", "f1": "F1, macro (%)"}
+FAMILY_ORDER = ("cascade", "dispatcher", "oracle", "oracle-executed", "random")
+SACRIFICE_LABEL = "sacrifice budget s (% points of accuracy)"
 
 
 def routed_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -41,16 +49,33 @@ def ceiling_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["family"] == "ceiling"].sort_values("sacrifice", kind="stable")
 
 
-def _percent_axis(ax: Any) -> None:
-    ax.set_xlabel("sacrifice budget (% accuracy)")
+def _method_order(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(method, family) pairs: deployable routers first, then oracles, then random baselines."""
+    pairs = list(dict.fromkeys(zip(rows["method"], rows["family"])))
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[0]))
 
 
-def _reference_lines(ax: Any, frame: pd.DataFrame, column: str) -> None:
+def _draw_methods(ax: Any, rows: pd.DataFrame, x: str, y: str, scale: float = 1.0,
+                  xscale: float = 100.0) -> None:
+    """One line per method over its sacrifice levels, styled by family."""
+    pairs = _method_order(rows)
+    colors = style.method_colors(m for m, _ in pairs)
+    for method, family in pairs:
+        part = rows[(rows["method"] == method)].dropna(subset=[x, y]).sort_values(
+            "sacrifice", kind="stable")
+        if part.empty:
+            continue
+        ax.plot(xscale * part[x], scale * part[y], label=style.method_label(method, family),
+                **style.method_line_kw(method, family, colors[method]))
+
+
+def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1.0) -> None:
     """Best single model (horizontal) and the per-sample ceilings (a line, or a curve where a
-    ceiling method has several sacrifice levels)."""
+    ceiling method has several values over the sacrifice levels)."""
     best = best_single_row(frame)
     if best is not None and column in best and np.isfinite(best[column]):
-        ax.axhline(best[column], label=f"best single ({model_of(best)})",
+        ax.axhline(scale * best[column], label=f"best single model ({model_of(best)})",
                    **style.REFERENCE_STYLE["best-single"])
     if column not in frame.columns:
         return
@@ -58,18 +83,59 @@ def _reference_lines(ax: Any, frame: pd.DataFrame, column: str) -> None:
         vals = part[["sacrifice", column]].dropna()
         if vals.empty:
             continue
-        if vals["sacrifice"].nunique() > 1:
-            ax.plot(100 * vals["sacrifice"], vals[column], marker="*", label=f"{method} (bound)",
+        label = f"{method} (per-sample oracle, bound)"
+        if vals[column].nunique() > 1:
+            ax.plot(100 * vals["sacrifice"], scale * vals[column], marker="*", label=label,
                     **{**style.REFERENCE_STYLE["ceiling"], "linestyle": "-."})
         else:
-            ax.axhline(float(vals[column].iloc[0]), label=f"{method} (bound)",
+            ax.axhline(scale * float(vals[column].iloc[0]), label=label,
                        **style.REFERENCE_STYLE["ceiling"])
+
+
+def _target_line(ax: Any, frame: pd.DataFrame, scale: float = 100.0) -> None:
+    """The accuracy each level promises: the best single model's test accuracy minus s."""
+    if "target_accuracy" in frame.columns and frame["target_accuracy"].notna().any():
+        t = frame.dropna(subset=["target_accuracy", "sacrifice"]).groupby("sacrifice")[
+            "target_accuracy"].first()
+    else:
+        best = best_single_row(frame)
+        if best is None or not np.isfinite(best.get("accuracy", np.nan)):
+            return
+        levels = np.sort(frame["sacrifice"].dropna().unique())
+        t = pd.Series(float(best["accuracy"]) - levels, index=levels)
+    if len(t):
+        ax.plot(100 * t.index.to_numpy(dtype=float), scale * t.to_numpy(dtype=float),
+                color="gray", linewidth=0.9, linestyle=(0, (1, 1)),
+                label="target: best single - s")
 
 
 def _need_rows(frame: pd.DataFrame, what: str) -> None:
     if frame.empty:
         raise ValueError(f"routers.csv has no routed rows (families other than "
                          f"{list(REFERENCE_FAMILIES)}) to draw {what}; re-run `evaluate-routers`")
+
+
+def _shared_legend(fig: Any, axes: Sequence[Any], title: str | None = None) -> None:
+    """One legend for all panels, outside on the right (no duplicates)."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title=title)
+
+
+def _timing_note(frame: pd.DataFrame) -> str:
+    """'N test images' from the rows' timing_samples, where recorded and unique."""
+    if "timing_samples" in frame.columns:
+        n = pd.to_numeric(frame["timing_samples"], errors="coerce").dropna().unique()
+        if len(n) == 1 and n[0] > 0:
+            return f"{int(n[0]):,} test images"
+    return "the timed test images"
 
 
 @dataclass
@@ -88,6 +154,7 @@ class SacrificeMetricsDisplay:
     @property
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", *self.metrics]
+        keep += [c for c in ("target_accuracy", "budget_held") if c in self.frame.columns]
         refs = self.frame[self.frame["family"].isin(("best-single", "ceiling"))]
         return pd.concat([self._rows(), refs])[keep]
 
@@ -98,33 +165,29 @@ class SacrificeMetricsDisplay:
     def plot(self) -> "SacrificeMetricsDisplay":
         n = len(self.metrics)
         ncols = min(n, 2)
-        fig, axes = style.new_figure(4.2 * ncols + 1.6, 3.0 * math.ceil(n / ncols),
-                                     math.ceil(n / ncols), ncols)
-        rows = self._rows().assign(level=lambda d: 100 * d["sacrifice"])
+        nrows = math.ceil(n / ncols)
+        fig, axes = style.new_figure(4.3 * ncols + 2.8, 3.1 * nrows, nrows, ncols)
+        rows = self._rows()
         for ax, metric in zip(axes.ravel(), self.metrics):
-            sns.lineplot(rows, x="level", y=metric, hue="method", style="family",
-                         markers=True, dashes=False, ax=ax, legend=ax is axes.ravel()[0])
-            _reference_lines(ax, self.frame, metric)
-            _percent_axis(ax)
-            ax.set_title(f"{metric} (test) vs sacrifice")
+            _draw_methods(ax, rows, "sacrifice", metric, scale=100.0)
+            _reference_lines(ax, self.frame, metric, scale=100.0)
+            if metric == "accuracy":
+                _target_line(ax, self.frame)
+            ax.set_xlabel(SACRIFICE_LABEL)
+            ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            ax.set_title(f"{metric} on test vs sacrifice")
         for ax in axes.ravel()[n:]:
             ax.set_visible(False)
-        handles, labels = [], []
-        for ax in axes.ravel()[:n]:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-            if ax.get_legend():
-                ax.get_legend().remove()
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+        _shared_legend(fig, axes.ravel()[:n])
+        fig.suptitle("Quality on test at each sacrifice level (policies fitted on val)",
+                     fontsize=10)
         self.axes_, self.figure_ = axes, fig
         return self
 
 
 @dataclass
 class TimeDisplay:
-    """Seconds for the test set and images/s against sacrifice."""
+    """Measured seconds and images/s against sacrifice (timed rows only)."""
 
     frame: pd.DataFrame
 
@@ -133,37 +196,96 @@ class TimeDisplay:
         for col in ("seconds", "images_per_second"):
             if col not in frame.columns:
                 raise ValueError(f"routers.csv lacks column {col!r}; re-run `evaluate-routers`")
-        _need_rows(routed_rows(frame), "time against sacrifice")
+        rows = routed_rows(frame).dropna(subset=["images_per_second"])
+        _need_rows(rows, "time against sacrifice (no routed row was timed)")
         return cls(frame)
 
     @property
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", "seconds", "images_per_second"]
+        keep += [c for c in ("speedup_vs_best", "timing_samples", "threads")
+                 if c in self.frame.columns]
         refs = self.frame[self.frame["family"].isin(("best-single", "ceiling"))]
-        return pd.concat([routed_rows(self.frame), refs])[keep]
+        timed = routed_rows(self.frame).dropna(subset=["images_per_second"])
+        return pd.concat([timed, refs.dropna(subset=["images_per_second"])])[keep]
 
     def plot(self) -> "TimeDisplay":
-        fig, axes = style.new_figure(10.0, 3.4, 1, 2)
-        rows = routed_rows(self.frame).assign(level=lambda d: 100 * d["sacrifice"])
-        for ax, col, title in ((axes[0, 0], "seconds", "seconds for the test set"),
+        fig, axes = style.new_figure(11.5, 3.8, 1, 2)
+        rows = routed_rows(self.frame).dropna(subset=["images_per_second"])
+        n_note = _timing_note(self.frame)
+        for ax, col, label in ((axes[0, 0], "seconds", f"seconds for {n_note}"),
                                (axes[0, 1], "images_per_second", "images / s")):
-            sns.lineplot(rows, x="level", y=col, hue="method", style="family", markers=True,
-                         dashes=False, ax=ax, legend=col == "seconds")
+            _draw_methods(ax, rows, "sacrifice", col)
             _reference_lines(ax, self.frame, col)
-            _percent_axis(ax)
-            ax.set_ylabel(title)
-            ax.set_title(f"{title} vs sacrifice (measured)")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        h2, l2 = axes[0, 1].get_legend_handles_labels()
-        for h, lab in zip(h2, l2):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-        if axes[0, 0].get_legend():
-            axes[0, 0].get_legend().remove()
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+            ax.set_xlabel(SACRIFICE_LABEL)
+            ax.set_ylabel(label)
+            values = pd.concat([rows[col], self.data_[col]])
+            if style.log_scale_if_wide(ax, values, "y"):
+                ax.set_ylabel(f"{label} (log scale)")
+            else:
+                ax.set_ylim(bottom=0)
+            style.human_axis(ax, "y") if col == "images_per_second" else None
+        axes[0, 0].set_title("measured time (lower is faster)")
+        axes[0, 1].set_title("measured throughput (higher is faster)")
+        _shared_legend(fig, axes.ravel())
         self.axes_, self.figure_ = axes, fig
         return self
+
+
+def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
+                 fontsize: float = 6.5, avoid: np.ndarray | None = None,
+                 **kw: Any) -> list[Any]:
+    """Label points without overlaps. Each label tries positions around its point, nearest
+    first (right, left, then stepping up and down, then further out), and takes the first that
+    clears the labels already placed, every point in ``avoid`` ((K, 2) data coordinates; the
+    labelled points are always avoided) and the axes' edges. A thin leader line joins a label
+    that had to move away to its point. Call once the figure's layout and limits are final."""
+    fig = ax.figure
+    w_in, h_in = fig.get_size_inches() * np.array(ax.get_position().size)
+    char_w = 0.56 * fontsize / 72 / max(w_in, 1e-6)      # axes fraction per character
+    line_h = 1.25 * fontsize / 72 / max(h_in, 1e-6)      # axes fraction per text line
+    to_axes = ax.transData + ax.transAxes.inverted()
+    pts = to_axes.transform(np.column_stack([xs, ys]))
+    obstacles = pts if avoid is None or not len(avoid) else np.vstack(
+        [pts, to_axes.transform(np.asarray(avoid, dtype=float))])
+    rx, ry = 0.006, 0.6 * line_h          # half-size of a marker, axes fraction
+    order = np.argsort(-pts[:, 1], kind="stable")
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[Any] = []
+
+    def free(box: tuple[float, float, float, float]) -> bool:
+        if box[0] < 0.0 or box[2] > 1.0 or box[1] < 0.0 or box[3] > 1.0:
+            return False
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+               for b in placed):
+            return False
+        hit = ((obstacles[:, 0] + rx > box[0]) & (obstacles[:, 0] - rx < box[2])
+               & (obstacles[:, 1] + ry > box[1]) & (obstacles[:, 1] - ry < box[3]))
+        return not hit.any()
+
+    for i in order:
+        px, py = pts[i]
+        width = char_w * len(texts[i])
+        candidates = []
+        for gap in (0.012, 0.04, 0.08, 0.14):
+            for k in range(0, 25):
+                dy = (k + 1) // 2 * line_h * (1 if k % 2 else -1)
+                for side in (1, -1):
+                    x0 = px + gap if side > 0 else px - gap - width
+                    candidates.append((abs(dy) + gap, x0, py + dy, side))
+        candidates.sort(key=lambda c: c[0])
+        choice = next((c for c in candidates
+                       if free((c[1], c[2] - line_h / 2, c[1] + width, c[2] + line_h / 2))),
+                      (0.0, px + 0.012, py, 1))
+        _, x0, y, side = choice
+        placed.append((x0, y - line_h / 2, x0 + width, y + line_h / 2))
+        moved = abs(y - py) > 1e-9 or abs(x0 - px) > 0.02 and abs(x0 + width - px) > 0.02
+        out.append(ax.annotate(
+            texts[i], (xs[i], ys[i]), xytext=(x0, y), textcoords="axes fraction",
+            fontsize=fontsize, va="center", ha="left",
+            arrowprops=dict(arrowstyle="-", color="0.55", linewidth=0.5, shrinkA=0,
+                            shrinkB=2) if moved else None, **kw))
+    return out
 
 
 @dataclass
@@ -181,44 +303,70 @@ class FrontierDisplay:
     @property
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", "accuracy", "images_per_second"]
-        return self.frame[keep].copy()
+        return self.frame[keep].dropna(subset=["accuracy", "images_per_second"]).copy()
 
     def plot(self, ax: Any = None) -> "FrontierDisplay":
         if ax is None:
-            fig, axes = style.new_figure(7.5, 4.6)
+            fig, axes = style.new_figure(10.0, 6.0)
             ax = axes[0, 0]
-        singles = self.frame[self.frame["family"].isin(SINGLE_FAMILIES)]
+        singles = self.frame[self.frame["family"].isin(SINGLE_FAMILIES)].dropna(
+            subset=["accuracy", "images_per_second"])
         singles = singles.assign(model=[model_of(r) for _, r in singles.iterrows()])
         best = best_single_row(self.frame)
         best_name = model_of(best) if best is not None else None
         singles = singles.drop_duplicates("model").assign(
             label=lambda d: d["model"].where(d["model"] != best_name, f"{best_name} (best single)"))
-        ax.scatter(singles["images_per_second"], singles["accuracy"], color="dimgray",
-                   marker="o", zorder=3, label="single models")
-        for _, r in singles.iterrows():
-            ax.annotate(str(r["label"]), (r["images_per_second"], r["accuracy"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+        ax.scatter(singles["images_per_second"], 100 * singles["accuracy"], color="dimgray",
+                   marker="o", s=22, zorder=3, label="single models")
+        if best_name in set(singles["model"]):
+            b = singles[singles["model"] == best_name].iloc[0]
+            ax.scatter([b["images_per_second"]], [100 * b["accuracy"]], s=90, zorder=2,
+                       facecolors="none", edgecolors="black", linewidths=1.2,
+                       label="best single model (reference)")
         rows = routed_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
-        if not rows.empty:
-            sns.lineplot(rows, x="images_per_second", y="accuracy", hue="method",
-                         style="family", markers=True, dashes=False, sort=False, ax=ax)
-        ceil = ceiling_rows(self.frame)
-        any_timed = not ceil.dropna(subset=["images_per_second", "accuracy"]).empty
+        _draw_methods(ax, rows, "images_per_second", "accuracy", scale=100.0, xscale=1.0)
+        # the sacrifice level at each end of every deployable router's curve
+        for method, part in rows[rows["family"].isin(("cascade", "dispatcher"))].groupby("method"):
+            part = part.sort_values("sacrifice")
+            for _, r in (part.iloc[[0, -1]] if len(part) > 1 else part.iloc[[0]]).iterrows():
+                ax.annotate(f"{100 * r['sacrifice']:g}%", (r["images_per_second"],
+                            100 * r["accuracy"]), xytext=(0, -9), textcoords="offset points",
+                            fontsize=5.5, color="0.35", ha="center")
+        ceil = ceiling_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
         for method, part in ceil.groupby("method", sort=False):
-            timed = part.dropna(subset=["images_per_second", "accuracy"])
-            if not timed.empty:
-                ax.plot(timed["images_per_second"], timed["accuracy"], marker="*", markersize=9,
-                        label=f"{method} (bound)", **style.REFERENCE_STYLE["ceiling"])
-            elif not any_timed and part["accuracy"].notna().any():
-                ax.axhline(float(part["accuracy"].max()), label=f"{method} (bound, untimed)",
-                           **style.REFERENCE_STYLE["ceiling"])
-        positive = self.frame["images_per_second"].dropna()
-        if (positive > 0).all() and len(positive) and positive.max() / positive.min() > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel("images / s (measured, test set)")
-        ax.set_ylabel("accuracy (test)")
-        ax.set_title("Accuracy vs throughput")
-        ax.legend(fontsize=6, loc="best")
+            part = part.drop_duplicates(["images_per_second", "accuracy"])
+            ax.plot(part["images_per_second"], 100 * part["accuracy"], marker="*",
+                    markersize=11, label=f"{method} (per-sample oracle, bound)",
+                    **{**style.REFERENCE_STYLE["ceiling"], "linestyle": "none"})
+        if ceil.empty:
+            untimed = ceiling_rows(self.frame)
+            if untimed["accuracy"].notna().any():
+                ax.axhline(100 * float(untimed["accuracy"].max()),
+                           label="ceiling (bound, untimed)", **style.REFERENCE_STYLE["ceiling"])
+        drawn = pd.concat([singles["images_per_second"], rows["images_per_second"],
+                           ceil["images_per_second"]])
+        log = style.log_scale_if_wide(ax, drawn, "x")
+        style.human_axis(ax, "x")
+        n_note = _timing_note(self.frame)
+        ax.set_xlabel(f"images / s (measured on {n_note}"
+                      + (", log scale)" if log else ")"))
+        ax.set_ylabel("accuracy on test (%)")
+        ax.set_title("Accuracy vs measured throughput: up and right is better")
+        ax.margins(x=0.08, y=0.06)
+        ax.autoscale_view()
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+        if ax is ax.figure.axes[0] and len(ax.figure.axes) == 1:
+            ax.figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper",
+                             fontsize=6.5)
+        else:
+            ax.legend(fontsize=6.5)
+        ax.figure.draw_without_rendering()   # final layout, so labels can be placed in it
+        others = pd.concat([rows, ceil])[["images_per_second", "accuracy"]].to_numpy(float)
+        self.point_labels_ = place_labels(ax, singles["images_per_second"].to_numpy(float),
+                                          100 * singles["accuracy"].to_numpy(float),
+                                          list(singles["label"]),
+                                          avoid=others * np.array([1.0, 100.0]))
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
@@ -228,7 +376,7 @@ class SharesDisplay:
     """Stacked share of test images sent to each model, per policy and sacrifice level."""
 
     shares: pd.DataFrame   # tidy: method, sacrifice, model, share (0-100 within each row)
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)   # in routers.csv order (cheapest first)
 
     @classmethod
     def from_routers(cls, frame: pd.DataFrame) -> "SharesDisplay":
@@ -237,14 +385,16 @@ class SharesDisplay:
             raise ValueError("routers.csv has no share_<model> columns; re-run "
                              "`evaluate-routers`")
         rows = routed_rows(frame)
-        rows = rows[~rows["family"].isin(SAME_AS_ORACLE)]
+        # executed oracles and cost-matched random baselines repeat another row's shares
+        rows = rows[~rows["family"].isin((*SAME_AS_ORACLE, "random"))]
         _need_rows(rows, "model shares")
         values = rows[cols].fillna(0.0).to_numpy(dtype=float)
         totals = values.sum(axis=1, keepdims=True)
         pct = np.divide(100.0 * values, totals, out=np.zeros_like(values), where=totals > 0)
         models = [c[len("share_"):] for c in cols]
-        tidy = [{"method": m, "sacrifice": s, "model": models[j], "share": pct[i, j]}
-                for i, (m, s) in enumerate(zip(rows["method"], rows["sacrifice"]))
+        tidy = [{"method": m, "family": f, "sacrifice": s, "model": models[j], "share": pct[i, j]}
+                for i, (m, f, s) in enumerate(zip(rows["method"], rows["family"],
+                                                  rows["sacrifice"]))
                 for j in range(len(models))]
         return cls(pd.DataFrame(tidy), models)
 
@@ -253,31 +403,37 @@ class SharesDisplay:
         return self.shares
 
     def plot(self) -> "SharesDisplay":
-        methods = list(dict.fromkeys(self.shares["method"]))
+        pairs = _method_order(self.shares)
+        methods = [m for m, _ in pairs]
         ncols = min(len(methods), 3)
         nrows = math.ceil(len(methods) / ncols)
-        fig, axes = style.new_figure(3.6 * ncols + 1.4, 2.8 * nrows, nrows, ncols, sharey=True)
-        colours = dict(zip(self.models, sns.color_palette("viridis", len(self.models))))
-        for ax, method in zip(axes.ravel(), methods):
+        fig, axes = style.new_figure(3.5 * ncols + 2.6, 2.5 * nrows + 0.5, nrows, ncols,
+                                     sharey=True)
+        palette = sns.color_palette("tab10" if len(self.models) <= 10 else "tab20",
+                                    len(self.models))
+        colours = dict(zip(self.models, palette))
+        for ax, (method, family) in zip(axes.ravel(), pairs):
             part = self.shares[self.shares["method"] == method]
             table = part.pivot_table(index="sacrifice", columns="model", values="share",
-                                     sort=True)[self.models]
+                                     sort=True).reindex(columns=self.models).fillna(0.0)
             bottom = np.zeros(len(table))
             x = np.arange(len(table))
             for model in self.models:
                 ax.bar(x, table[model].to_numpy(), bottom=bottom, color=colours[model],
-                       label=model, width=0.8)
+                       label=model, width=0.8, edgecolor="white", linewidth=0.3)
                 bottom += table[model].to_numpy()
             ax.set_xticks(x, [f"{100 * s:g}%" for s in table.index])
-            ax.set_title(method)
-            ax.set_xlabel("sacrifice")
+            kind = " (label oracle)" if family == "oracle" else ""
+            ax.set_title(f"{method}{kind}")
+            ax.set_xlabel("sacrifice s")
             ax.set_ylabel("% of test images")
             ax.set_ylim(0, 100)
         for ax in axes.ravel()[len(methods):]:
             ax.set_visible(False)
         handles, labels = axes.ravel()[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right upper", title="model", fontsize=7)
-        fig.suptitle("Models used by each policy at each level", fontsize=10)
+        fig.legend(handles[::-1], labels[::-1], loc="outside right upper",
+                   title="model (costliest on top)", fontsize=7)
+        fig.suptitle("Which models each policy sends the test images to", fontsize=10)
         self.axes_, self.figure_ = axes, fig
         return self
 
@@ -305,13 +461,16 @@ class TrainingCurvesDisplay:
         return self.history
 
     def plot(self) -> "TrainingCurvesDisplay":
-        fig, axes = style.new_figure(10.0, 3.6, 1, 2)
-        for ax, col in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
-            sns.lineplot(self.history, x="epoch", y=col, hue="model", style="split",
+        fig, axes = style.new_figure(11.0, 3.8, 1, 2)
+        shown = self.history.assign(accuracy=100 * self.history["accuracy"])
+        for ax, col, label in ((axes[0, 0], "loss", "loss (cross-entropy)"),
+                               (axes[0, 1], "accuracy", "accuracy (%)")):
+            sns.lineplot(shown, x="epoch", y=col, hue="model", style="split",
                          style_order=["train", "val"], markers=True, ax=ax,
                          legend=col == "accuracy")
-            ax.set_title(f"{col} per epoch")
-        if axes[0, 1].get_legend():
-            sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+            ax.set_title(f"{col} per epoch (solid: train, dashed: val)")
+            ax.set_ylabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _shared_legend(fig, [axes[0, 1]])
         self.axes_, self.figure_ = axes, fig
         return self

@@ -17,9 +17,6 @@ import seaborn as sns
 from oracle.table import PredictionTable
 from reports import style
 
-ROW_LABEL = "model i (also correct)"
-COL_LABEL = "model j (of its correct answers)"
-
 
 def _matrix_rows(matrix: np.ndarray, names: Sequence[str], scope: str) -> list[dict[str, Any]]:
     return [{"scope": scope, "row_model": names[i], "col_model": names[j],
@@ -31,18 +28,24 @@ def _draw_overlap(ax: Any, matrix: np.ndarray, names: Sequence[str], title: str,
                   cbar: bool, annot_size: float, cbar_ax: Any = None) -> None:
     frame = pd.DataFrame(matrix, index=list(names), columns=list(names))
     sns.heatmap(frame, ax=ax, vmin=style.OVERLAP_VMIN, vmax=style.OVERLAP_VMAX,
-                cmap=style.OVERLAP_CMAP, annot=True, fmt=".0f", square=True,
+                cmap=style.OVERLAP_CMAP, annot=True, fmt=".0f", square=False,
                 annot_kws={"size": annot_size}, cbar=cbar, cbar_ax=cbar_ax,
-                cbar_kws={"label": "% of column model's correct"} if cbar else None,
+                cbar_kws={"label": "% of the column model's correct answers"} if cbar else None,
                 mask=np.isnan(matrix), linewidths=0.5, linecolor="white")
     ax.set_title(title)
-    ax.tick_params(axis="x", labelrotation=45)
+    ax.tick_params(axis="x", labelrotation=90)
     ax.tick_params(axis="y", labelrotation=0)
+
+
+def _name_inches(names: Sequence[str], fontsize: float = 8.0) -> float:
+    """Room a column of tick labels needs (inches), from the longest name."""
+    return 0.3 + 0.55 * fontsize / 72 * max((len(n) for n in names), default=4)
 
 
 @dataclass
 class OverlapDisplay:
-    """Overlap maps of M models: ``total`` (M, M) pooled over all samples, ``per_label`` (C, M, M)."""
+    """Overlap maps of M models: ``total`` (M, M) pooled over all samples, ``per_label``
+    (C, M, M) within each label."""
 
     model_names: list[str]
     total: np.ndarray
@@ -84,29 +87,37 @@ class OverlapDisplay:
     def plot_total(self, ax: Any = None) -> "OverlapDisplay":
         """The pooled map, annotated, 0-100 scale."""
         m = len(self.model_names)
+        cell = max(0.5, min(0.9, 6.5 / max(m, 1)))
         if ax is None:
-            fig, axes = style.new_figure(2.2 + 0.75 * m, 1.2 + 0.7 * m)
+            label = _name_inches(self.model_names)
+            fig, axes = style.new_figure(label + cell * m + 1.3, label + cell * m + 0.6)
             ax = axes[0, 0]
-        suffix = f" ({self.split})" if self.split else ""
-        _draw_overlap(ax, self.total, self.model_names, f"Overlap, all labels{suffix}",
-                      cbar=True, annot_size=8)
-        ax.set_ylabel(ROW_LABEL)
-        ax.set_xlabel(COL_LABEL)
+        suffix = f" ({self.split} split)" if self.split else ""
+        _draw_overlap(ax, self.total, self.model_names,
+                      f"Overlap of correct answers, all labels pooled{suffix}",
+                      cbar=True, annot_size=8 if cell >= 0.5 else 6.5)
+        ax.set_ylabel("row model: % of the column model's correct answers it also gets")
+        ax.set_xlabel("column model (weakest left, strongest right)")
         self.ax_, self.figure_ = ax, ax.figure
         return self
 
     def plot_per_label(self, ncols: int | None = None) -> "OverlapDisplay":
-        """A grid of small multiples, one per label, titled with the class name; one colour bar."""
+        """A grid of small multiples, one per label, titled with the class name; one colour bar
+        and the same 0-100 scale as the total map."""
         c, m = len(self.class_names), len(self.model_names)
         ncols = ncols or min(c, 5)
         nrows = math.ceil(c / ncols)
-        cell = 0.42 * m + 0.9
-        fig, axes = style.new_figure(max(cell * ncols + 1.2, 6.0), cell * nrows + 0.6, nrows, ncols)
+        cell = 0.36 if m > 6 else 0.5
+        panel = cell * m + 0.25
+        label = _name_inches(self.model_names, 7.0)
+        fig, axes = style.new_figure(max(label + panel * ncols + 1.0, 6.0),
+                                     label + (panel + 0.3) * nrows + 0.5, nrows, ncols)
         flat = axes.ravel()
         for k, name in enumerate(self.class_names):
             ax = flat[k]
             _draw_overlap(ax, self.per_label[k], self.model_names, name, cbar=False,
-                          annot_size=max(5.0, 8.0 - 0.4 * m))
+                          annot_size=6.0 if m > 6 else 7.5)
+            ax.tick_params(labelsize=7)
             if k % ncols:
                 ax.set_yticklabels([])
             if k < c - ncols:
@@ -114,10 +125,12 @@ class OverlapDisplay:
         for ax in flat[c:]:
             ax.set_visible(False)
         mappable = flat[0].collections[0]
-        fig.colorbar(mappable, ax=list(flat[:c]), shrink=0.8, label="% (0-100)")
+        fig.colorbar(mappable, ax=list(flat[:c]), shrink=0.6,
+                     label="% of the column model's correct answers")
         suffix = f" ({self.split} split)" if self.split else ""
-        fig.suptitle(f"Overlap per label{suffix}: % of column's correct that row also gets",
-                     fontsize=8)
+        fig.suptitle(f"Overlap within each label{suffix}: cell = % of the column model's "
+                     "correct answers that the row model also gets (blank: column model never "
+                     "right)", fontsize=9)
         self.axes_, self.figure_ = axes, fig
         return self
 
@@ -156,18 +169,23 @@ class ConfusionDisplay:
     def plot(self, ax: Any = None) -> "ConfusionDisplay":
         c = len(self.class_names)
         if ax is None:
-            fig, axes = style.new_figure(1.8 + 0.45 * c, 1.2 + 0.42 * c)
+            fig, axes = style.new_figure(2.6 + 0.5 * c, 1.8 + 0.45 * c)
             ax = axes[0, 0]
         totals = self.matrix.sum(axis=1, keepdims=True)
         percent = np.divide(100.0 * self.matrix, totals, out=np.full(self.matrix.shape, np.nan),
                             where=totals > 0)
         frame = pd.DataFrame(percent, index=self.class_names, columns=self.class_names)
-        sns.heatmap(frame, ax=ax, vmin=0, vmax=100, cmap=style.CONFUSION_CMAP, annot=True,
-                    fmt=".0f", annot_kws={"size": 6}, square=True,
-                    cbar_kws={"label": "% of true class"})
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(self.title)
+        # empty cells stay blank so the mistakes that happen stand out
+        shown = np.vectorize(lambda v: f"{v:.0f}" if v >= 0.5 else "<1")(np.nan_to_num(percent))
+        text = np.where(self.matrix > 0, shown, "")
+        sns.heatmap(frame, ax=ax, vmin=0, vmax=100, cmap=style.CONFUSION_CMAP, annot=text,
+                    fmt="", annot_kws={"size": 7}, square=True,
+                    cbar_kws={"label": "% of the true class"})
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        total = self.matrix.sum()
+        acc = f" (accuracy {100 * np.trace(self.matrix) / total:.1f}%)" if total else ""
+        ax.set_title(self.title + acc)
         ax.tick_params(axis="x", labelrotation=45)
         ax.tick_params(axis="y", labelrotation=0)
         self.ax_, self.figure_ = ax, ax.figure

@@ -24,6 +24,7 @@ table{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3}td.t{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figure a{display:block}
 figcaption{font-size:.85em;color:#555}.note{background:#fff7e0;border-left:4px solid #e0a800;
 padding:.4em .8em;margin:.5em 0}.summary{background:#eef6ff;padding:.6em 1.2em;
 border-left:4px solid #2a6fdb}
@@ -80,9 +81,11 @@ def _section_html(s: Section) -> str:
     parts += [f"<p>{escape(p)}</p>" for p in s.paragraphs]
     parts += [f'<p class="note">{escape(n)}</p>' for n in s.notes]
     for f in s.figures:
-        parts.append(f'<figure><img src="{escape(f.png, quote=True)}" alt="{escape(f.caption, quote=True)}">'
-                     f'<figcaption>{escape(f.caption)} (data: <a href="{escape(f.csv, quote=True)}">'
-                     f"{escape(f.csv)}</a>)</figcaption></figure>")
+        png, csv = escape(f.png, quote=True), escape(f.csv, quote=True)
+        parts.append(f'<figure><a href="{png}"><img src="{png}" '
+                     f'alt="{escape(f.caption, quote=True)}"></a>'
+                     f'<figcaption>{escape(f.caption)} (full size: click the figure; data: '
+                     f'<a href="{csv}">{escape(f.csv)}</a>)</figcaption></figure>')
     for caption, frame in s.tables:
         parts.append(f"<h3>{escape(caption)}</h3>{table_html(frame)}")
     return "\n".join(parts)

@@ -28,6 +28,90 @@ REFERENCE_STYLE = {"best-single": dict(color="dimgray", linestyle="--", linewidt
                    "ceiling": dict(color="black", linestyle=":", linewidth=1.5)}
 
 
+# One colour per routing method in every figure (its executed twin and its cost-matched random
+# baseline share it); methods not listed take the next free colour of the palette.
+METHOD_COLORS = {"cascade": "tab:blue", "dispatcher-label": "tab:orange",
+                 "dispatcher-sample": "tab:green", "oracle-overlap": "tab:red",
+                 "oracle-accuracy": "tab:purple", "oracle-budget": "tab:brown",
+                 "ceiling": "black", "ceiling-budget": "black"}
+_SPARE_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal"]
+LOG_SPAN = 10.0   # an axis of rates spanning more than this factor is drawn on a log scale
+
+
+def method_key(method: str) -> str:
+    """The routing rule behind a method name: ``oracle-budget-executed`` and
+    ``random~oracle-budget`` both belong to ``oracle-budget``."""
+    key = method.split("~", 1)[1] if method.startswith("random~") else method
+    return key[:-len("-executed")] if key.endswith("-executed") else key
+
+
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """A stable colour for each method (by its rule, see ``method_key``)."""
+    out: dict[str, str] = {}
+    spare = iter(_SPARE_COLORS * 4)
+    extra: dict[str, str] = {}
+    for m in methods:
+        key = method_key(m)
+        if key in METHOD_COLORS:
+            out[m] = METHOD_COLORS[key]
+        else:
+            if key not in extra:
+                extra[key] = next(spare)
+            out[m] = extra[key]
+    return out
+
+
+def method_line_kw(method: str, family: str, color: str) -> dict[str, Any]:
+    """Line style by family: deployable routers solid with round markers, oracle policies
+    (bounds: they route by the true label) dashed with squares, random baselines thin dotted."""
+    if family == "random":
+        return dict(color=color, linestyle=":", linewidth=1.0, alpha=0.75, marker=None)
+    if family in ("oracle", "oracle-executed"):
+        return dict(color=color, linestyle="--", linewidth=1.3, marker="s", markersize=3.5)
+    return dict(color=color, linestyle="-", linewidth=1.8, marker="o", markersize=4)
+
+
+def method_label(method: str, family: str) -> str:
+    """Legend text that says what a line is."""
+    if family == "random":
+        return f"{method} (cost-matched random)"
+    if family in ("oracle", "oracle-executed"):
+        return f"{method} (label oracle, bound)"
+    return method
+
+
+def log_scale_if_wide(ax: Any, values: Iterable[float], axis: str = "x",
+                      span: float = LOG_SPAN) -> bool:
+    """Put ``axis`` on a log scale when the positive finite ``values`` span more than ``span``x
+    (rates of models a decade apart are unreadable on a linear axis). Returns whether it did."""
+    import numpy as np
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2 or (v <= 0).any() or v.max() / v.min() <= span:
+        return False
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    return True
+
+
+def human(value: float, unit: str = "") -> str:
+    """Compact number: 950, 1.2k, 3.4M, 5.6G (with an optional unit)."""
+    import math
+    if value is None or not math.isfinite(value):
+        return ""
+    a = abs(value)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            return f"{value / div:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def human_axis(ax: Any, axis: str = "x") -> None:
+    """Tick labels as ``human`` numbers (no 1e6 offset text)."""
+    from matplotlib.ticker import FuncFormatter
+    fmt = FuncFormatter(lambda v, _pos: human(v) if v else "0")
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(fmt)
+
+
 def apply_theme() -> None:
     """Set the report's seaborn theme (idempotent)."""
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE,

@@ -94,6 +94,9 @@ class Summary:
     router_note: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     router_threads: int | None = None           # threads recorded with the routers' timing
+    missed: dict[str, Any] | None = None        # fastest deployable router that missed its budget
+    oracle_bound: dict[str, Any] | None = None  # fastest executed label oracle that held it
+    oracle_speedup: float | None = None
 
 
 def _single_row(routers: pd.DataFrame, name: str | None) -> pd.Series | None:
@@ -128,6 +131,15 @@ def pick_router(routers: pd.DataFrame, sacrifice: float = SUMMARY_SACRIFICE) -> 
     return best.iloc[0], ""
 
 
+def _is(value: Any, flag: bool) -> bool:
+    """``budget_held`` equals ``flag`` (it may also be None: not known)."""
+    return isinstance(value, (bool, np.bool_)) and bool(value) is flag
+
+
+def _clean(row: pd.Series) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+
+
 def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summary:
     s = Summary(machine=dict(art.costs.machine) if art.costs is not None else {})
     s.best_single = best_single_name(art)
@@ -142,9 +154,26 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
     if single is not None:
         s.best_single_images_per_second = float(single["images_per_second"])
     row, s.router_note = pick_router(art.routers, sacrifice)
+    at = art.routers[np.isclose(art.routers["sacrifice"].astype(float), sacrifice)]
+    has_held = "budget_held" in at.columns
+    held = at["budget_held"].map(lambda v: _is(v, True)) if has_held else None
+    if row is None and has_held:
+        missed = at[at["family"].isin(DEPLOYABLE_FAMILIES)
+                    & at["budget_held"].map(lambda v: _is(v, False))].dropna(
+            subset=["images_per_second"])
+        if not missed.empty:
+            s.missed = _clean(missed.sort_values("images_per_second", ascending=False).iloc[0])
+    if held is not None:
+        oracles = at[(at["family"] == "oracle-executed") & held].dropna(
+            subset=["images_per_second"])
+        if not oracles.empty:
+            s.oracle_bound = _clean(oracles.sort_values("images_per_second",
+                                                        ascending=False).iloc[0])
+            if s.best_single_images_per_second:
+                s.oracle_speedup = (float(s.oracle_bound["images_per_second"])
+                                    / s.best_single_images_per_second)
     if row is not None:
-        s.router = {k: (None if isinstance(v, float) and np.isnan(v) else v)
-                    for k, v in row.items()}
+        s.router = _clean(row)
         if "threads" in row and pd.notna(row["threads"]):
             s.router_threads = int(row["threads"])
         if s.best_single_images_per_second:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
 from oracle.io import write_csv, write_json
@@ -17,7 +18,7 @@ from reports import style
 from reports.build import build_report
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
 from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,
-                            TrainingCurvesDisplay)
+                            TrainingCurvesDisplay, place_labels)
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.inputs import load_run, normalise_router_frame
 from reports.tables import pick_router, summarize
@@ -110,15 +111,17 @@ def make_run(root: Path, compression: bool = True) -> Path:
                                      "train_seconds": 3.5})
     if compression:
         write_csv(res / "compression.csv", [
-            {"variant": "vgg", "base": "vgg", "params": 1000, "size_mb": 4.0, "macs": 100,
-             "latency_ms_b1": 10.0, "top1": 0.9},
-            {"variant": "vgg-int8", "base": "vgg", "params": 1000, "size_mb": 1.0, "macs": 100,
-             "latency_ms_b1": 5.0, "top1": 0.89}])
+            {"variant": "base", "base": "vgg", "params": 1000, "size_mb": 4.0, "macs": 100,
+             "latency_ms_b1": 10.0, "top1": 0.9, "images_per_second_b64": 200.0},
+            {"variant": "int8", "base": "vgg", "params": 1000, "size_mb": 1.0, "macs": 100,
+             "latency_ms_b1": 5.0, "top1": 0.89, "images_per_second_b64": 400.0},
+            {"variant": "struct-l1-30", "base": "vgg", "params": 600, "size_mb": 2.4,
+             "macs": 60, "latency_ms_b1": 7.0, "top1": 0.88, "images_per_second_b64": 300.0}])
         write_csv(res / "prune_sweep.csv", [{"method": "l1", "level": lv, "accuracy": 0.9 - lv / 10,
                                              "images_per_second": 100 + 100 * lv}
                                             for lv in (0.0, 0.3, 0.5)])
         write_csv(res / "weight_hist.csv", [{"variant": v, "bin_left": b / 10, "bin_right": (b + 1) / 10,
-                                             "count": 5 + b} for v in ("vgg", "vgg-int8")
+                                             "count": 5 + b} for v in ("base", "int8")
                                             for b in range(-5, 5)])
     return root
 
@@ -174,6 +177,8 @@ def test_confusion_counts(tmp_path):
     disp = ConfusionDisplay.from_predictions(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]),
                                              CLASSES, "hand").plot()
     assert disp.matrix.tolist() == [[1, 1], [1, 2]]
+    assert "accuracy 60.0%" in disp.ax_.get_title()
+    assert sorted(t.get_text() for t in disp.ax_.texts) == ["33", "50", "50", "67"]
     check_saved(disp, tmp_path / "confusion.png")
 
 
@@ -185,10 +190,50 @@ def test_curve_figures(tmp_path):
     check_saved(TimeDisplay.from_routers(r).plot(), tmp_path / "t.png")
     front = FrontierDisplay.from_routers(r).plot()
     labels = front.ax_.get_legend_handles_labels()[1]
-    assert "single models" in labels and "ceiling (bound)" in labels
-    notes = sorted(t.get_text() for t in front.ax_.texts)
+    assert "single models" in labels and "ceiling (per-sample oracle, bound)" in labels
+    # hand rates span 1000..9000 images/s (9x): linear; the same rows x100 for m_a: log
+    assert front.ax_.get_xscale() == "linear"
+    notes = sorted(t.get_text() for t in front.point_labels_)
     assert notes == ["m_a", "m_c (best single)"]      # one point per model, best one marked
     check_saved(front, tmp_path / "f.png")
+
+
+def test_frontier_goes_log_when_rates_span_decades(tmp_path):
+    r = normalise_router_frame(hand_routers())
+    r.loc[r.method == "single:m_a", "images_per_second"] = 400_000.0   # 400x m_c's 1000
+    front = FrontierDisplay.from_routers(r).plot()
+    assert front.ax_.get_xscale() == "log" and "log scale" in front.ax_.get_xlabel()
+    time = TimeDisplay.from_routers(r).plot()
+    assert time.axes_[0, 1].get_yscale() == "linear"   # routed rates span 2000..9000 only
+
+
+def test_one_colour_per_rule_across_figures():
+    c = style.method_colors(["oracle-budget", "oracle-budget-executed", "random~oracle-budget",
+                             "cascade", "random~cascade", "my-router", "random~my-router"])
+    assert c["oracle-budget"] == c["oracle-budget-executed"] == c["random~oracle-budget"]
+    assert c["cascade"] == c["random~cascade"] != c["oracle-budget"]
+    assert c["my-router"] == c["random~my-router"] not in (c["cascade"], c["oracle-budget"])
+    assert style.method_key("random~oracle-overlap-executed") == "oracle-overlap"
+
+
+def test_point_labels_do_not_overlap():
+    fig, axes = style.new_figure(5.0, 3.0)
+    ax = axes[0, 0]
+    xs = np.array([1.0, 1.02, 1.04, 1.01, 1.03, 3.0])
+    ys = np.array([5.0, 5.01, 4.99, 5.02, 5.0, 1.0])    # five points in one clump
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 4)
+    ax.set_ylim(0, 6)
+    fig.draw_without_rendering()
+    texts = place_labels(ax, xs, ys, [f"model_{k}" for k in range(6)])
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]   # the text, not its leader
+    frame = ax.get_window_extent()
+    for i, a in enumerate(boxes):
+        assert frame.x0 - 1 <= a.x0 and a.x1 <= frame.x1 + 1, texts[i].get_text()
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
 
 
 def test_shares_are_percent_of_each_row(tmp_path):
@@ -206,10 +251,20 @@ def test_training_and_compression_figures(tmp_path):
                         tmp_path / "train.png")
     assert len(frame) == 3 * 3 * 2   # models x epochs x (train, val)
     bars = CompressionBarsDisplay.from_frame(art.compression)
-    int8 = bars.data_[(bars.data_.variant == "vgg-int8")].set_index("metric").percent_of_base
+    int8 = bars.data_[(bars.data_.variant == "int8")].set_index("metric").percent_of_base
     assert int8["size_mb"] == pytest.approx(25.0) and int8["latency_ms_b1"] == pytest.approx(50.0)
+    assert int8["images_per_second_b64"] == pytest.approx(200.0)
     check_saved(bars.plot(), tmp_path / "bars.png")
     check_saved(PruneSweepDisplay.from_frame(art.prune_sweep).plot(), tmp_path / "prune.png")
+    # without a sweep, the pruned variants of compression.csv and their baseline at level 0
+    fallback = PruneSweepDisplay.from_compression(art.compression)
+    rows = fallback.data_.set_index("level")
+    assert list(rows.index) == [0.0, 0.3] and set(rows.method) == {"structured L1 (filters)"}
+    assert rows.accuracy.tolist() == [0.9, 0.88]
+    assert rows.images_per_second.tolist() == [200.0, 300.0]
+    check_saved(fallback.plot(), tmp_path / "prune_fallback.png")
+    with pytest.raises(ValueError, match="no pruned variant"):
+        PruneSweepDisplay.from_compression(art.compression[art.compression.variant != "struct-l1-30"])
     check_saved(WeightHistDisplay.from_frame(art.weight_hist).plot(), tmp_path / "hist.png")
 
 
@@ -220,9 +275,16 @@ def test_summary_picks_fastest_held_deployable_router(tmp_path):
     assert s.router["method"] == "cascade"       # dispatcher is faster but did not hold
     assert s.router_speedup == pytest.approx((2000 + 500) / 1000)
     assert s.machine["cpu"] == "hand CPU" and s.router_threads == 2
+    # the bound: fastest executed label oracle that held at 1 % (1500 + 100 images/s)
+    assert s.oracle_bound["method"] == "oracle-overlap-executed"
+    assert s.oracle_speedup == pytest.approx(1.6)
     none_held = art.routers.assign(budget_held=False)
     row, note = pick_router(none_held)
     assert row is None and "held" in note
+    art.routers = none_held
+    s = summarize(art)
+    assert s.router is None and s.missed["method"] == "dispatcher-label"   # fastest, 9000/s
+    assert s.oracle_bound is None
 
 
 def test_report_end_to_end(tmp_path, capsys):
