@@ -19,7 +19,7 @@ from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisp
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
 from reports.inputs import RunArtifacts, load_run
-from reports.tables import (SUMMARY_SACRIFICE, Summary, compression_table,
+from reports.tables import (SUMMARY_SACRIFICE, Summary, compression_table, routers_pivot,
                             routers_table, summarize, zoo_table)
 
 
@@ -143,7 +143,12 @@ def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
                  SharesDisplay.from_routers(r).plot())
     else:
         b.skip(sec, "Model shares", "routers.csv has no share_<model> columns")
-    sec.tables.append(("Routers at each level (results/routers.csv)", routers_table(r)))
+    pivot = routers_pivot(r)
+    if not pivot.empty:
+        sec.tables.append(("Timed routers at each level: test accuracy / measured speedup over "
+                           "the best single model ('missed': below the level's target)", pivot))
+    sec.details.append(("All rows of results/routers.csv (single models once)",
+                        routers_table(r)))
     return [sec]
 
 

@@ -328,10 +328,17 @@ class FrontierDisplay:
         # the sacrifice level at each end of every deployable router's curve
         for method, part in rows[rows["family"].isin(("cascade", "dispatcher"))].groupby("method"):
             part = part.sort_values("sacrifice")
-            for _, r in (part.iloc[[0, -1]] if len(part) > 1 else part.iloc[[0]]).iterrows():
-                ax.annotate(f"{100 * r['sacrifice']:g}%", (r["images_per_second"],
-                            100 * r["accuracy"]), xytext=(0, -9), textcoords="offset points",
-                            fontsize=5.5, color="0.35", ha="center")
+            first, last = part.iloc[0], part.iloc[-1]
+            same = (np.isclose(first["images_per_second"], last["images_per_second"], rtol=0.01)
+                    and np.isclose(first["accuracy"], last["accuracy"], atol=5e-4))
+            ends = ([(first, f"{100 * first['sacrifice']:g}-{100 * last['sacrifice']:g}%")]
+                    if same and len(part) > 1 else
+                    [(r, f"{100 * r['sacrifice']:g}%") for r in
+                     ([first, last] if len(part) > 1 else [first])])
+            for r, text in ends:
+                ax.annotate(text, (r["images_per_second"], 100 * r["accuracy"]), xytext=(0, -9),
+                            textcoords="offset points", fontsize=5.5, color="0.35",
+                            ha="center")
         ceil = ceiling_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
         for method, part in ceil.groupby("method", sort=False):
             part = part.drop_duplicates(["images_per_second", "accuracy"])

@@ -45,6 +45,7 @@ class Section:
     title: str
     figures: list[FigureRef] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    details: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # folded tables
     notes: list[str] = field(default_factory=list)
     paragraphs: list[str] = field(default_factory=list)
 
@@ -88,6 +89,9 @@ def _section_html(s: Section) -> str:
                      f'<a href="{csv}">{escape(f.csv)}</a>)</figcaption></figure>')
     for caption, frame in s.tables:
         parts.append(f"<h3>{escape(caption)}</h3>{table_html(frame)}")
+    for caption, frame in s.details:
+        parts.append(f"<details><summary>{escape(caption)}</summary>{table_html(frame)}"
+                     "</details>")
     return "\n".join(parts)
 
 

@@ -61,14 +61,24 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     return out
 
 
+# marker per rule: hollow markers of different shapes and sizes stay visible where the
+# lines of two rules coincide (the three label oracles often do)
+METHOD_MARKERS = {"cascade": ("o", 4.5), "dispatcher-label": ("D", 4.0),
+                  "dispatcher-sample": ("v", 5.0), "oracle-overlap": ("s", 7.0),
+                  "oracle-accuracy": ("^", 5.5), "oracle-budget": ("D", 3.5)}
+
+
 def method_line_kw(method: str, family: str, color: str) -> dict[str, Any]:
-    """Line style by family: deployable routers solid with round markers, oracle policies
-    (bounds: they route by the true label) dashed with squares, random baselines thin dotted."""
+    """Line style by family: deployable routers solid with filled markers, oracle policies
+    (bounds: they route by the true label) dashed with hollow markers, random baselines thin
+    dotted without markers."""
     if family == "random":
         return dict(color=color, linestyle=":", linewidth=1.0, alpha=0.75, marker=None)
+    marker, size = METHOD_MARKERS.get(method_key(method), ("o", 4.5))
     if family in ("oracle", "oracle-executed"):
-        return dict(color=color, linestyle="--", linewidth=1.3, marker="s", markersize=3.5)
-    return dict(color=color, linestyle="-", linewidth=1.8, marker="o", markersize=4)
+        return dict(color=color, linestyle="--", linewidth=1.3, marker=marker, markersize=size,
+                    markerfacecolor="none", markeredgewidth=1.1)
+    return dict(color=color, linestyle="-", linewidth=1.8, marker=marker, markersize=size)
 
 
 def method_label(method: str, family: str) -> str:

@@ -69,11 +69,51 @@ def zoo_table(art: RunArtifacts) -> pd.DataFrame:
 
 
 def routers_table(routers: pd.DataFrame) -> pd.DataFrame:
-    """routers.csv rows at each level (reference rows first), the columns a reader needs."""
+    """routers.csv rows at each level (reference rows first, single models once: they do not
+    depend on the level), the columns a reader needs."""
     cols = [c for c in ROUTER_TABLE_COLUMNS if c in routers.columns]
-    order = routers.assign(_level=routers["family"].isin(("single", "best-single", "ceiling"))
-                           .map({True: 0, False: 1}))
+    single = routers["family"].isin(("single", "best-single"))
+    rows = pd.concat([routers[single].drop_duplicates("method"), routers[~single]])
+    order = rows.assign(_level=rows["family"].isin(("single", "best-single", "ceiling"))
+                        .map({True: 0, False: 1}))
     return order.sort_values(["_level", "sacrifice", "family", "method"], kind="stable")[cols]
+
+
+PIVOT_FAMILIES = ("cascade", "dispatcher", "oracle-executed", "ceiling")
+
+
+def routers_pivot(routers: pd.DataFrame) -> pd.DataFrame:
+    """One row per timed router, one column per sacrifice level; each cell reads
+    ``accuracy % / speedup x`` and whether the budget held on test."""
+    rows = routers[routers["family"].isin(PIVOT_FAMILIES)].dropna(
+        subset=["accuracy", "sacrifice"])
+    if rows.empty:
+        return pd.DataFrame()
+    best = routers[routers["family"] == "best-single"]["images_per_second"].dropna()
+    best_ips = float(best.iloc[0]) if len(best) else np.nan
+
+    def cell(r: pd.Series) -> str:
+        text = f"{100 * float(r['accuracy']):.2f}%"
+        speed = r.get("speedup_vs_best")
+        if (speed is None or not np.isfinite(speed)) and np.isfinite(best_ips):
+            speed = float(r.get("images_per_second", np.nan)) / best_ips
+        if speed is not None and np.isfinite(speed):
+            text += f" / {speed:.2f}x"
+        held = r.get("budget_held")
+        if _is(held, False):
+            text += " (missed)"
+        return text
+
+    rows = rows.assign(cell=[cell(r) for _, r in rows.iterrows()],
+                       level=[f"s = {100 * float(v):g}%" for v in rows["sacrifice"]])
+    levels = [f"s = {100 * float(v):g}%" for v in sorted(rows["sacrifice"].unique())]
+    rank = {f: i for i, f in enumerate(PIVOT_FAMILIES)}
+    methods = sorted(dict.fromkeys(zip(rows["method"], rows["family"])),
+                     key=lambda p: (rank[p[1]], p[0]))
+    table = rows.pivot_table(index="method", columns="level", values="cell", aggfunc="first")
+    out = table.reindex(index=[m for m, _ in methods], columns=levels).reset_index()
+    out.insert(1, "family", [f for _, f in methods])
+    return out.fillna("")
 
 
 def compression_table(compression: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisp
                             TrainingCurvesDisplay, place_labels)
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.inputs import load_run, normalise_router_frame
-from reports.tables import pick_router, summarize
+from reports.tables import pick_router, routers_pivot, routers_table, summarize
 
 DPI = 40
 MODELS = ["m_a", "m_b", "m_c"]          # cost order = weak -> strong in the hand table
@@ -285,6 +285,19 @@ def test_summary_picks_fastest_held_deployable_router(tmp_path):
     s = summarize(art)
     assert s.router is None and s.missed["method"] == "dispatcher-label"   # fastest, 9000/s
     assert s.oracle_bound is None
+
+
+def test_router_tables():
+    r = normalise_router_frame(hand_routers())
+    pivot = routers_pivot(r).set_index("method")
+    assert list(pivot.columns) == ["family", "s = 0%", "s = 1%", "s = 5%"]
+    assert list(pivot.index[:3]) == ["cascade", "dispatcher-label", "oracle-overlap-executed"]
+    assert pivot.at["cascade", "s = 1%"] == "86.50% / 2.50x"
+    assert pivot.at["dispatcher-label", "s = 1%"] == "70.00% / 9.00x (missed)"
+    assert pivot.at["ceiling-budget", "s = 5%"] == "95.00%"      # untimed: no speedup
+    full = routers_table(r)
+    assert (full.method == "single:m_a").sum() == 1              # single models once
+    assert (full.method == "cascade").sum() == 3                 # routers at every level
 
 
 def test_report_end_to_end(tmp_path, capsys):
