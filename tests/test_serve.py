@@ -391,6 +391,7 @@ def truncated_png() -> bytes:
 BAD = [
     ("not an image", b"hello, I am plain text" * 10, "notes.png", 415, "not an image"),
     ("empty", b"", "empty.png", 400, "empty"),
+    ("no file chosen", b"", "", 400, "empty"),  # what a browser sends for an empty file input
     ("gif", png_bytes(Image.new("L", (8, 8)), "GIF"), "a.gif", 415, "only PNG and JPEG"),
     ("truncated png", truncated_png(), "cut.png", 400, "truncated"),
     ("decompression bomb", bomb_png(), "bomb.png", 413, "decompression bomb"),
