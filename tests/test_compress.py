@@ -480,6 +480,14 @@ def test_second_call_reuses_variants_and_keeps_other_bases_rows(compressed_run, 
     assert after == before                                          # not rebuilt
     got = read_csv(results)
     assert [r["variant"] for r in got] == ["tiny_vgg9", "tiny_vgg3", "qat4", "struct-l1-30"]
+    # another pruning fine-tune rate rebuilds the pruned variant only
+    assert main(["--run", str(compressed_run), "--base", "tiny_vgg3", "--variants", "qat4",
+                 "struct-l1-30", *FAST, "--finetune-lr", "2e-4"]) == 0
+    again = {n: file_sha256(RunDir(compressed_run).checkpoint(f"tiny_vgg3-{n}")) for n in before}
+    assert again["qat4"] == before["qat4"] and again["struct-l1-30"] != before["struct-l1-30"]
+    card = RunDir(compressed_run).read_card("tiny_vgg3-struct-l1-30")
+    assert card["train_config"]["lr"] == 2e-4
+    assert card["compression"]["recipe"]["finetune_lr"] == 2e-4
 
 
 def test_profile_zoo_takes_the_variants_as_members(compressed_run, tmp_path):
@@ -510,18 +518,26 @@ def test_cost_only_mode_with_user_weights(tmp_path):
     state = VGG(arch).state_dict()
     torch.save(state, tmp_path / "w.pt")
     run = tmp_path / "cost"
-    code = main(["--run", str(run), "--base", "tiny_vgg1", "--input-size", "16", "--num-classes",
-                 "10", "--width", "0.25", "--weights", str(tmp_path / "w.pt"),
-                 "--variants", "int8-dynamic", "--big-batch", "8", *FAST])
-    assert code == 0
+    argv = ["--run", str(run), "--base", "tiny_vgg1", "--input-size", "16", "--num-classes",
+            "10", "--width", "0.25", "--weights", str(tmp_path / "w.pt"),
+            "--variants", "int8-dynamic", "--big-batch", "8", *FAST]
+    assert main(argv) == 0
     assert not (run / "results" / "compression.csv").exists()     # never mixed with trained
     rows = read_csv(run / "results" / "compression_cost_only.csv")
     assert [r["variant"] for r in rows] == ["tiny_vgg1", "int8-dynamic"]
     assert rows[0]["top1"] == "nan" and rows[1]["big_batch"] == "8"
     l1 = sum(float(v.abs().sum()) for k, v in state.items() if k.endswith("weight"))
     assert float(rows[0]["l1_norm"]) == pytest.approx(l1, rel=1e-5)  # the user's weights
-    assert (run / "cost_only" / "tiny_vgg1-int8-dynamic" / "checkpoint.pt").exists()
+    variant = run / "cost_only" / "tiny_vgg1-int8-dynamic" / "checkpoint.pt"
     assert RunDir(run).finished_models() == []                       # not zoo members
+    # the same call reuses the variant; other weights rebuild it (and the base file)
+    sha = file_sha256(variant)
+    assert main(argv) == 0 and file_sha256(variant) == sha
+    torch.manual_seed(6)
+    torch.save(VGG(arch).state_dict(), tmp_path / "w.pt")
+    assert main(argv) == 0 and file_sha256(variant) != sha
+    rows = read_csv(run / "results" / "compression_cost_only.csv")
+    assert float(rows[0]["l1_norm"]) != pytest.approx(l1, rel=1e-5)
 
 
 def test_compress_errors_name_the_problem(tmp_path, capsys):

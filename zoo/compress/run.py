@@ -16,7 +16,7 @@ suffix (``results/compression_cost_only.csv``, ...) so they never overwrite a tr
 from __future__ import annotations
 
 import datetime as dt
-import time
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from oracle.io import read_csv, write_csv, write_json
-from zoo.checkpoint import file_sha256, load_model, save_checkpoint
+from zoo.checkpoint import file_sha256, load_model, read_checkpoint, save_checkpoint
 from zoo.compress.measure import COLUMNS, EXTRA_COLUMNS, MeasureSettings, format_table, \
     histogram_edges, measure, weight_histogram
 from zoo.compress.structured import fold_batchnorm
@@ -104,6 +104,26 @@ def merge_rows(path: Path, rows: list[dict[str, Any]], base: str) -> list[dict[s
     return [r for r in old if r.get("base") != base] + rows
 
 
+def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict[str, Any]:
+    """Everything a variant's weights depend on; a saved variant whose recipe differs is rebuilt.
+
+    ``base_id``: the base checkpoint's SHA-256 (cost-only: the weights file's, or the seed).
+    """
+    r: dict[str, Any] = {"base": base_id, "variant": spec.name, "method": spec.method,
+                         "seed": cfg.seed}
+    if spec.method in ("struct", "prune+int8"):
+        r.update(ratio=spec.ratio, norm=spec.norm, layers=spec.layers)
+    if spec.method in ("struct", "unstruct", "prune+int8"):
+        r.update(finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
+                 limit_train=cfg.limit_train)
+    if spec.method in ("qat8", "qat4"):
+        r.update(finetune_epochs=cfg.finetune_epochs, qat_lr=cfg.qat_lr,
+                 limit_train=cfg.limit_train)
+    if spec.method in ("int8-static", "qat8", "qat4", "prune+int8"):
+        r.update(calib_images=cfg.calib_images, limit_train=cfg.limit_train)
+    return r
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -125,6 +145,7 @@ def _load_base(cfg: CompressConfig, rd: RunDir) -> tuple[VGG, dict[str, Any], bo
     except KeyError as e:
         raise FileNotFoundError(f"no trained {cfg.base} in {rd.root / 'zoo'} and {e}; train it "
                                 "with `train-zoo` or pass --weights") from None
+    torch.manual_seed(cfg.seed)  # the same random base on every call (variants are reused)
     model = VGG(arch).eval()
     if cfg.weights is not None:
         state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
@@ -183,11 +204,16 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     # the base row: its own checkpoint file (cost-only: saved once for its size)
     if cost_only:
         base_path = out_root / cfg.base / "checkpoint.pt"
-        if not base_path.exists():
+        base_id = (f"{cfg.base} {json.dumps(fa.to_dict(), sort_keys=True)} " +
+                   (f"weights {file_sha256(cfg.weights)}" if cfg.weights
+                    else f"random seed {cfg.seed}"))
+        if not base_path.exists() or read_checkpoint(base_path)["extra"].get("base_id") != base_id:
             save_checkpoint(base_path, model_name=cfg.base, arch=fa.to_dict(),
-                            state_dict=base.state_dict(), extra={"weights": cfg.weights})
+                            state_dict=base.state_dict(),
+                            extra={"weights": cfg.weights, "base_id": base_id})
     else:
         base_path = rd.checkpoint(cfg.base)
+        base_id = file_sha256(base_path)
     ms = cfg.measure
     ms.threads = cfg.threads
     log(f"compress: measuring base {cfg.base}")
@@ -202,10 +228,16 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     for spec in tqdm(specs, desc="variants", disable=not cfg.progress):
         name = f"{cfg.base}-{spec.name}"
         ckpt_path = out_root / name / "checkpoint.pt"
+        recipe = variant_recipe(spec, cfg, base_id)
         done = ckpt_path.exists() and (cost_only or (out_root / name / "card.json").exists())
         sparse_path = out_root / name / "sparse_weights.pt" if spec.method == "unstruct" else None
         if done:
             model, ck = load_model(ckpt_path)
+            if ck.get("extra", {}).get("recipe") != recipe:
+                log(f"compress: {name} was built with other settings or another base; "
+                    "rebuilding it")
+                done = False
+        if done:
             arch = ck["arch"]
             skipped.append(spec.name)
             log(f"compress: {name} done already, reusing it")
@@ -216,6 +248,9 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
         else:
             log(f"compress: building {name}")
             v = make_variant(base, spec, ctx)
+            v.extra["recipe"] = recipe
+            if sparse_path is not None and sparse_path.exists():
+                sparse_path.unlink()  # the old variant's; rewritten below
             save_checkpoint(ckpt_path, model_name=name, arch=v.arch, state_dict=v.state_dict,
                             parent=cfg.base, train_config=v.train_config,
                             data=info.to_dict() if info else {}, extra=v.extra,
