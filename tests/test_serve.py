@@ -318,6 +318,31 @@ def test_broken_router_artifact_is_reported_not_fatal(web_run, tmp_path):
     assert casc["status"] == "error" and "cannot be loaded" in casc["message"]
 
 
+def test_routers_refuse_a_changed_or_missing_checkpoint(web_run, tmp_path):
+    """Artifacts pin their models by SHA-256: a retrained model makes them error entries (the
+    page still serves); a router needing a model that is not in zoo/ is refused too."""
+    if not (web_run / "routers").is_dir():
+        pytest.skip("router.artifact is not available yet")
+    from zoo.checkpoint import load_model
+    run = copy_run(web_run, tmp_path / "changed")
+    path = run / "zoo" / "tiny_vgg1" / "checkpoint.pt"
+    model, ckpt = load_model(path)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    save_checkpoint(path, model_name="tiny_vgg1", arch=model.arch.to_dict(),
+                    state_dict=model.state_dict(), data=ckpt["data"])
+    d = create_app(WebService.load(run, TimingConfig(repeats=1))).test_client().get(
+        "/api/predict?sample=0").get_json()
+    errors = [e for e in d["routers"] if e["status"] == "error"]
+    assert len(errors) == 3 and all("changed since" in e["message"] for e in errors)
+    assert len(d["models"]) == 2
+
+    run = copy_run(web_run, tmp_path / "fewer", ("zoo/tiny_vgg2",))
+    svc = WebService.load(run, TimingConfig(repeats=1))
+    assert not svc.strip.routers and all(
+        "not a finished model" in e.message for e in svc.strip.router_errors)
+
+
 def test_policies_are_fitted_on_val_when_none_are_saved(web_run, tmp_path):
     """evaluate-routers saves no policy JSON: the strip fits them at start on the val table.
     By hand (fixture val table, one sample per label): tiny_vgg1 is right on labels 0-4 only,

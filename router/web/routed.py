@@ -1,8 +1,11 @@
 """Routed classifiers (cascade, dispatcher) saved under ``RUN/routers/*.pt``, seen by the page.
 
-Each artifact loads once through ``router.artifact.RoutedClassifier.load`` (checkpoint hashes
-checked); its zoo models are then swapped for the server's own copies of the same checkpoints,
-so a router adds only its own small weights to memory. For one image an entry gives the model
+Each artifact is read once (``load_routed``): the router is rebuilt from the artifact the way
+``router.artifact.RoutedClassifier.load`` does it, but the zoo models it may call are the
+server's own, already loaded copies of the same checkpoint files (each file's SHA-256 checked
+against the artifact's, once per file). So a router adds only its own small weights: on
+runs/quick1 (18 artifacts, 14 models) ``RoutedClassifier.load`` per artifact took 62 s and
+4.7 GB resident at start, as every artifact loaded its own copies of up to 14 models. For one image an entry gives the model
 it picks, that model's answer, and why: a cascade's confidence per stage against each stage's
 threshold, a dispatcher's scores (per-label probabilities or each model's predicted chance of
 being right) against its rule.
@@ -21,6 +24,7 @@ from torch import nn
 
 from router.web.images import resize_input
 from router.web.strip import ROUTERS_HINT, StripEntry
+from zoo.data import DatasetInfo
 
 FAMILIES = ("cascade", "dispatcher")
 
@@ -96,31 +100,27 @@ class LoadedRouter:
                 for n, v in zip(names, scores)]
 
 
-def load_all(routers_dir: Path, run_root: Path, shared_models: dict[str, tuple[Path, nn.Module]]
+SharedModels = dict[str, tuple[Path, nn.Module, Any]]  # name -> (checkpoint, model, DatasetInfo)
+
+
+def load_all(routers_dir: Path, run_root: Path, shared_models: SharedModels
              ) -> tuple[list[LoadedRouter], list[StripEntry]]:
     """Every artifact under ``routers_dir``; entries for families with none (or a broken one)."""
     hint = ROUTERS_HINT.format(run=run_root)
     files = sorted(routers_dir.glob("*.pt")) if routers_dir.is_dir() else []
     routers: list[LoadedRouter] = []
     errors: list[StripEntry] = []
-    if files:
+    hashes: dict[Path, str] = {}
+    for f in files:
+        family = next((k for k in FAMILIES if k in f.stem), "router")
         try:
-            from router.artifact import RoutedClassifier
-        except ImportError as e:
-            return [], [StripEntry(f, f, "error", message=f"router.artifact cannot be imported "
-                                   f"({e})") for f in FAMILIES]
-        for f in files:
-            family = next((k for k in FAMILIES if k in f.stem), "router")
-            try:
-                rc = RoutedClassifier.load(f, run_root)
-            except Exception as e:  # a stale or foreign artifact must not stop the server
-                errors.append(StripEntry(f.stem, family, "error",
-                                         message=f"{f.name} cannot be loaded ({e}); {hint}"))
-                continue
-            family = type(rc.router).__name__.lower().replace("router", "")
-            family = "cascade" if "cascade" in family else "dispatcher"
-            _share_models(rc, shared_models)
-            routers.append(LoadedRouter(f.stem, family, rc))
+            rc = load_routed(f, run_root, shared_models, hashes)
+        except Exception as e:  # a stale or foreign artifact must not stop the server
+            errors.append(StripEntry(f.stem, family, "error",
+                                     message=f"{f.name} cannot be loaded ({e}); {hint}"))
+            continue
+        family = "cascade" if "cascade" in type(rc.router).__name__.lower() else "dispatcher"
+        routers.append(LoadedRouter(f.stem, family, rc))
     have = {r.family for r in routers} | {e.family for e in errors}
     for family in FAMILIES:
         if family not in have:
@@ -129,16 +129,43 @@ def load_all(routers_dir: Path, run_root: Path, shared_models: dict[str, tuple[P
     return routers, errors
 
 
-def _share_models(rc: Any, shared: dict[str, tuple[Path, nn.Module]]) -> None:
-    """Point the artifact at the server's copies of the same (hash-checked) checkpoint files."""
-    for i, name in enumerate(rc.model_names):
-        if rc.models[i] is None or name not in shared:
+def load_routed(path: Path, run_root: Path, shared: SharedModels,
+                hashes: dict[Path, str] | None = None) -> Any:
+    """A ``RoutedClassifier`` from an artifact, calling the server's models (see module doc).
+
+    Refuses (``ValueError``) an artifact that is not one, one whose checkpoint changed since it
+    was saved, or one that needs a model the server did not load."""
+    from router import artifact as art
+    from zoo.checkpoint import file_sha256
+    hashes = {} if hashes is None else hashes
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != art.FORMAT:
+        raise ValueError(f"not a routed-classifier artifact ({art.FORMAT})")
+    info = DatasetInfo.from_dict(d["info"])
+    router = art._router_from_payload(d["router"], d["model_names"], info)
+    needed = art._needed_models(router, len(d["model_names"]))
+    by_file = {p.resolve(): (model, minfo) for p, model, minfo in shared.values()}
+    models, infos, ckpts = [], [], []
+    for i, entry in enumerate(d["models"]):
+        if i not in needed:
+            models.append(None), infos.append(None), ckpts.append(None)
             continue
-        path, model = shared[name]
-        if rc.checkpoints[i] is not None and Path(rc.checkpoints[i]).resolve() == path.resolve():
-            rc.models[i] = model
-    if hasattr(rc.router, "attach") and getattr(rc.router, "models", None) is not None:
-        rc.router.attach(rc.models, rc.infos, rc.batch_size)
+        ckpt = art._resolve(entry, run_root).resolve()
+        if ckpt not in by_file:
+            raise ValueError(f"it needs model {entry['name']!r} ({ckpt}), which is not a finished "
+                             "model of this run")
+        if ckpt not in hashes:
+            hashes[ckpt] = file_sha256(ckpt)
+        if entry["sha256"] and hashes[ckpt] != entry["sha256"]:
+            raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since the "
+                             "router was saved (sha256 differs)")
+        model, minfo = by_file[ckpt]
+        models.append(model), infos.append(minfo), ckpts.append(ckpt)
+    return art.RoutedClassifier(d["name"], router, models, infos, ckpts,
+                                int(d.get("batch_size", 256)), d.get("meta"))
 
 
 def pick_per_group(routers: list[LoadedRouter], sacrifice: float | None) -> list[LoadedRouter]:

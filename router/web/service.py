@@ -128,7 +128,7 @@ class WebService:
         strip = None
         if load_routers:
             from router.web.strip import RouterStrip
-            shared = {m.name: (run_dir.checkpoint(m.name), m.model) for m in models}
+            shared = {m.name: (run_dir.checkpoint(m.name), m.model, m.info) for m in models}
             strip = RouterStrip.load(run_dir, shared)
         service = cls(run_dir.root, models, baseline, samples, note, timing,
                       costs.machine if costs else None, strip)

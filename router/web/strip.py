@@ -67,9 +67,10 @@ class RouterStrip:
         self.lock = lock or threading.Lock()  # the service's inference lock (shared models)
 
     @classmethod
-    def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any]],
+    def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any, Any]],
              lock: threading.Lock | None = None) -> "RouterStrip":
-        """``shared_models``: name -> (checkpoint path, loaded model) the server already holds."""
+        """``shared_models``: name -> (checkpoint path, loaded model, DatasetInfo) the server
+        already holds; the routers call these same objects."""
         from router.web import routed
         routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, shared_models)
         from router.evaluate import DEFAULT_SACRIFICES  # the levels evaluate-routers uses
