@@ -4,7 +4,8 @@ A ``Router`` sees a batch of uint8 images and returns one model index per image 
 ``model_names``, which are sorted by cost). Threshold routers (the confidence cascade and the
 ``sample``-mode dispatcher) all decide the same way: take the first model, in cost order, whose
 score clears its threshold, else a fallback. ``first_confident`` is that rule;
-``least_cost_meeting`` picks the cheapest setting whose simulated accuracy holds a target;
+``least_cost_meeting`` picks the cheapest setting whose simulated accuracy holds a target
+(``paired_se`` gives the one-standard-error margin the fits subtract first);
 ``table_precision`` rounds live scores the way the float16 prediction tables store them, so a
 threshold fitted on a table makes exactly the same decision when executed.
 """
@@ -156,3 +157,36 @@ def least_cost_meeting(accuracy: np.ndarray, cost: np.ndarray, target: float) ->
                           "model among the candidates")
     best = ok[np.lexsort((ok, -accuracy[ok], cost[ok]))[0]]
     return int(best)
+
+
+def paired_se(n_gain: np.ndarray | int, n_loss: np.ndarray | int, n: int) -> np.ndarray:
+    """Standard error of a setting's accuracy difference to the reference on the same n samples.
+
+    ``n_gain``: samples the setting gets right and the reference wrong; ``n_loss``: the reverse.
+    The per-sample difference d is +1, -1 or 0, so SE = sqrt(var(d) / n) with the sample
+    variance (a setting that always agrees with the reference has SE 0).
+    """
+    g = np.asarray(n_gain, dtype=np.float64)
+    l_ = np.asarray(n_loss, dtype=np.float64)
+    if n < 2:
+        return np.zeros_like(g)
+    mean = (g - l_) / n
+    var = np.maximum(0.0, ((g + l_) / n - mean ** 2) * n / (n - 1))
+    return np.sqrt(var / n)
+
+
+def accuracy_lower_bound(correct: np.ndarray, reference: np.ndarray, z: float) -> np.ndarray:
+    """(G,) accuracy minus z paired standard errors, for settings' correctness (G, n) or (n,).
+
+    Selecting the cheapest of many settings whose validation accuracy just meets a target is
+    optimistic (the winner is the one the noise favoured); requiring the bound to meet it is
+    the one-standard-error rule at z = 1. The reference itself has SE 0, so it always passes.
+    """
+    c = np.atleast_2d(np.asarray(correct, dtype=bool))
+    r = np.asarray(reference, dtype=bool)[None, :]
+    n = c.shape[1]
+    acc = c.mean(axis=1)
+    if z == 0:
+        return acc
+    se = paired_se((c & ~r).sum(axis=1), (~c & r).sum(axis=1), n)
+    return acc - z * se

@@ -9,7 +9,10 @@ increasing chain of at most ``max_stages`` models and every combination of thres
 grid of confidence quantiles; the expected cost of a chain is the sum over stages of the
 share of inputs reaching the stage times the stage's cost. The cheapest chain whose simulated
 validation accuracy is at least ``target`` wins (the reference model alone is always a
-candidate, so a solution exists).
+candidate, so a solution exists). With ``z`` > 0 the accuracy that must meet the target is
+the candidate's minus z paired standard errors of its difference to the reference
+(``router.base.accuracy_lower_bound``: the one-standard-error rule at z = 1), which keeps the
+selection among ~10^5 candidates from picking the one validation noise flattered most.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from oracle.policy import reference_index
 from oracle.table import PredictionTable
 from router.base import Router, RouterError, Routing, first_confident, least_cost_meeting, \
-    table_precision
+    paired_se, table_precision
 from router.execute import execute_cascade
 
 
@@ -37,6 +41,8 @@ class CascadeFit:
     val_cost: float                  # expected cost per image on val (units of ``costs``)
     stage_reach: list[float] = field(default_factory=list)  # share of val inputs reaching each stage
     candidates: int = 0
+    val_se: float = 0.0              # paired SE of its val accuracy difference to the reference
+    z: float = 0.0                   # margin used: val_accuracy - z * val_se >= target
 
 
 def simulate_cascade(confidence: np.ndarray, stages: Sequence[int],
@@ -67,12 +73,17 @@ class CascadeCandidates:
     accuracy: np.ndarray             # (G,) simulated val accuracy
     cost: np.ndarray                 # (G,) expected cost per image
     confidence: np.ndarray           # (N, M) val confidences at table precision
+    se: np.ndarray                   # (G,) paired SE of the accuracy difference to the reference
+    reference: int = -1
 
 
 def cascade_candidates(val: PredictionTable, costs: np.ndarray, *, max_stages: int = 3,
-                       grid: int = 24) -> CascadeCandidates:
+                       grid: int = 24, reference: int | None = None) -> CascadeCandidates:
     """Simulate every increasing chain of <= ``max_stages`` models on ``val`` for every
-    threshold combination from ``threshold_grid``; ``costs`` (M,) in table order."""
+    threshold combination from ``threshold_grid``; ``costs`` (M,) in table order.
+
+    ``reference`` (default: the most accurate model on ``val``, cheaper on ties) is what each
+    candidate's paired standard error is measured against."""
     costs = np.asarray(costs, dtype=np.float64)
     if costs.shape != (val.n_models,):
         raise RouterError(f"costs has shape {costs.shape}, expected ({val.n_models},) in table order")
@@ -80,54 +91,69 @@ def cascade_candidates(val: PredictionTable, costs: np.ndarray, *, max_stages: i
         raise RouterError(f"max_stages must be >= 1, got {max_stages}")
     conf = table_precision(val.confidence)                          # (N, M)
     correct = val.correct                                           # (N, M)
+    if reference is None:
+        reference = reference_index(val, costs)
+    ref_right = correct[:, reference]
     order = [int(i) for i in np.lexsort((np.arange(val.n_models), costs))]
     grids = [threshold_grid(conf[:, m], grid) for m in range(val.n_models)]
-    chains, chain_of, ths, accs, cost = [], [], [], [], []
+    chains, chain_of, ths, accs, cost, ses = [], [], [], [], [], []
     for k in range(1, max_stages + 1):
         for chain in itertools.combinations(order, k):
-            a, c, t = _sweep_chain(conf, correct, costs, list(chain),
-                                   [grids[m] for m in chain[:-1]])
+            a, c, t, gain, loss = _sweep_chain(conf, correct, costs, list(chain),
+                                               [grids[m] for m in chain[:-1]], ref_right)
             chain_of.append(np.full(len(a), len(chains)))
             chains.append(list(chain))
             ths.extend(list(t))
             accs.append(a)
             cost.append(c)
+            ses.append(paired_se(gain, loss, val.n_samples))
     return CascadeCandidates(list(val.model_names), chains, np.concatenate(chain_of), ths,
-                             np.concatenate(accs), np.concatenate(cost), conf)
+                             np.concatenate(accs), np.concatenate(cost), conf,
+                             np.concatenate(ses), int(reference))
 
 
-def select_cascade(cands: CascadeCandidates, target: float) -> CascadeFit:
-    """The cheapest candidate whose simulated val accuracy >= ``target``."""
+def select_cascade(cands: CascadeCandidates, target: float, z: float = 0.0) -> CascadeFit:
+    """The cheapest candidate whose simulated val accuracy - ``z`` paired SEs >= ``target``."""
+    if z < 0:
+        raise RouterError(f"the margin z must be >= 0 standard errors, got {z}")
+    bound = cands.accuracy - z * cands.se
     try:
-        i = least_cost_meeting(cands.accuracy, cands.cost, target)
+        i = least_cost_meeting(bound, cands.cost, target)
     except RouterError:
         raise RouterError(f"no cascade reaches val accuracy {target:.4f}: the target is above "
-                          f"every candidate ({cands.accuracy.max():.4f})") from None
+                          f"every candidate ({bound.max():.4f})") from None
     stages = cands.chains[int(cands.chain_of[i])]
     th = [float(t) for t in cands.thresholds[i]] + [0.0]
     chosen = simulate_cascade(cands.confidence, stages, th)
     reach = [1.0] + [float(np.mean(~np.isin(chosen, stages[:j]))) for j in range(1, len(stages))]
     return CascadeFit(stages=list(stages), thresholds=th, model_names=list(cands.model_names),
                       val_accuracy=float(cands.accuracy[i]), val_cost=float(cands.cost[i]),
-                      stage_reach=reach, candidates=len(cands.accuracy))
+                      stage_reach=reach, candidates=len(cands.accuracy),
+                      val_se=float(cands.se[i]), z=float(z))
 
 
 def fit_cascade(val: PredictionTable, costs: np.ndarray, target: float, *,
-                max_stages: int = 3, grid: int = 24) -> CascadeFit:
-    """Cheapest cascade (stages, thresholds) whose simulated val accuracy >= ``target``."""
-    return select_cascade(cascade_candidates(val, costs, max_stages=max_stages, grid=grid), target)
+                max_stages: int = 3, grid: int = 24, z: float = 0.0,
+                reference: int | None = None) -> CascadeFit:
+    """Cheapest cascade (stages, thresholds) whose simulated val accuracy (minus ``z`` paired
+    SEs to the reference) >= ``target``."""
+    return select_cascade(cascade_candidates(val, costs, max_stages=max_stages, grid=grid,
+                                             reference=reference), target, z)
 
 
 def _sweep_chain(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, chain: list[int],
-                 grids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 grids: list[np.ndarray], ref_right: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Accuracy and expected cost of ``chain`` for every threshold combination (vectorised).
 
-    Returns accs (G,), cost (G,), thresholds (G, len(chain) - 1).
+    Returns accs (G,), cost (G,), thresholds (G, len(chain) - 1), and the counts of samples
+    each combination gets right where the reference is wrong (gain) and the reverse (loss).
     """
     n = len(conf)
     if len(chain) == 1:
-        m = chain[0]
-        return (np.array([correct[:, m].mean()]), np.array([costs[m]]), np.zeros((1, 0)))
+        r = correct[:, chain[0]]
+        return (np.array([r.mean()]), np.array([costs[chain[0]]]), np.zeros((1, 0)),
+                np.array([np.sum(r & ~ref_right)]), np.array([np.sum(~r & ref_right)]))
     combos = np.array(list(itertools.product(*grids)), dtype=np.float32)  # (G, k-1)
     alive = np.ones((len(combos), n), dtype=bool)       # input still unanswered before stage j
     right = np.zeros((len(combos), n), dtype=bool)
@@ -140,7 +166,9 @@ def _sweep_chain(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, chain
             stop = alive & (conf[None, :, m] >= combos[:, j, None])
         right |= stop & correct[None, :, m]
         alive &= ~stop
-    return right.mean(axis=1), cost, combos
+    gain = (right & ~ref_right[None, :]).sum(axis=1)
+    loss = (~right & ref_right[None, :]).sum(axis=1)
+    return right.mean(axis=1), cost, combos, gain, loss
 
 
 class CascadeRouter(Router):

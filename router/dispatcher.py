@@ -15,7 +15,8 @@ Two target modes (one network each, trained once, reused at every sacrifice leve
 It trains ONLY on the validation split (predictions of data the zoo never trained on), with a
 seeded held-out part for early stopping and for choosing tau. Its own cost is capped: the
 architecture is the widest of a few that fits ``max_macs`` (a quarter of the cheapest zoo
-model's MACs), counted with ``zoo.costs.count_macs``.
+model's MACs), counted with ``zoo.costs.count_macs``, and optionally ``max_ms`` (a share of
+the fastest zoo model's measured time per image).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from router.base import Router, RouterError, Routing, first_confident, least_cost_meeting, \
-    table_precision
+from router.base import Router, RouterError, Routing, accuracy_lower_bound, first_confident, \
+    least_cost_meeting, table_precision
 from zoo.data import DatasetInfo, normalize
 
 MODES = ("label", "sample")
@@ -83,17 +84,54 @@ def dispatcher_macs(arch: DispatcherArch) -> int:
 
 
 def arch_within_budget(in_channels: int, input_size: int, n_outputs: int, max_macs: float,
-                       widths: tuple[int, ...] = (16, 12, 8, 6, 4, 3, 2)) -> DispatcherArch:
-    """The widest dispatcher (full resolution first, then 2x downsampled) within ``max_macs``."""
+                       widths: tuple[int, ...] = (16, 12, 8, 6, 4, 3, 2), *,
+                       max_ms: float | None = None,
+                       time_images: torch.Tensor | None = None) -> DispatcherArch:
+    """The widest dispatcher (full resolution first, then 2x, 4x downsampled) within ``max_macs``.
+
+    With ``max_ms`` (and ``time_images``, normalised (n, C, H, W)) it must also run within
+    ``max_ms`` milliseconds per image (``dispatcher_ms_per_image``): MACs say little about CPU
+    time (an int8 model with the same MACs as a float one runs several times faster). When no
+    architecture meets the time cap, the fastest one within the MAC cap is returned; the
+    caller records that (``dispatcher_ms_per_image`` against the cap).
+    """
+    within = []
     for down in (1, 2, 4):
         if input_size // down < 4:
             break
         for w in widths:
             arch = DispatcherArch(in_channels, input_size, n_outputs, w, down)
             if dispatcher_macs(arch) <= max_macs:
-                return arch
-    raise RouterError(f"no dispatcher fits {max_macs:.0f} MACs per image (a quarter of the "
-                      "cheapest zoo model); the zoo's cheapest model is too small to route for")
+                within.append(arch)
+    if not within:
+        raise RouterError(f"no dispatcher fits {max_macs:.0f} MACs per image (a quarter of the "
+                          "cheapest zoo model); the zoo's cheapest model is too small to route for")
+    if max_ms is None:
+        return within[0]
+    if time_images is None:
+        raise RouterError("a time cap (max_ms) needs time_images to time the candidates on")
+    fastest, fastest_ms = within[0], float("inf")
+    for arch in within:
+        ms = dispatcher_ms_per_image(arch, time_images)
+        if ms <= max_ms:
+            return arch
+        if ms < fastest_ms:
+            fastest, fastest_ms = arch, ms
+    return fastest
+
+
+def dispatcher_ms_per_image(arch: DispatcherArch, images: torch.Tensor,
+                            batch_size: int = 1024, rounds: int = 3) -> float:
+    """Median ms per image of an (untrained: time does not depend on the weights) dispatcher
+    network on normalised ``images``, in batches, after one warm-up."""
+    from router.execute import measure_ms_per_image
+    net = DispatcherNet(arch).eval()
+
+    @torch.inference_mode()
+    def run() -> None:
+        for s in range(0, len(images), batch_size):
+            net(images[s:s + batch_size])
+    return float(measure_ms_per_image([run], len(images), rounds=rounds)[0])
 
 
 @dataclass
@@ -209,14 +247,20 @@ def train_dispatcher(mode: str, images: torch.Tensor, targets: torch.Tensor, inf
 
 
 def fit_dispatcher(mode: str, val_images: torch.Tensor, val_table, info: DatasetInfo,
-                   max_macs: float, config: DispatcherConfig | None = None) -> DispatcherFit:
-    """Train a ``mode`` dispatcher on the validation split only (images aligned with the table)."""
+                   max_macs: float, config: DispatcherConfig | None = None,
+                   max_ms: float | None = None) -> DispatcherFit:
+    """Train a ``mode`` dispatcher on the validation split only (images aligned with the table).
+
+    The architecture is the widest within ``max_macs`` (and ``max_ms`` per image, timed on up
+    to 1024 validation images: see ``arch_within_budget``)."""
     config = config or DispatcherConfig()
     if len(val_images) != val_table.n_samples:
         raise RouterError(f"{len(val_images)} validation images but the val table has "
                           f"{val_table.n_samples} rows; align images with table.sample_ids")
     n_out = val_table.n_classes if mode == "label" else val_table.n_models
-    arch = arch_within_budget(int(val_images.shape[1]), int(val_images.shape[-1]), n_out, max_macs)
+    arch = arch_within_budget(int(val_images.shape[1]), int(val_images.shape[-1]), n_out,
+                              max_macs, max_ms=max_ms,
+                              time_images=normalize(val_images[:1024], info))
     targets = (torch.from_numpy(val_table.labels) if mode == "label"
                else torch.from_numpy(val_table.correct.astype(np.float32)))
     net, _, hold_idx, history = train_dispatcher(mode, val_images, targets, info, arch, config)
@@ -234,13 +278,17 @@ def sample_choice(scores: np.ndarray, threshold: float, order: np.ndarray,
 
 
 def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray, target: float,
-                     fallback: int, max_candidates: int = 400) -> tuple[float, float, float]:
+                     fallback: int, max_candidates: int = 400,
+                     z: float = 0.0) -> tuple[float, float, float]:
     """Cheapest tau whose held-out accuracy >= ``target``: returns (tau, accuracy, cost).
 
     Candidates: quantiles of the held-out scores plus 1.01 (never trust a score: every input
     goes to ``fallback``, which reproduces the reference and so always meets its own accuracy
-    minus a sacrifice).
+    minus a sacrifice). With ``z`` > 0 the held-out accuracy minus z paired standard errors of
+    its difference to ``fallback`` (the reference) must meet the target (one-SE rule at z = 1).
     """
+    if z < 0:
+        raise RouterError(f"the margin z must be >= 0 standard errors, got {z}")
     order = np.lexsort((np.arange(len(costs)), costs))
     s = table_precision(scores)
     cand = np.unique(s)
@@ -249,11 +297,13 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
                          .astype(np.float32))
     cand = np.concatenate([cand, [1.01]]).astype(np.float32)
     rows = np.arange(len(s))
-    accs, cost = np.empty(len(cand)), np.empty(len(cand))
+    right = np.empty((len(cand), len(s)), dtype=bool)
+    cost = np.empty(len(cand))
     for i, t in enumerate(cand):
         ch = first_confident(s, t, fallback, order=order)
-        accs[i], cost[i] = correct[rows, ch].mean(), costs[ch].mean()
-    i = least_cost_meeting(accs, cost, target)
+        right[i], cost[i] = correct[rows, ch], costs[ch].mean()
+    accs = right.mean(axis=1)
+    i = least_cost_meeting(accuracy_lower_bound(right, correct[:, fallback], z), cost, target)
     return float(cand[i]), float(accs[i]), float(cost[i])
 
 

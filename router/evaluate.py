@@ -39,10 +39,11 @@ from router.artifact import RoutedClassifier
 from router.base import AssignmentRouter, ConstantRouter, Router, RouterError
 from router.cascade import CascadeRouter, cascade_candidates, select_cascade, simulate_cascade
 from router.dispatcher import Dispatcher, DispatcherConfig, DispatcherFit, choose_threshold, \
-    fit_dispatcher
-from router.execute import ExecResult, Timing, benchmark, execute_cascade, execute_routed
+    dispatcher_ms_per_image, fit_dispatcher
+from router.execute import ExecResult, Timing, benchmark, execute_cascade, execute_routed, \
+    model_ms_per_image
 from zoo.checkpoint import load_model
-from zoo.data import DatasetInfo, ImageSet, prepare_data
+from zoo.data import DatasetInfo, ImageSet, normalize, prepare_data
 from zoo.rundir import RunDir
 
 DEFAULT_SACRIFICES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -70,6 +71,10 @@ class EvalConfig:
     label_policy: str = "budget"         # oracle policy the label dispatcher maps through
     cascade_max_stages: int = 3
     cascade_grid: int = 24
+    costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
+    cost_samples: int = 1000             # val images the measured costs are timed on
+    margin_z: float = 1.0                # fits keep val accuracy - z paired SEs >= target (1-SE rule)
+    dispatcher_time_share: float | None = 0.25  # dispatcher ms <= this x fastest model's (None: off)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     seed: int = 0
     save_routers: bool = True
@@ -83,6 +88,12 @@ class EvalConfig:
                               f"{self.sacrifices}")
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise RouterError("need threads >= 1, repeats >= 1, warmup >= 0")
+        if self.costs not in ("measured", "profile"):
+            raise RouterError(f"costs must be 'measured' or 'profile', got {self.costs!r}")
+        if self.margin_z < 0 or self.cost_samples < 1:
+            raise RouterError("need margin_z >= 0 and cost_samples >= 1")
+        if self.dispatcher_time_share is not None and self.dispatcher_time_share <= 0:
+            raise RouterError("dispatcher_time_share must be > 0 (or None to switch the time cap off)")
         if self.label_policy not in LABEL_KINDS:
             raise RouterError(f"label_policy must be one of {LABEL_KINDS}, got {self.label_policy!r}")
         bad = [k for k in self.oracle_kinds if k not in LABEL_KINDS]
@@ -241,8 +252,18 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     inp = inputs or load_run_inputs(run, progress=cfg.progress)
-    val, test, cvec = inp.val, inp.test, inp.cvec
+    val, test = inp.val, inp.test
     names, M, N = test.model_names, test.n_models, test.n_samples
+    profile_cvec = inp.cvec
+    if cfg.costs == "measured":
+        # the costs every fit minimises: ms/image timed here, on val images, with the threads,
+        # batch size and executor the routers run with (costs.json was timed by another process
+        # at another time; on a shared machine its figures can be off several-fold)
+        k = min(cfg.cost_samples, val.n_samples)
+        cvec = model_ms_per_image(inp.models, inp.infos, inp.val_images[:k], cfg.batch_size,
+                                  warmup=cfg.warmup, rounds=max(3, cfg.repeats))
+    else:
+        cvec = profile_cvec
     ref = reference_index(val, cvec)
     ref_val_acc = float(val.correct[:, ref].mean())
     ref_test_acc = float(test.correct[:, ref].mean())
@@ -257,20 +278,35 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
 
     # ---- fit what does not depend on the level (val only) ---------------------------------
     budget_macs = float(inp.macs.min()) / 4.0
-    fits: dict[str, Any] = {"reference": names[ref], "dispatcher_max_macs": budget_macs}
+    max_ms = (None if cfg.dispatcher_time_share is None
+              else cfg.dispatcher_time_share * float(cvec.min()))
+    fits: dict[str, Any] = {"reference": names[ref], "dispatcher_max_macs": budget_macs,
+                            "dispatcher_max_ms_per_image": max_ms, "costs": cfg.costs,
+                            "margin_z": cfg.margin_z,
+                            "ms_per_image": dict(zip(names, map(float, cvec))),
+                            "profile_ms_per_image": dict(zip(names, map(float, profile_cvec)))}
+    log("  costs (" + ("measured here on %d val images" % min(cfg.cost_samples, val.n_samples)
+                       if cfg.costs == "measured" else "costs.json") + ", ms/image): "
+        + ", ".join(f"{n} {c:.3f}" for n, c in zip(names, cvec)))
     disp: dict[str, DispatcherFit] = {}
+    time_x = normalize(inp.val_images[:1024], inp.info)
     for mode in ("label", "sample"):
         t0 = time.perf_counter()
         disp[mode] = fit_dispatcher(mode, inp.val_images, val, inp.info, budget_macs,
-                                    cfg.dispatcher)
+                                    cfg.dispatcher, max_ms=max_ms)
         h = disp[mode].history[-1] if disp[mode].history else {}
+        d_ms = dispatcher_ms_per_image(disp[mode].arch, time_x)
         fits[f"dispatcher_{mode}"] = {"arch": disp[mode].arch.to_dict(), "macs": disp[mode].macs,
+                                      "ms_per_image": d_ms,
+                                      "time_cap_met": max_ms is None or d_ms <= max_ms,
                                       "train_seconds": time.perf_counter() - t0,
                                       "holdout": len(disp[mode].holdout_index),
                                       "history": disp[mode].history}
+        cap = "" if max_ms is None else f", {d_ms:.4f} ms/image (cap {max_ms:.4f})"
         log(f"  dispatcher[{mode}]: {disp[mode].macs} MACs/image (cap {budget_macs:.0f} = 1/4 of "
-            f"the cheapest model), width {disp[mode].arch.width}, trained in "
-            f"{time.perf_counter() - t0:.1f}s, held-out acc {h.get('holdout_accuracy', float('nan')):.3f}")
+            f"the cheapest model){cap}, width {disp[mode].arch.width}, downsample "
+            f"{disp[mode].arch.downsample}, trained in {time.perf_counter() - t0:.1f}s, held-out "
+            f"acc {h.get('holdout_accuracy', float('nan')):.3f}")
     with torch.inference_mode():
         label_scores_test = None
         from router.dispatcher import dispatcher_scores
@@ -280,7 +316,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                                                "sample").numpy()
     fits["dispatcher_label"]["test_label_accuracy"] = float(
         (label_scores_test.argmax(1) == test.labels).mean())
-    cands = cascade_candidates(val, cvec, max_stages=cfg.cascade_max_stages, grid=cfg.cascade_grid)
+    cands = cascade_candidates(val, cvec, max_stages=cfg.cascade_max_stages, grid=cfg.cascade_grid,
+                               reference=ref)
     fits["cascade_candidates"] = int(len(cands.accuracy))
     hold = disp["sample"].holdout_index
     hold_correct = val.correct[hold]
@@ -397,7 +434,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         saved[f"dispatcher-label@{s:g}"] = _save(routers_dir, "dispatcher-label", s, dl, inp, cfg)
         # dispatcher, sample mode: cheapest model predicted right with chance >= tau
         tau, h_acc, _ = choose_threshold(disp["sample"].holdout_scores, hold_correct, cvec,
-                                         hold_ref_acc - s, fallback=ref)
+                                         hold_ref_acc - s, fallback=ref, z=cfg.margin_z)
         ds = Dispatcher.from_fit(disp["sample"], cvec, threshold=tau, fallback=ref)
         ch = ds.choose(sample_scores_test)
         timed = timer.routed(("disp-sample", tau), lambda sl, r=ds: r)
@@ -407,7 +444,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         deployable.append((row, ch, row["expected_ms_per_image"]))
         saved[f"dispatcher-sample@{s:g}"] = _save(routers_dir, "dispatcher-sample", s, ds, inp, cfg)
         # cascade
-        fit = select_cascade(cands, ref_val_acc - s)
+        fit = select_cascade(cands, ref_val_acc - s, z=cfg.margin_z)
         casc = CascadeRouter.from_fit(fit)
         ch = simulate_cascade(test.confidence.astype(np.float16).astype(np.float32),
                               fit.stages, fit.thresholds)
@@ -416,7 +453,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                                                             inp.infos, cfg.batch_size))
         row = emit("cascade", "cascade", s, ch, timed, stages=fit.stages,
                    val_accuracy=fit.val_accuracy,
-                   settings={**casc.describe(), "val_stage_reach": fit.stage_reach})
+                   settings={**casc.describe(), "val_stage_reach": fit.stage_reach,
+                             "val_se": fit.val_se, "z": fit.z})
         deployable.append((row, ch, row["expected_ms_per_image"]))
         saved[f"cascade@{s:g}"] = _save(routers_dir, "cascade", s, casc, inp, cfg)
         for row, ch, exp_ms in deployable:

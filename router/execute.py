@@ -174,3 +174,35 @@ def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
                     n_samples=n_samples, threads=torch.get_num_threads(), repeats=repeats,
                     warmup=warmup, all_seconds=totals)
     return result, timing
+
+
+def measure_ms_per_image(runs: Sequence[Callable[[], object]], n_images: int, *,
+                         warmup: int = 1, rounds: int = 3) -> np.ndarray:
+    """(K,) median milliseconds per image of each callable, timed round-robin.
+
+    Every round times each callable once, so a burst of load on a shared machine hits all of
+    them alike instead of whichever happened to run then. Used for the costs the routers are
+    fitted with (on validation images, in the process and with the threads that execute them).
+    """
+    if rounds < 1 or warmup < 0 or n_images < 1:
+        raise RouterError(f"need rounds >= 1, warmup >= 0, n_images >= 1; got {rounds}, "
+                          f"{warmup}, {n_images}")
+    for _ in range(warmup):
+        for run in runs:
+            run()
+    times = np.empty((rounds, len(runs)))
+    for r in range(rounds):
+        for k, run in enumerate(runs):
+            t0 = time.perf_counter()
+            run()
+            times[r, k] = time.perf_counter() - t0
+    return np.median(times, axis=0) * 1e3 / n_images
+
+
+def model_ms_per_image(models: Sequence[nn.Module], infos: Sequence[DatasetInfo],
+                       images: torch.Tensor, batch_size: int = 256, *, warmup: int = 1,
+                       rounds: int = 3) -> np.ndarray:
+    """(M,) ms per image of each model on ``images`` in batches (the executor's own loop)."""
+    runs = [lambda m=m, i=i: _run_model(m, images, i, batch_size, _Clock())
+            for m, i in zip(models, infos)]
+    return measure_ms_per_image(runs, len(images), warmup=warmup, rounds=rounds)

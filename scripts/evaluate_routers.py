@@ -1,7 +1,7 @@
 """evaluate-routers: fit the dispatcher and the cascade on val, score and time every router on test.
 
     evaluate-routers --run runs/quick [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--threads 2]
-                     [--repeats 3] [--timing-samples 2000]
+                     [--repeats 3] [--timing-samples 2000] [--costs measured] [--margin-z 1]
 
 Writes RUN/results/routers.csv, RUN/results/router_predictions.npz and RUN/routers/*.pt.
 """
@@ -28,6 +28,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-policy", default="budget", choices=["overlap", "accuracy", "budget"],
                    help="oracle policy the label-mode dispatcher maps predicted labels through")
     p.add_argument("--cascade-max-stages", type=int, default=3)
+    p.add_argument("--costs", choices=["measured", "profile"], default="measured",
+                   help="costs the fits minimise: ms/image timed here on val images (default) or "
+                        "RUN/costs.json from profile-zoo")
+    p.add_argument("--cost-samples", type=int, default=1000,
+                   help="val images the measured costs are timed on")
+    p.add_argument("--margin-z", type=float, default=1.0,
+                   help="fits keep val accuracy minus this many paired standard errors at the "
+                        "target (1 = the one-standard-error rule, 0 = none)")
+    p.add_argument("--dispatcher-time-share", type=float, default=0.25,
+                   help="dispatcher ms/image at most this share of the fastest model's (0 = off; "
+                        "the cap of 1/4 of the cheapest model's MACs always holds)")
     p.add_argument("--dispatcher-epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
@@ -43,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(sacrifices=a.sacrifices, threads=a.threads, repeats=a.repeats,
                      warmup=a.warmup, timing_samples=a.timing_samples or None,
                      batch_size=a.batch_size, label_policy=a.label_policy,
-                     cascade_max_stages=a.cascade_max_stages,
+                     cascade_max_stages=a.cascade_max_stages, costs=a.costs,
+                     cost_samples=a.cost_samples, margin_z=a.margin_z,
+                     dispatcher_time_share=a.dispatcher_time_share or None,
                      dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,
                                                  progress=not a.no_progress),
                      seed=a.seed, save_routers=not a.no_save_routers,

@@ -103,23 +103,42 @@ def test_predictions_npz_and_saved_routers_reproduce_rows(evaluated_run):
 
 
 def test_never_fits_on_test_labels(evaluated_run, tmp_path):
-    """Scrambling the test labels leaves every fitted setting unchanged."""
+    """Scrambling the test labels leaves every fitted setting unchanged (profiled costs and no
+    dispatcher time cap, so neither evaluation depends on a timing)."""
     import shutil
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     from router.evaluate import EvalConfig, evaluate_run, load_run_inputs
     from router.dispatcher import DispatcherConfig
-    inp = load_run_inputs(run)
-    inp.test.labels = np.random.default_rng(5).permutation(inp.test.labels)
-    cfg = EvalConfig(sacrifices=[0.05], threads=1, repeats=1, warmup=0, timing_samples=20,
-                     dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
-                     save_routers=False)
-    res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
-    before = {(r["method"], r["sacrifice"]): r["settings"]
-              for r in read_csv(RunDir(evaluated_run).results / "routers.csv")}
-    for r in res.rows:
-        if r["family"] in ("dispatcher", "cascade"):
-            assert r["settings"] == before[(r["method"], "0.05")], r["method"]
+
+    def settings(scramble: bool) -> dict:
+        inp = load_run_inputs(run)
+        if scramble:
+            inp.test.labels = np.random.default_rng(5).permutation(inp.test.labels)
+        cfg = EvalConfig(sacrifices=[0.05], threads=1, repeats=1, warmup=0, timing_samples=20,
+                         dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
+                         save_routers=False, costs="profile", dispatcher_time_share=None)
+        res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
+        return {r["method"]: r["settings"] for r in res.rows
+                if r["family"] in ("dispatcher", "cascade")}
+    before, after = settings(False), settings(True)
+    assert set(before) == {"dispatcher-label", "dispatcher-sample", "cascade"}
+    assert after == before
+
+
+def test_fits_record_measured_costs_and_dispatcher_time(evaluated_run):
+    rd = RunDir(evaluated_run)
+    fits = json.loads((rd.root / "routers" / "fits.json").read_text())
+    test = PredictionTable.load(rd.tables, "test")
+    assert fits["costs"] == "measured" and fits["margin_z"] == 1.0
+    assert list(fits["ms_per_image"]) == test.model_names
+    assert all(v > 0 for v in fits["ms_per_image"].values())
+    assert fits["dispatcher_max_ms_per_image"] == pytest.approx(
+        0.25 * min(fits["ms_per_image"].values()))
+    for mode in ("label", "sample"):
+        d = fits[f"dispatcher_{mode}"]
+        assert d["ms_per_image"] > 0
+        assert d["time_cap_met"] == (d["ms_per_image"] <= fits["dispatcher_max_ms_per_image"])
 
 
 def test_bench_routers_prints_the_headline(evaluated_run, capsys):

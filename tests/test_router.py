@@ -283,3 +283,65 @@ def test_embedded_artifact_loads_without_the_run(tmp_path):
     # re-saving a loaded embedded classifier keeps the weights inside
     back.save(tmp_path / "copy.pt")
     assert (RoutedClassifier.load(tmp_path / "copy.pt")(x).preds == out.preds).all()
+
+
+# ---- selection margin and measured costs ----------------------------------------------------
+
+def test_paired_se_and_lower_bound_by_hand():
+    from router.base import accuracy_lower_bound, paired_se
+    # 4 samples: d = [-1, -1, 0, 0] -> mean -0.5, sample var = (0.5 - 0.25) * 4/3 = 1/3
+    assert paired_se(0, 2, 4) == pytest.approx(np.sqrt(1 / 3 / 4))
+    assert paired_se(0, 0, 4) == 0.0                      # always agrees with the reference
+    ref = np.array([1, 1, 1, 1], bool)
+    cand = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    lb = accuracy_lower_bound(cand, ref, z=1.0)
+    assert lb[0] == pytest.approx(0.5 - np.sqrt(1 / 12)) and lb[1] == 1.0
+    assert accuracy_lower_bound(cand, ref, z=0.0).tolist() == [0.5, 1.0]
+
+
+def test_fit_cascade_margin_by_hand():
+    t = hand_table()
+    costs = np.array([1.0, 10.0])
+    # cheap alone: accuracy 0.5, bound 0.5 - 0.289 = 0.211 < 0.5 -> escalate with the margin
+    assert fit_cascade(t, costs, target=0.5).stages == [0]
+    fit = fit_cascade(t, costs, target=0.5, z=1.0)
+    assert fit.stages == [0, 1] and fit.val_se == 0.0 and fit.z == 1.0
+    assert fit.val_cost == pytest.approx(6.0)
+    # a target the bound of cheap alone meets
+    assert fit_cascade(t, costs, target=0.2, z=1.0).stages == [0]
+
+
+def test_choose_threshold_margin_by_hand():
+    # model 0 cheap, model 1 the reference (always right); model 0 right on 3 of 4 samples
+    correct = np.array([[1, 1], [1, 1], [1, 1], [0, 1]], bool)
+    scores = np.array([[0.9, 1.0], [0.8, 1.0], [0.7, 1.0], [0.6, 1.0]], np.float32)
+    costs = np.array([1.0, 4.0])
+    tau, acc, cost = choose_threshold(scores, correct, costs, target=0.75, fallback=1)
+    assert acc == 0.75 and cost == 1.0                    # everything to the cheap model
+    tau, acc, cost = choose_threshold(scores, correct, costs, target=0.75, fallback=1, z=1.0)
+    assert acc == 1.0 and tau == pytest.approx(np.float16(0.7))  # the unsure one escalates
+
+
+def test_measured_costs_rank_models_by_work():
+    from router.execute import measure_ms_per_image, model_ms_per_image
+    torch.set_num_threads(1)
+    x = images(256)
+    small = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval()
+    big = nn.Sequential(nn.Flatten(), nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 2048),
+                        nn.ReLU(), nn.Linear(2048, 4)).eval()
+    ms = model_ms_per_image([small, big], [INFO, INFO], x, batch_size=64, rounds=3)
+    assert ms.shape == (2,) and 0 < ms[0] < ms[1]
+    with pytest.raises(RouterError, match="rounds"):
+        measure_ms_per_image([lambda: None], 1, rounds=0)
+
+
+def test_dispatcher_time_cap_picks_a_faster_arch():
+    from router.dispatcher import dispatcher_ms_per_image
+    torch.set_num_threads(1)
+    x = torch.randn(256, 1, 28, 28)
+    free = arch_within_budget(1, 28, 10, max_macs=2e6)
+    free_ms = dispatcher_ms_per_image(free, x)
+    capped = arch_within_budget(1, 28, 10, max_macs=2e6, max_ms=free_ms / 4, time_images=x)
+    assert dispatcher_macs(capped) < dispatcher_macs(free)
+    with pytest.raises(RouterError, match="time_images"):
+        arch_within_budget(1, 28, 10, max_macs=2e6, max_ms=1.0)
