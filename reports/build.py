@@ -73,13 +73,21 @@ def _summary_lines(s: Summary) -> list[str]:
     else:
         lines.append(f"Best deployable router at {100 * SUMMARY_SACRIFICE:g}% sacrifice: none "
                      f"({s.router_note}).")
+        ips = s.best_single_images_per_second
         if s.missed:
             m = s.missed
-            speed = (f", {float(m['images_per_second']) / s.best_single_images_per_second:.2f}x "
-                     "the best single model's speed" if s.best_single_images_per_second else "")
-            lines.append(f"Fastest deployable router there, which missed its budget: "
-                         f"{m['method']} at {100 * float(m['accuracy']):.2f}% test accuracy"
-                         f"{speed}.")
+            target = (f" against a target of {100 * float(m['target_accuracy']):.2f}%"
+                      if m.get("target_accuracy") is not None else "")
+            speed = (f", {float(m['images_per_second']) / ips:.2f}x the best single model's "
+                     "images/s" if ips else "")
+            lines.append(f"Closest to its budget at {100 * SUMMARY_SACRIFICE:g}%: {m['method']} "
+                         f"with {100 * float(m['accuracy']):.2f}% test accuracy{target}{speed}.")
+        if s.first_held:
+            f = s.first_held
+            speed = f", {float(f['images_per_second']) / ips:.2f}x faster" if ips else ""
+            lines.append(f"Smallest sacrifice at which a deployable router held its budget: "
+                         f"{100 * float(f['sacrifice']):g}%, {f['method']} with "
+                         f"{100 * float(f['accuracy']):.2f}% test accuracy{speed}.")
     if s.oracle_bound and s.oracle_speedup is not None:
         o = s.oracle_bound
         lines.append(f"Bound at {100 * SUMMARY_SACRIFICE:g}%: the label oracle {o['method']} "
@@ -164,7 +172,9 @@ def _confusion_section(b: _Builder, art: RunArtifacts, summary: Summary) -> Sect
                                                  f"Best single model: {summary.best_single}")
         b.figure(sec, "confusion_best_single", f"Best single model ({summary.best_single})",
                  disp.plot())
-    row = summary.router
+    row, missed = summary.router, False
+    if row is None and summary.missed is not None:
+        row, missed = summary.missed, True      # the router that came closest to its budget
     if art.router_predictions is None:
         b.skip(sec, "Router confusion matrix", "results/router_predictions.npz is absent")
     elif row is None:
@@ -178,7 +188,8 @@ def _confusion_section(b: _Builder, art: RunArtifacts, summary: Summary) -> Sect
             raise ValueError(f"router_predictions.npz holds {preds.shape[0]} predictions but the "
                              f"test table has {art.test.n_samples}; re-run `evaluate-routers`")
         else:
-            title = f"Router: {row['method']} at {100 * float(row['sacrifice']):g}%"
+            title = (f"Router: {row['method']} at {100 * float(row['sacrifice']):g}%"
+                     + (" (missed its budget)" if missed else ""))
             disp = ConfusionDisplay.from_predictions(art.test.labels, preds, names, title)
             b.figure(sec, "confusion_best_router", title, disp.plot())
     return sec
@@ -203,13 +214,16 @@ def _zoo_section(b: _Builder, art: RunArtifacts) -> Section:
 
 def _compression_section(b: _Builder, art: RunArtifacts) -> Section:
     sec = Section("Compression")
+    baselines = {"base"}
+    if art.compression is not None:
+        baselines |= set(art.compression["base"].astype(str))
     builds: list[tuple[str, str, Any, Callable[[pd.DataFrame], Any]]] = [
         ("compression.csv", "compression_bars", art.compression,
          lambda f: CompressionBarsDisplay.from_frame(f).plot()),
         ("prune_sweep.csv", "prune_sweep", art.prune_sweep,
          lambda f: PruneSweepDisplay.from_frame(f).plot()),
         ("weight_hist.csv", "weight_hist", art.weight_hist,
-         lambda f: WeightHistDisplay.from_frame(f).plot())]
+         lambda f: WeightHistDisplay.from_frame(f, baselines).plot())]
     captions = {"compression_bars": "Size, params, MACs, latency, accuracy vs baseline",
                 "prune_sweep": "Accuracy and throughput vs pruning level",
                 "weight_hist": "Weight-value histograms"}

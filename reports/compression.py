@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -116,22 +116,35 @@ class CompressionBarsDisplay:
         return self
 
     @staticmethod
-    def _accuracy_panel(ax: Any, part: pd.DataFrame, base: np.ndarray, y: np.ndarray) -> None:
+    def _accuracy_panel(ax: Any, part: pd.DataFrame, base: np.ndarray, y: np.ndarray,
+                        window: float = 15.0) -> None:
+        """Points on a zoomed axis; a variant more than ``window`` points below the baseline
+        (a broken one) sits on the left edge as a triangle, its value still printed."""
         acc = 100 * part["value"].to_numpy(dtype=float)
         ref = acc[base][0] if base.any() else np.nan
-        ax.scatter(acc, y, color=["dimgray" if b else "tab:blue" for b in base], zorder=3)
+        finite = acc[np.isfinite(acc)]
+        if not len(finite):
+            return
+        lo = max(finite.min(), ref - window) if np.isfinite(ref) else finite.min()
+        hi = finite.max()
+        pad = max(0.5, 0.08 * (hi - lo))
+        left = lo - pad
+        off = np.isfinite(acc) & (acc < left)
+        shown = np.where(off, left, acc)
+        colours = np.array(["dimgray" if b else "tab:blue" for b in base])
+        ax.scatter(shown[~off], y[~off], color=colours[~off], zorder=3)
+        if off.any():
+            ax.scatter(shown[off], y[off], color=colours[off], marker="<", zorder=3,
+                       clip_on=False)
         if np.isfinite(ref):
             ax.axvline(ref, color="dimgray", linestyle="--", linewidth=1)
-        for yi, a, b in zip(y, acc, base):
+        for yi, a, x, b, o in zip(y, acc, shown, base, off):
             if np.isfinite(a):
                 delta = "" if b or not np.isfinite(ref) else f" ({a - ref:+.1f})"
-                ax.annotate(f"{a:.1f}{delta}", (a, yi), xytext=(4, 0), textcoords="offset points",
-                            va="center", fontsize=6.5)
-        finite = acc[np.isfinite(acc)]
-        if len(finite):
-            lo, hi = finite.min(), finite.max()
-            pad = max(0.5, 0.15 * (hi - lo))
-            ax.set_xlim(lo - pad, hi + 3 * pad)
+                ax.annotate(f"{a:.1f}{delta}" + (", off scale" if o else ""), (x, yi),
+                            xytext=(4, 0), textcoords="offset points", va="center",
+                            fontsize=6.5)
+        ax.set_xlim(left, hi + 4 * pad)
         ax.set_xlabel("% (points vs baseline in brackets)")
 
 
@@ -218,15 +231,17 @@ class WeightHistDisplay:
     """Weight-value histograms, one small multiple per variant (log counts, shared x)."""
 
     frame: pd.DataFrame
+    baselines: frozenset[str] = frozenset({"base"})   # variant names drawn grey
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "WeightHistDisplay":
+    def from_frame(cls, frame: pd.DataFrame,
+                   baselines: Iterable[str] = ("base",)) -> "WeightHistDisplay":
         if frame.empty:
             raise ValueError("weight_hist.csv has no rows; re-run `compress`")
         bad = frame[frame["bin_right"] < frame["bin_left"]]
         if not bad.empty:
             raise ValueError(f"weight_hist.csv has {len(bad)} bins with bin_right < bin_left")
-        return cls(frame)
+        return cls(frame, frozenset(str(b) for b in baselines))
 
     @property
     def data_(self) -> pd.DataFrame:
@@ -241,7 +256,7 @@ class WeightHistDisplay:
         for ax, variant in zip(axes.ravel(), variants):
             part = self.frame[self.frame["variant"].astype(str) == variant]
             ax.bar(part["bin_left"], part["count"], width=part["bin_right"] - part["bin_left"],
-                   align="edge", color="dimgray" if variant == "base" else "tab:blue",
+                   align="edge", color="dimgray" if variant in self.baselines else "tab:blue",
                    edgecolor="none")
             if (part["count"] > 0).any():
                 ax.set_yscale("log")
@@ -250,7 +265,8 @@ class WeightHistDisplay:
             ax.set_ylabel("count (log)")
         for ax in axes.ravel()[len(variants):]:
             ax.set_visible(False)
-        fig.suptitle("Weight values of every conv and linear layer, per variant (dequantized)",
-                     fontsize=10)
+        fig.suptitle("Weight values of every conv and linear layer, per variant (dequantized; "
+                     "bins span the baseline's range, the two outer bins hold everything beyond)",
+                     fontsize=9)
         self.axes_, self.figure_ = axes, fig
         return self

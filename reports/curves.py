@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,20 @@ METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "accuracy (%)", "precision": "precision, macro (%)",
                  "recall": "recall, macro (%)", "f1": "F1, macro (%)"}
 FAMILY_ORDER = ("cascade", "dispatcher", "oracle", "oracle-executed", "random")
-SACRIFICE_LABEL = "sacrifice budget s (% points of accuracy)"
+SACRIFICE_LABEL = "sacrifice budget s (accuracy points; levels evenly spaced)"
+
+
+def level_axis(ax: Any, frame: pd.DataFrame) -> Callable[[Any], np.ndarray]:
+    """Evenly spaced sacrifice levels (0, 0.5, 1, 2, 5, 10 % would crowd the small ones on a
+    linear axis); returns the map from sacrifice fractions to x positions."""
+    levels = np.sort(frame["sacrifice"].dropna().astype(float).unique())
+
+    def xmap(values: Any) -> np.ndarray:
+        v = np.asarray(values, dtype=float)
+        return np.interp(v, levels, np.arange(len(levels))) if len(levels) > 1 else v * 0
+
+    ax.set_xticks(np.arange(len(levels)), [f"{100 * v:g}%" for v in levels])
+    return xmap
 
 
 def routed_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -57,7 +70,7 @@ def _method_order(rows: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _draw_methods(ax: Any, rows: pd.DataFrame, x: str, y: str, scale: float = 1.0,
-                  xscale: float = 100.0) -> None:
+                  xmap: Callable[[Any], Any] | None = None) -> None:
     """One line per method over its sacrifice levels, styled by family."""
     pairs = _method_order(rows)
     colors = style.method_colors(m for m, _ in pairs)
@@ -66,17 +79,20 @@ def _draw_methods(ax: Any, rows: pd.DataFrame, x: str, y: str, scale: float = 1.
             "sacrifice", kind="stable")
         if part.empty:
             continue
-        ax.plot(xscale * part[x], scale * part[y], label=style.method_label(method, family),
+        xs = part[x].to_numpy(dtype=float)
+        ax.plot(xmap(xs) if xmap else xs, scale * part[y],
+                label=style.method_label(method, family),
                 **style.method_line_kw(method, family, colors[method]))
 
 
-def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1.0) -> None:
+def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1.0,
+                     xmap: Callable[[Any], Any] | None = None) -> None:
     """Best single model (horizontal) and the per-sample ceilings (a line, or a curve where a
     ceiling method has several values over the sacrifice levels)."""
     best = best_single_row(frame)
     if best is not None and column in best and np.isfinite(best[column]):
         ax.axhline(scale * best[column], label=f"best single model ({model_of(best)})",
-                   **style.REFERENCE_STYLE["best-single"])
+                   zorder=1.6, **style.REFERENCE_STYLE["best-single"])
     if column not in frame.columns:
         return
     for method, part in ceiling_rows(frame).groupby("method", sort=False):
@@ -85,14 +101,17 @@ def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1
             continue
         label = f"{method} (per-sample oracle, bound)"
         if vals[column].nunique() > 1:
-            ax.plot(100 * vals["sacrifice"], scale * vals[column], marker="*", label=label,
+            xs = vals["sacrifice"].to_numpy(dtype=float)
+            ax.plot(xmap(xs) if xmap else 100 * xs, scale * vals[column], marker="*",
+                    label=label, zorder=1.6,
                     **{**style.REFERENCE_STYLE["ceiling"], "linestyle": "-."})
         else:
-            ax.axhline(scale * float(vals[column].iloc[0]), label=label,
+            ax.axhline(scale * float(vals[column].iloc[0]), label=label, zorder=1.6,
                        **style.REFERENCE_STYLE["ceiling"])
 
 
-def _target_line(ax: Any, frame: pd.DataFrame, scale: float = 100.0) -> None:
+def _target_line(ax: Any, frame: pd.DataFrame, scale: float = 100.0,
+                 xmap: Callable[[Any], Any] | None = None) -> None:
     """The accuracy each level promises: the best single model's test accuracy minus s."""
     if "target_accuracy" in frame.columns and frame["target_accuracy"].notna().any():
         t = frame.dropna(subset=["target_accuracy", "sacrifice"]).groupby("sacrifice")[
@@ -104,7 +123,8 @@ def _target_line(ax: Any, frame: pd.DataFrame, scale: float = 100.0) -> None:
         levels = np.sort(frame["sacrifice"].dropna().unique())
         t = pd.Series(float(best["accuracy"]) - levels, index=levels)
     if len(t):
-        ax.plot(100 * t.index.to_numpy(dtype=float), scale * t.to_numpy(dtype=float),
+        xs = t.index.to_numpy(dtype=float)
+        ax.plot(xmap(xs) if xmap else 100 * xs, scale * t.to_numpy(dtype=float), zorder=1.6,
                 color="gray", linewidth=0.9, linestyle=(0, (1, 1)),
                 label="target: best single - s")
 
@@ -169,10 +189,11 @@ class SacrificeMetricsDisplay:
         fig, axes = style.new_figure(4.3 * ncols + 2.8, 3.1 * nrows, nrows, ncols)
         rows = self._rows()
         for ax, metric in zip(axes.ravel(), self.metrics):
-            _draw_methods(ax, rows, "sacrifice", metric, scale=100.0)
-            _reference_lines(ax, self.frame, metric, scale=100.0)
+            xmap = level_axis(ax, self.frame)
+            _draw_methods(ax, rows, "sacrifice", metric, scale=100.0, xmap=xmap)
+            _reference_lines(ax, self.frame, metric, scale=100.0, xmap=xmap)
             if metric == "accuracy":
-                _target_line(ax, self.frame)
+                _target_line(ax, self.frame, xmap=xmap)
             ax.set_xlabel(SACRIFICE_LABEL)
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             ax.set_title(f"{metric} on test vs sacrifice")
@@ -215,8 +236,9 @@ class TimeDisplay:
         n_note = _timing_note(self.frame)
         for ax, col, label in ((axes[0, 0], "seconds", f"seconds for {n_note}"),
                                (axes[0, 1], "images_per_second", "images / s")):
-            _draw_methods(ax, rows, "sacrifice", col)
-            _reference_lines(ax, self.frame, col)
+            xmap = level_axis(ax, self.frame)
+            _draw_methods(ax, rows, "sacrifice", col, xmap=xmap)
+            _reference_lines(ax, self.frame, col, xmap=xmap)
             ax.set_xlabel(SACRIFICE_LABEL)
             ax.set_ylabel(label)
             values = pd.concat([rows[col], self.data_[col]])
@@ -224,7 +246,7 @@ class TimeDisplay:
                 ax.set_ylabel(f"{label} (log scale)")
             else:
                 ax.set_ylim(bottom=0)
-            style.human_axis(ax, "y") if col == "images_per_second" else None
+            style.human_axis(ax, "y", None if col == "images_per_second" else "{:g}".format)
         axes[0, 0].set_title("measured time (lower is faster)")
         axes[0, 1].set_title("measured throughput (higher is faster)")
         _shared_legend(fig, axes.ravel())
@@ -234,12 +256,15 @@ class TimeDisplay:
 
 def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
                  fontsize: float = 6.5, avoid: np.ndarray | None = None,
+                 occupied: list[tuple[float, float, float, float]] | None = None,
                  **kw: Any) -> list[Any]:
     """Label points without overlaps. Each label tries positions around its point, nearest
     first (right, left, then stepping up and down, then further out), and takes the first that
     clears the labels already placed, every point in ``avoid`` ((K, 2) data coordinates; the
     labelled points are always avoided) and the axes' edges. A thin leader line joins a label
-    that had to move away to its point. Call once the figure's layout and limits are final."""
+    that had to move away to its point. ``occupied`` (axes-fraction boxes) is avoided too and
+    receives the new labels' boxes, so several calls share one layout. Call once the figure's
+    layout and limits are final."""
     fig = ax.figure
     w_in, h_in = fig.get_size_inches() * np.array(ax.get_position().size)
     char_w = 0.56 * fontsize / 72 / max(w_in, 1e-6)      # axes fraction per character
@@ -250,7 +275,7 @@ def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Seque
         [pts, to_axes.transform(np.asarray(avoid, dtype=float))])
     rx, ry = 0.006, 0.6 * line_h          # half-size of a marker, axes fraction
     order = np.argsort(-pts[:, 1], kind="stable")
-    placed: list[tuple[float, float, float, float]] = []
+    placed: list[tuple[float, float, float, float]] = occupied if occupied is not None else []
     out: list[Any] = []
 
     def free(box: tuple[float, float, float, float]) -> bool:
@@ -305,6 +330,23 @@ class FrontierDisplay:
         keep = ["method", "family", "sacrifice", "accuracy", "images_per_second"]
         return self.frame[keep].dropna(subset=["accuracy", "images_per_second"]).copy()
 
+    @staticmethod
+    def _floor(singles: pd.DataFrame, rows: pd.DataFrame, ceil: pd.DataFrame,
+               best: pd.Series | None) -> float:
+        """Lower y limit (%): everything of interest plus a margin, or all singles if they are
+        not far below it."""
+        keep = [100 * rows["accuracy"], 100 * ceil["accuracy"]]
+        if best is not None and np.isfinite(best.get("accuracy", np.nan)):
+            keep.append(pd.Series([100 * float(best["accuracy"])]))
+        core = pd.concat(keep).dropna()
+        all_y = pd.concat([core, 100 * singles["accuracy"]]).dropna()
+        if core.empty:
+            return float(all_y.min()) if len(all_y) else 0.0
+        top = float(core.max())
+        floor = float(core.min()) - max(2.0, 0.25 * (top - float(core.min())))
+        # keep a single model on the axis when showing it costs less than doubling the range
+        return float(min(all_y.min(), floor)) if all_y.min() > floor - (top - floor) else floor
+
     def plot(self, ax: Any = None) -> "FrontierDisplay":
         if ax is None:
             fig, axes = style.new_figure(10.0, 6.0)
@@ -316,30 +358,28 @@ class FrontierDisplay:
         best_name = model_of(best) if best is not None else None
         singles = singles.drop_duplicates("model").assign(
             label=lambda d: d["model"].where(d["model"] != best_name, f"{best_name} (best single)"))
-        ax.scatter(singles["images_per_second"], 100 * singles["accuracy"], color="dimgray",
+        rows = routed_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
+        ceil = ceiling_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
+        # the y range covers the routers, the ceiling and the best single model; a single model
+        # far below it (a broken variant) is drawn on the bottom edge, marked off scale
+        lo = self._floor(singles, rows, ceil, best)
+        low = 100 * singles["accuracy"] < lo
+        shown_y = np.where(low, lo, 100 * singles["accuracy"])
+        singles = singles.assign(label=[f"{lab} ({100 * a:.1f}%, off scale)" if out else lab
+                                        for lab, a, out in zip(singles["label"],
+                                                               singles["accuracy"], low)])
+        ax.scatter(singles["images_per_second"][~low], shown_y[~low], color="dimgray",
                    marker="o", s=22, zorder=3, label="single models")
+        if low.any():
+            ax.scatter(singles["images_per_second"][low], shown_y[low], color="dimgray",
+                       marker="v", s=30, zorder=3, clip_on=False,
+                       label="single model below the axis (off scale)")
         if best_name in set(singles["model"]):
             b = singles[singles["model"] == best_name].iloc[0]
             ax.scatter([b["images_per_second"]], [100 * b["accuracy"]], s=90, zorder=2,
                        facecolors="none", edgecolors="black", linewidths=1.2,
                        label="best single model (reference)")
-        rows = routed_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
-        _draw_methods(ax, rows, "images_per_second", "accuracy", scale=100.0, xscale=1.0)
-        # the sacrifice level at each end of every deployable router's curve
-        for method, part in rows[rows["family"].isin(("cascade", "dispatcher"))].groupby("method"):
-            part = part.sort_values("sacrifice")
-            first, last = part.iloc[0], part.iloc[-1]
-            same = (np.isclose(first["images_per_second"], last["images_per_second"], rtol=0.01)
-                    and np.isclose(first["accuracy"], last["accuracy"], atol=5e-4))
-            ends = ([(first, f"{100 * first['sacrifice']:g}-{100 * last['sacrifice']:g}%")]
-                    if same and len(part) > 1 else
-                    [(r, f"{100 * r['sacrifice']:g}%") for r in
-                     ([first, last] if len(part) > 1 else [first])])
-            for r, text in ends:
-                ax.annotate(text, (r["images_per_second"], 100 * r["accuracy"]), xytext=(0, -9),
-                            textcoords="offset points", fontsize=5.5, color="0.35",
-                            ha="center")
-        ceil = ceiling_rows(self.frame).dropna(subset=["images_per_second", "accuracy"])
+        _draw_methods(ax, rows, "images_per_second", "accuracy", scale=100.0)
         for method, part in ceil.groupby("method", sort=False):
             part = part.drop_duplicates(["images_per_second", "accuracy"])
             ax.plot(part["images_per_second"], 100 * part["accuracy"], marker="*",
@@ -362,18 +402,41 @@ class FrontierDisplay:
         ax.margins(x=0.08, y=0.06)
         ax.autoscale_view()
         ax.set_xlim(ax.get_xlim())
-        ax.set_ylim(ax.get_ylim())
+        ax.set_ylim(lo if low.any() else ax.get_ylim()[0], ax.get_ylim()[1])
         if ax is ax.figure.axes[0] and len(ax.figure.axes) == 1:
             ax.figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper",
                              fontsize=6.5)
         else:
             ax.legend(fontsize=6.5)
         ax.figure.draw_without_rendering()   # final layout, so labels can be placed in it
-        others = pd.concat([rows, ceil])[["images_per_second", "accuracy"]].to_numpy(float)
+        xy = np.array([1.0, 100.0])
+        others = pd.concat([rows, ceil])[["images_per_second", "accuracy"]].to_numpy(float) * xy
+        occupied: list[tuple[float, float, float, float]] = []
         self.point_labels_ = place_labels(ax, singles["images_per_second"].to_numpy(float),
-                                          100 * singles["accuracy"].to_numpy(float),
-                                          list(singles["label"]),
-                                          avoid=others * np.array([1.0, 100.0]))
+                                          shown_y.astype(float), list(singles["label"]),
+                                          avoid=others, occupied=occupied)
+        # the sacrifice level at each end of every deployable router's curve
+        ends_x, ends_y, ends_t = [], [], []
+        for method, part in rows[rows["family"].isin(("cascade", "dispatcher"))].groupby("method"):
+            part = part.sort_values("sacrifice")
+            first, last = part.iloc[0], part.iloc[-1]
+            same = (np.isclose(first["images_per_second"], last["images_per_second"], rtol=0.01)
+                    and np.isclose(first["accuracy"], last["accuracy"], atol=5e-4))
+            if same or len(part) == 1:
+                ends = [(first, f"{100 * first['sacrifice']:g}%" if len(part) == 1 else
+                         f"{100 * first['sacrifice']:g}-{100 * last['sacrifice']:g}%")]
+            else:
+                ends = [(first, f"{100 * first['sacrifice']:g}%"),
+                        (last, f"{100 * last['sacrifice']:g}%")]
+            for r, text in ends:
+                ends_x.append(float(r["images_per_second"]))
+                ends_y.append(100 * float(r["accuracy"]))
+                ends_t.append(f"s={text}")
+        pts = np.column_stack([singles["images_per_second"].to_numpy(float),
+                               shown_y.astype(float)])
+        self.level_labels_ = place_labels(ax, ends_x, ends_y, ends_t, fontsize=5.5,
+                                          avoid=np.vstack([others, pts]) if len(others) else pts,
+                                          occupied=occupied, color="0.3")
         self.ax_, self.figure_ = ax, ax.figure
         return self
 

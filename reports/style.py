@@ -115,11 +115,25 @@ def human(value: float, unit: str = "") -> str:
     return f"{value:.3g}{unit}"
 
 
-def human_axis(ax: Any, axis: str = "x") -> None:
-    """Tick labels as ``human`` numbers (no 1e6 offset text)."""
+def _is_2_or_5(v: float) -> bool:
+    """A tick value whose leading digit is 2 or 5 (0.2, 50, 2000...)."""
+    import math
+    if v <= 0:
+        return False
+    mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+    return min(abs(mantissa - 2), abs(mantissa - 5)) < 1e-6
+
+
+def human_axis(ax: Any, axis: str = "x", fmt: Any = None) -> None:
+    """Tick labels as ``human`` numbers (no 1e6 offset text, no 10^k); on a log axis the 2x and
+    5x minor ticks are labelled too. ``fmt`` replaces ``human`` (e.g. ``"{:g}".format``)."""
     from matplotlib.ticker import FuncFormatter
-    fmt = FuncFormatter(lambda v, _pos: human(v) if v else "0")
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(fmt)
+    text = fmt or (lambda v: human(v) if v else "0")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: text(v)))
+    if (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log":
+        target.set_minor_formatter(FuncFormatter(
+            lambda v, _pos: text(v) if _is_2_or_5(v) else ""))
 
 
 def apply_theme() -> None:

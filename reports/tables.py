@@ -134,7 +134,8 @@ class Summary:
     router_note: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     router_threads: int | None = None           # threads recorded with the routers' timing
-    missed: dict[str, Any] | None = None        # fastest deployable router that missed its budget
+    missed: dict[str, Any] | None = None        # deployable router closest to its budget
+    first_held: dict[str, Any] | None = None    # best held router at the next level that has one
     oracle_bound: dict[str, Any] | None = None  # fastest executed label oracle that held it
     oracle_speedup: float | None = None
 
@@ -201,8 +202,15 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
         missed = at[at["family"].isin(DEPLOYABLE_FAMILIES)
                     & at["budget_held"].map(lambda v: _is(v, False))].dropna(
             subset=["images_per_second"])
-        if not missed.empty:
-            s.missed = _clean(missed.sort_values("images_per_second", ascending=False).iloc[0])
+        if not missed.empty:   # the one that came closest to its target (then the faster)
+            s.missed = _clean(missed.sort_values(["accuracy", "images_per_second"],
+                                                 ascending=False, kind="stable").iloc[0])
+        for level in sorted(float(v) for v in art.routers["sacrifice"].dropna().unique()):
+            if level > sacrifice + 1e-12:
+                held_row, _ = pick_router(art.routers, level)
+                if held_row is not None:
+                    s.first_held = _clean(held_row)
+                    break
     if held is not None:
         oracles = at[(at["family"] == "oracle-executed") & held].dropna(
             subset=["images_per_second"])

@@ -207,6 +207,23 @@ def test_frontier_goes_log_when_rates_span_decades(tmp_path):
     assert time.axes_[0, 1].get_yscale() == "linear"   # routed rates span 2000..9000 only
 
 
+def test_broken_model_is_marked_off_scale_not_stretching_axes(tmp_path):
+    r = normalise_router_frame(hand_routers())
+    r.loc[r.method == "single:m_a", "accuracy"] = 0.10     # a broken variant, 10 %
+    front = FrontierDisplay.from_routers(r).plot()
+    assert front.ax_.get_ylim()[0] > 50                     # routers span 72-100 %
+    labels = [t.get_text() for t in front.point_labels_]
+    assert "m_a (10.0%, off scale)" in labels
+    check_saved(front, tmp_path / "front.png")
+    comp = pd.DataFrame([{"variant": "base", "base": "vgg", "size_mb": 4.0, "top1": 0.90},
+                         {"variant": "res-20", "base": "vgg", "size_mb": 4.0, "top1": 0.13},
+                         {"variant": "int8", "base": "vgg", "size_mb": 1.0, "top1": 0.89}])
+    bars = CompressionBarsDisplay.from_frame(comp).plot()
+    acc_ax = bars.axes_.ravel()[1]
+    assert acc_ax.get_xlim()[0] > 70
+    assert "13.0 (-77.0), off scale" in [t.get_text() for t in acc_ax.texts]
+
+
 def test_one_colour_per_rule_across_figures():
     c = style.method_colors(["oracle-budget", "oracle-budget-executed", "random~oracle-budget",
                              "cascade", "random~cascade", "my-router", "random~my-router"])
@@ -283,8 +300,14 @@ def test_summary_picks_fastest_held_deployable_router(tmp_path):
     assert row is None and "held" in note
     art.routers = none_held
     s = summarize(art)
-    assert s.router is None and s.missed["method"] == "dispatcher-label"   # fastest, 9000/s
-    assert s.oracle_bound is None
+    # closest to its target: cascade (86.5 %), not the faster dispatcher (70 %)
+    assert s.router is None and s.missed["method"] == "cascade"
+    assert s.oracle_bound is None and s.first_held is None
+    held_at_5 = none_held.assign(budget_held=np.isclose(none_held.sacrifice, 0.05))
+    art.routers = held_at_5
+    s = summarize(art)
+    # at 5 % both held: the faster one (dispatcher-label, 9000/s) is the best there
+    assert s.first_held["method"] == "dispatcher-label" and s.first_held["sacrifice"] == 0.05
 
 
 def test_router_tables():
