@@ -24,7 +24,7 @@ table{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3}td.t{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
-figure a{display:block}
+figure>a{display:block}.scroll{overflow-x:auto;max-width:100%}
 figcaption{font-size:.85em;color:#555}.note{background:#fff7e0;border-left:4px solid #e0a800;
 padding:.4em .8em;margin:.5em 0}.summary{background:#eef6ff;padding:.6em 1.2em;
 border-left:4px solid #2a6fdb}
@@ -74,7 +74,8 @@ def table_html(frame: pd.DataFrame) -> str:
             cls = ' class="t"' if isinstance(v, str) else ""
             cells.append(f"<td{cls}>{escape(format_value(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _section_html(s: Section) -> str:

@@ -194,6 +194,10 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
     single = _single_row(art.routers, s.best_single)
     if single is not None:
         s.best_single_images_per_second = float(single["images_per_second"])
+    if "threads" in art.routers.columns:
+        threads = pd.to_numeric(art.routers["threads"], errors="coerce").dropna().unique()
+        if len(threads) == 1:
+            s.router_threads = int(threads[0])
     row, s.router_note = pick_router(art.routers, sacrifice)
     at = art.routers[np.isclose(art.routers["sacrifice"].astype(float), sacrifice)]
     has_held = "budget_held" in at.columns
@@ -222,8 +226,6 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
                                     / s.best_single_images_per_second)
     if row is not None:
         s.router = _clean(row)
-        if "threads" in row and pd.notna(row["threads"]):
-            s.router_threads = int(row["threads"])
         if s.best_single_images_per_second:
             s.router_speedup = float(row["images_per_second"]) / s.best_single_images_per_second
     return s
