@@ -202,7 +202,7 @@ def _router_payload(router: Router) -> dict[str, Any]:
                 "label_to_model": (None if router.label_to_model is None
                                    else router.label_to_model.tolist()),
                 "threshold": router.threshold, "fallback": router.fallback,
-                "macs": router.macs_per_image}
+                "macs": router.network_macs}
     if isinstance(router, CascadeRouter):
         return {"kind": "cascade", "stages": router.stages, "thresholds": router.thresholds}
     raise RouterError(f"only dispatchers and cascades save as artifacts, not {type(router).__name__}"
@@ -224,6 +224,8 @@ def _router_from_payload(r: dict[str, Any], names: list[str], info: DatasetInfo)
 def _needed_models(router: Router, n: int) -> set[int]:
     if isinstance(router, CascadeRouter):
         return set(router.stages)
+    if isinstance(router, Dispatcher) and router.constant_choice is not None:
+        return {router.constant_choice}
     if isinstance(router, Dispatcher) and router.mode == "label":
         return {int(m) for m in router.label_to_model}
     return set(range(n))

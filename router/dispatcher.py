@@ -278,14 +278,17 @@ def sample_choice(scores: np.ndarray, threshold: float, order: np.ndarray,
 
 
 def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray, target: float,
-                     fallback: int, max_candidates: int = 400,
-                     z: float = 0.0) -> tuple[float, float, float]:
+                     fallback: int, max_candidates: int = 400, z: float = 0.0,
+                     router_cost: float = 0.0) -> tuple[float, float, float]:
     """Cheapest tau whose held-out accuracy >= ``target``: returns (tau, accuracy, cost).
 
     Candidates: quantiles of the held-out scores plus 1.01 (never trust a score: every input
     goes to ``fallback``, which reproduces the reference and so always meets its own accuracy
     minus a sacrifice). With ``z`` > 0 the held-out accuracy minus z paired standard errors of
     its difference to ``fallback`` (the reference) must meet the target (one-SE rule at z = 1).
+    ``router_cost`` (the network's own cost per image, in the units of ``costs``) is added to
+    every tau that runs the network; tau = 1.01 does not run it (``Dispatcher.constant_choice``),
+    so a dispatcher that cannot beat the reference alone becomes the reference alone.
     """
     if z < 0:
         raise RouterError(f"the margin z must be >= 0 standard errors, got {z}")
@@ -301,7 +304,7 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
     cost = np.empty(len(cand))
     for i, t in enumerate(cand):
         ch = first_confident(s, t, fallback, order=order)
-        right[i], cost[i] = correct[rows, ch], costs[ch].mean()
+        right[i], cost[i] = correct[rows, ch], costs[ch].mean() + (router_cost if t <= 1 else 0)
     accs = right.mean(axis=1)
     i = least_cost_meeting(accuracy_lower_bound(right, correct[:, fallback], z), cost, target)
     return float(cand[i]), float(accs[i]), float(cost[i])
@@ -342,7 +345,22 @@ class Dispatcher(Router):
                    threshold=threshold, fallback=fallback, macs=fit.macs)
 
     @property
+    def constant_choice(self) -> int | None:
+        """The one model every image goes to when the setting cannot depend on the image (a
+        label table naming one model, or tau above 1), else None. Such a dispatcher does not
+        run its network: it would only add its own time to the model's."""
+        if self.mode == "label":
+            models = np.unique(self.label_to_model)
+            return int(models[0]) if len(models) == 1 else None
+        return self.fallback if float(self.threshold) > 1.0 else None
+
+    @property
     def macs_per_image(self) -> int:
+        return 0 if self.constant_choice is not None else int(self._macs)
+
+    @property
+    def network_macs(self) -> int:
+        """The network's MACs per image (whether or not this setting runs it)."""
         return int(self._macs)
 
     def choose(self, scores: np.ndarray) -> np.ndarray:
@@ -352,6 +370,9 @@ class Dispatcher(Router):
         return sample_choice(scores, float(self.threshold), self.order, self.fallback)
 
     def route(self, images: torch.Tensor) -> np.ndarray:
+        const = self.constant_choice
+        if const is not None:
+            return np.full(len(images), const, dtype=np.int64)
         return self.choose(dispatcher_scores(self.net, images, self.info, self.mode,
                                              self.batch_size).numpy())
 

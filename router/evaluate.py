@@ -15,7 +15,8 @@ most accurate single model on val):
 Metrics of routed methods come from the test table given each router's decisions on the whole
 test split (dispatcher decisions by running it, cascade decisions by simulation at table
 precision). Timing runs the routed classifier for real on the first ``timing_samples`` test
-images (warm-up, median of repeats, threads fixed); ``agree_with_table`` checks that executed
+images (a first run gives the answers and warms up; then every distinct routing is timed
+round-robin, median of repeats, threads fixed); ``agree_with_table`` checks that executed
 answers equal the table's. With ``timing_samples`` >= N the executed answers are scored directly.
 """
 from __future__ import annotations
@@ -40,8 +41,8 @@ from router.base import AssignmentRouter, ConstantRouter, Router, RouterError
 from router.cascade import CascadeRouter, cascade_candidates, select_cascade, simulate_cascade
 from router.dispatcher import Dispatcher, DispatcherConfig, DispatcherFit, choose_threshold, \
     dispatcher_ms_per_image, fit_dispatcher
-from router.execute import ExecResult, Timing, benchmark, execute_cascade, execute_routed, \
-    model_ms_per_image
+from router.execute import ExecResult, Timing, benchmark_interleaved, execute_cascade, \
+    execute_routed, model_ms_per_image
 from zoo.checkpoint import load_model
 from zoo.data import DatasetInfo, ImageSet, normalize, prepare_data
 from zoo.rundir import RunDir
@@ -224,25 +225,35 @@ def _l2m(policy, n_classes: int) -> np.ndarray:
 # ---- the evaluation -----------------------------------------------------------------------
 
 class _Timer:
-    """Executes and times each distinct routing once (identical settings share a timing)."""
+    """Runs each distinct routing once now (answers, and a first warm-up), times them all later.
+
+    ``time``/``routed`` return ``(result, key)``: the answers right away; identical settings
+    share a key. ``measure`` then times every key round-robin (``benchmark_interleaved``):
+    ``warmup - 1`` more untimed rounds, then ``repeats`` timed rounds, median per key.
+    """
 
     def __init__(self, inp: RunInputs, cfg: EvalConfig):
         self.inp, self.cfg = inp, cfg
         n = inp.test.n_samples
         self.k = n if cfg.timing_samples is None else min(n, int(cfg.timing_samples))
         self.x = inp.test_images[:self.k]
-        self.cache: dict[Any, tuple[ExecResult, Timing]] = {}
+        self.runs: dict[Any, Callable[[], ExecResult]] = {}
+        self.results: dict[Any, ExecResult] = {}
 
-    def time(self, key: Any, run: Callable[[torch.Tensor], ExecResult]) -> tuple[ExecResult, Timing]:
-        if key not in self.cache:
-            self.cache[key] = benchmark(lambda: run(self.x), self.k, warmup=self.cfg.warmup,
-                                        repeats=self.cfg.repeats)
-        return self.cache[key]
+    def time(self, key: Any, run: Callable[[torch.Tensor], ExecResult]) -> tuple[ExecResult, Any]:
+        if key not in self.runs:
+            self.runs[key] = lambda: run(self.x)
+            self.results[key] = self.runs[key]()
+        return self.results[key], key
 
-    def routed(self, key: Any, make_router: Callable[[slice], Router]) -> tuple[ExecResult, Timing]:
+    def routed(self, key: Any, make_router: Callable[[slice], Router]) -> tuple[ExecResult, Any]:
         inp, bs = self.inp, self.cfg.batch_size
         return self.time(key, lambda x: execute_routed(make_router(slice(0, len(x))), x,
                                                        inp.models, inp.infos, bs))
+
+    def measure(self) -> dict[Any, Timing]:
+        return benchmark_interleaved(self.runs, self.k, warmup=max(0, self.cfg.warmup - 1),
+                                     repeats=self.cfg.repeats, progress=self.cfg.progress)
 
 
 def evaluate_run(run: str | Path, config: EvalConfig | None = None,
@@ -274,7 +285,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     rd = RunDir(inp.root)
     log(f"evaluate-routers: {M} models, {val.n_samples} val / {N} test images, reference "
         f"{names[ref]} (val {ref_val_acc:.4f}, test {ref_test_acc:.4f}), threads {cfg.threads}, "
-        f"timing on {timer.k} test images x {cfg.repeats} repeats after {cfg.warmup} warm-up")
+        f"timing on {timer.k} test images x {cfg.repeats} interleaved repeats after {cfg.warmup} "
+        "warm-up")
 
     # ---- fit what does not depend on the level (val only) ---------------------------------
     budget_macs = float(inp.macs.min()) / 4.0
@@ -289,13 +301,14 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                        if cfg.costs == "measured" else "costs.json") + ", ms/image): "
         + ", ".join(f"{n} {c:.3f}" for n, c in zip(names, cvec)))
     disp: dict[str, DispatcherFit] = {}
+    disp_ms: dict[str, float] = {}
     time_x = normalize(inp.val_images[:1024], inp.info)
     for mode in ("label", "sample"):
         t0 = time.perf_counter()
         disp[mode] = fit_dispatcher(mode, inp.val_images, val, inp.info, budget_macs,
                                     cfg.dispatcher, max_ms=max_ms)
         h = disp[mode].history[-1] if disp[mode].history else {}
-        d_ms = dispatcher_ms_per_image(disp[mode].arch, time_x)
+        d_ms = disp_ms[mode] = dispatcher_ms_per_image(disp[mode].arch, time_x)
         fits[f"dispatcher_{mode}"] = {"arch": disp[mode].arch.to_dict(), "macs": disp[mode].macs,
                                       "ms_per_image": d_ms,
                                       "time_cap_met": max_ms is None or d_ms <= max_ms,
@@ -327,10 +340,10 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     preds_out: dict[tuple[str, float], np.ndarray] = {}
     chosen_out: dict[tuple[str, float], np.ndarray] = {}
     rng = np.random.default_rng(cfg.seed)
-    best_ips: list[float] = []
+    pending: list[tuple[dict[str, Any], Any]] = []     # rows whose timing is measured at the end
 
     def emit(method: str, family: str, s: float, chosen: np.ndarray,
-             timed: tuple[ExecResult, Timing] | None, *, expected_ms: float | None = None,
+             timed: tuple[ExecResult, Any] | None, *, expected_ms: float | None = None,
              router_macs: int = 0, routing_accuracy: float | None = None,
              val_accuracy: float | None = None, settings: dict | None = None,
              stages: Sequence[int] | None = None, random_of: bool = True) -> dict[str, Any]:
@@ -338,8 +351,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         preds = test.preds[rows_idx, chosen]
         agree = None
         if timed is not None:
-            res, tm = timed
-            k = tm.n_samples
+            res = timed[0]
+            k = len(res.preds)
             agree = float((res.preds == preds[:k]).mean()) if k else None
             if k == N:
                 preds = res.preds
@@ -358,13 +371,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                     "val_accuracy": val_accuracy, "agree_with_table": agree, "n_samples": N,
                     "settings": json.dumps(settings or {}, sort_keys=True)})
         if timed is not None:
-            res, tm = timed
-            row.update({"seconds": tm.seconds, "images_per_second": tm.images_per_second,
-                        "router_seconds": tm.router_seconds, "router_share": tm.router_share,
-                        "timing_samples": tm.n_samples, "threads": tm.threads,
-                        "repeats": tm.repeats})
-            if best_ips:
-                row["speedup_vs_best"] = tm.images_per_second / best_ips[0]
+            pending.append((row, timed[1]))
         if random_of:
             _, q = random_matched(chosen, exp_ms, cvec, ref, rng)
             r_acc = float(q @ acc_test)
@@ -387,7 +394,6 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     singles = {}
     for m in tqdm(range(M), desc="time single models", disable=not cfg.progress, leave=False):
         singles[m] = timer.routed(("single", m), lambda sl, m=m: ConstantRouter(names, m))
-    best_ips.append(singles[ref][1].images_per_second)
     ceil_timed = timer.routed(("ceiling",), lambda sl: AssignmentRouter(
         names, ceiling_choice[sl], "per-sample-ceiling"))
 
@@ -422,25 +428,37 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
 
         deployable: list[tuple[dict[str, Any], np.ndarray, float]] = []
         # dispatcher, label mode: predicted label mapped through the oracle policy
+        # (if the policy's expected cost on val plus the network's own is not below the
+        # reference's, the dispatcher runs the reference alone and skips its network)
         pol = policies[cfg.label_policy]
         dl = Dispatcher.from_fit(disp["label"], cvec, policy=pol, fallback=ref)
+        skip = pol.cost(cvec) + disp_ms["label"] >= cvec[ref] and dl.constant_choice is None
+        if skip:
+            dl = Dispatcher("label", dl.net, dl.info, names, cvec,
+                            label_to_model=np.full(test.n_classes, ref), fallback=ref,
+                            macs=dl.network_macs)
         ch = dl.choose(label_scores_test)
         target_route = pol.route(test.labels)
         timed = timer.routed(("disp-label", tuple(dl.label_to_model)), lambda sl, r=dl: r)
         row = emit("dispatcher-label", "dispatcher", s, ch, timed, router_macs=dl.macs_per_image,
                    routing_accuracy=float((ch == target_route).mean()),
-                   settings={**dl.describe(), "policy": cfg.label_policy})
+                   expected_ms=_routed_ms(ch, cvec, dl, disp_ms["label"]),
+                   settings={**dl.describe(), "policy": cfg.label_policy,
+                             "network_skipped": dl.constant_choice is not None,
+                             "skipped_because_not_cheaper": bool(skip)})
         deployable.append((row, ch, row["expected_ms_per_image"]))
         saved[f"dispatcher-label@{s:g}"] = _save(routers_dir, "dispatcher-label", s, dl, inp, cfg)
         # dispatcher, sample mode: cheapest model predicted right with chance >= tau
         tau, h_acc, _ = choose_threshold(disp["sample"].holdout_scores, hold_correct, cvec,
-                                         hold_ref_acc - s, fallback=ref, z=cfg.margin_z)
+                                         hold_ref_acc - s, fallback=ref, z=cfg.margin_z,
+                                         router_cost=disp_ms["sample"])
         ds = Dispatcher.from_fit(disp["sample"], cvec, threshold=tau, fallback=ref)
         ch = ds.choose(sample_scores_test)
         timed = timer.routed(("disp-sample", tau), lambda sl, r=ds: r)
         row = emit("dispatcher-sample", "dispatcher", s, ch, timed, router_macs=ds.macs_per_image,
                    routing_accuracy=float((ch == ceiling_choice).mean()), val_accuracy=h_acc,
-                   settings=ds.describe())
+                   expected_ms=_routed_ms(ch, cvec, ds, disp_ms["sample"]),
+                   settings={**ds.describe(), "network_skipped": ds.constant_choice is not None})
         deployable.append((row, ch, row["expected_ms_per_image"]))
         saved[f"dispatcher-sample@{s:g}"] = _save(routers_dir, "dispatcher-sample", s, ds, inp, cfg)
         # cascade
@@ -460,6 +478,17 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         for row, ch, exp_ms in deployable:
             emit_random(row, ch, s, exp_ms)
 
+    # ---- timing: every distinct routing, round-robin, then the timed columns --------------
+    log(f"  timing {len(timer.runs)} distinct routings round-robin: {cfg.repeats} rounds on "
+        f"{timer.k} test images")
+    timings = timer.measure()
+    best_ips = timings[singles[ref][1]].images_per_second
+    for row, key in pending:
+        tm = timings[key]
+        row.update({"seconds": tm.seconds, "images_per_second": tm.images_per_second,
+                    "router_seconds": tm.router_seconds, "router_share": tm.router_share,
+                    "timing_samples": tm.n_samples, "threads": tm.threads,
+                    "repeats": tm.repeats, "speedup_vs_best": tm.images_per_second / best_ips})
     fits["seconds"] = time.perf_counter() - t_start
     fits["saved_routers"] = saved
     fits["threads"] = cfg.threads
@@ -468,6 +497,12 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     log(format_summary(rows))
     log(f"wrote {result.paths['csv']} and {result.paths['npz']} in {fits['seconds']:.0f}s")
     return result
+
+
+def _routed_ms(chosen: np.ndarray, cvec: np.ndarray, router: Dispatcher, net_ms: float) -> float:
+    """Expected ms per image a dispatcher pays: its models plus its network when it runs it."""
+    share = np.bincount(chosen, minlength=len(cvec)) / max(1, len(chosen))
+    return float(share @ cvec) + (0.0 if router.constant_choice is not None else net_ms)
 
 
 def _save(directory: Path, method: str, s: float, router: Router, inp: RunInputs,

@@ -13,11 +13,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from router.base import Router, RouterError, first_confident, table_precision
 from zoo.data import DatasetInfo, normalize
@@ -174,6 +175,37 @@ def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
                     n_samples=n_samples, threads=torch.get_num_threads(), repeats=repeats,
                     warmup=warmup, all_seconds=totals)
     return result, timing
+
+
+def benchmark_interleaved(runs: Mapping[Hashable, Callable[[], ExecResult]], n_samples: int, *,
+                          warmup: int = 0, repeats: int = 3,
+                          progress: bool = False) -> dict[Hashable, Timing]:
+    """Time many runs round-robin: each of ``repeats`` rounds runs every one once.
+
+    On a shared machine load comes in bursts; timing one method's repeats back to back lets a
+    burst land on one method only, which then looks several times slower than its neighbours.
+    Interleaving spreads any burst over all of them, and the median per method drops it.
+    ``warmup`` untimed rounds go first. Returns one ``Timing`` per key (the median total and
+    median router time over the rounds).
+    """
+    if repeats < 1 or warmup < 0:
+        raise RouterError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    totals: dict[Hashable, list[float]] = {k: [] for k in runs}
+    routers: dict[Hashable, list[float]] = {k: [] for k in runs}
+    for _ in tqdm(range(repeats), desc="timing rounds", disable=not progress, leave=False):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            res = run()
+            totals[k].append(time.perf_counter() - t0)
+            routers[k].append(res.router_seconds)
+    threads = torch.get_num_threads()
+    return {k: Timing(seconds=statistics.median(totals[k]),
+                      router_seconds=statistics.median(routers[k]), n_samples=n_samples,
+                      threads=threads, repeats=repeats, warmup=warmup, all_seconds=totals[k])
+            for k in runs}
 
 
 def measure_ms_per_image(runs: Sequence[Callable[[], object]], n_images: int, *,

@@ -345,3 +345,44 @@ def test_dispatcher_time_cap_picks_a_faster_arch():
     assert dispatcher_macs(capped) < dispatcher_macs(free)
     with pytest.raises(RouterError, match="time_images"):
         arch_within_budget(1, 28, 10, max_macs=2e6, max_ms=1.0)
+
+
+def test_benchmark_interleaved_runs_round_robin():
+    from router.execute import ExecResult, benchmark_interleaved
+    calls = []
+
+    def make(k):
+        def run():
+            calls.append(k)
+            return ExecResult(np.zeros(3, np.int64), np.zeros(3, np.int64), 1.0, 0.75)
+        return run
+    t = benchmark_interleaved({"a": make("a"), "b": make("b")}, 3, warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4                      # one warm-up round, three timed rounds
+    assert set(t) == {"a", "b"} and len(t["a"].all_seconds) == 3
+    assert t["a"].seconds == sorted(t["a"].all_seconds)[1]
+    assert t["b"].router_seconds == pytest.approx(0.25) and t["b"].warmup == 1
+
+
+def test_dispatcher_not_cheaper_than_the_reference_skips_its_network():
+    correct = np.array([[1, 1], [1, 1], [1, 1], [0, 1]], bool)
+    scores = np.array([[0.9, 1.0], [0.8, 1.0], [0.7, 1.0], [0.6, 1.0]], np.float32)
+    costs = np.array([1.0, 4.0])
+    # the network costs 2: routing (1 + 2 = 3) still beats the reference alone (4)
+    assert choose_threshold(scores, correct, costs, 0.75, fallback=1, router_cost=2.0)[2] == 3.0
+    # the network costs 5: 1 + 5 > 4, so tau goes above 1 and the cost is the reference's
+    tau, acc, cost = choose_threshold(scores, correct, costs, 0.75, fallback=1, router_cost=5.0)
+    assert tau > 1.0 and acc == 1.0 and cost == 4.0
+
+    class Exploding(nn.Module):
+        arch = None
+
+        def forward(self, x):
+            raise AssertionError("the network must not run")
+    net = Exploding()
+    d = Dispatcher("sample", net, INFO, ["a", "b"], costs, threshold=tau, fallback=1, macs=100)
+    assert d.constant_choice == 1 and d.macs_per_image == 0 and d.network_macs == 100
+    assert d.route(images(5)).tolist() == [1] * 5
+    dl = Dispatcher("label", net, INFO, ["a", "b"], costs, label_to_model=[0, 0, 0, 0], macs=100)
+    assert dl.constant_choice == 0 and dl.route(images(3)).tolist() == [0] * 3
+    mixed = Dispatcher("label", net, INFO, ["a", "b"], costs, label_to_model=[0, 1, 0, 0], macs=9)
+    assert mixed.constant_choice is None and mixed.macs_per_image == 9
