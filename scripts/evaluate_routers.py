@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dispatcher-time-share", type=float, default=0.25,
                    help="dispatcher ms/image at most this share of the fastest model's (0 = off; "
                         "the cap of 1/4 of the cheapest model's MACs always holds)")
-    p.add_argument("--dispatcher-epochs", type=int, default=20)
+    p.add_argument("--dispatcher-epochs", type=int, default=30,
+                   help="dispatcher training epochs at most (early stopping on the held-out part)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
     p.add_argument("--embed-models", action="store_true",
