@@ -112,7 +112,7 @@ def arch_within_budget(in_channels: int, input_size: int, n_outputs: int, max_ma
         raise RouterError("a time cap (max_ms) needs time_images to time the candidates on")
     fastest, fastest_ms = within[0], float("inf")
     for arch in within:
-        ms = dispatcher_ms_per_image(arch, time_images)
+        ms = dispatcher_ms_per_image(arch, time_images, rounds=7)
         if ms <= max_ms:
             return arch
         if ms < fastest_ms:
@@ -142,7 +142,7 @@ class DispatcherConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    patience: int = 4
+    patience: int | None = None   # None: run the whole one-cycle schedule, keep the best state
     holdout: float = 0.25
     seed: int = 0
     progress: bool = True
@@ -193,8 +193,9 @@ def dispatcher_scores(net: nn.Module, images: torch.Tensor, info: DatasetInfo, m
 def train_dispatcher(mode: str, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo,
                      arch: DispatcherArch, config: DispatcherConfig
                      ) -> tuple[DispatcherNet, np.ndarray, np.ndarray, list[dict[str, float]]]:
-    """Train on a seeded fit part, early-stop on the held-out part (best held-out loss kept;
-    patience counts only in the second half of the one-cycle schedule).
+    """Train on a seeded fit part; the state with the best held-out loss is kept (early
+    stopping by checkpoint selection; ``patience``, if set, may also end training, but only in
+    the second half of the one-cycle schedule, when the rate has come down).
 
     ``targets``: (N,) int64 labels for ``label``; (N, M) {0,1} correctness for ``sample``.
     Returns (net, fit positions, held-out positions, history).
@@ -242,8 +243,9 @@ def train_dispatcher(mode: str, images: torch.Tensor, targets: torch.Tensor, inf
         else:
             bad += 1
             # one-cycle LR peaks at 30% of the steps: the held-out loss is noisy until the
-            # rate comes down, so patience only stops training in the second half
-            if bad >= config.patience and epoch + 1 >= config.epochs / 2:
+            # rate comes down, so patience (if set) only stops training in the second half
+            if (config.patience is not None and bad >= config.patience
+                    and epoch + 1 >= config.epochs / 2):
                 break
     net.load_state_dict(best_state)
     return net.eval(), fit_idx, hold_idx, history
@@ -290,8 +292,9 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
     minus a sacrifice). With ``z`` > 0 the held-out accuracy minus z paired standard errors of
     its difference to ``fallback`` (the reference) must meet the target (one-SE rule at z = 1).
     ``router_cost`` (the network's own cost per image, in the units of ``costs``) is added to
-    every tau that runs the network; tau = 1.01 does not run it (``Dispatcher.constant_choice``),
-    so a dispatcher that cannot beat the reference alone becomes the reference alone.
+    every tau that runs the network; tau = 0 (the cheapest model for all) and tau = 1.01 (the
+    fallback for all) do not run it (``Dispatcher.constant_choice``), so a dispatcher that
+    cannot beat a single model with its own cost added becomes that model alone.
     """
     if z < 0:
         raise RouterError(f"the margin z must be >= 0 standard errors, got {z}")
@@ -301,13 +304,14 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
     if len(cand) > max_candidates:
         cand = np.unique(np.quantile(cand, np.linspace(0, 1, max_candidates)).astype(np.float16)
                          .astype(np.float32))
-    cand = np.concatenate([cand, [1.01]]).astype(np.float32)
+    cand = np.unique(np.concatenate([[0.0], cand, [1.01]]).astype(np.float32))
     rows = np.arange(len(s))
     right = np.empty((len(cand), len(s)), dtype=bool)
     cost = np.empty(len(cand))
     for i, t in enumerate(cand):
         ch = first_confident(s, t, fallback, order=order)
-        right[i], cost[i] = correct[rows, ch], costs[ch].mean() + (router_cost if t <= 1 else 0)
+        runs_net = 0.0 < t <= 1.0          # tau 0: the cheapest for all; above 1: the fallback
+        right[i], cost[i] = correct[rows, ch], costs[ch].mean() + (router_cost if runs_net else 0)
     accs = right.mean(axis=1)
     i = least_cost_meeting(accuracy_lower_bound(right, correct[:, fallback], z), cost, target)
     return float(cand[i]), float(accs[i]), float(cost[i])
@@ -350,12 +354,14 @@ class Dispatcher(Router):
     @property
     def constant_choice(self) -> int | None:
         """The one model every image goes to when the setting cannot depend on the image (a
-        label table naming one model, or tau above 1), else None. Such a dispatcher does not
+        label table naming one model, tau above 1 or tau 0), else None. Such a dispatcher does not
         run its network: it would only add its own time to the model's."""
         if self.mode == "label":
             models = np.unique(self.label_to_model)
             return int(models[0]) if len(models) == 1 else None
-        return self.fallback if float(self.threshold) > 1.0 else None
+        if float(self.threshold) > 1.0:
+            return self.fallback
+        return int(self.order[0]) if float(self.threshold) <= 0.0 else None
 
     @property
     def macs_per_image(self) -> int:

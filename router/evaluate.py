@@ -307,7 +307,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         t0 = time.perf_counter()
         disp[mode] = fit_dispatcher(mode, inp.val_images, val, inp.info, budget_macs,
                                     cfg.dispatcher, max_ms=max_ms)
-        h = disp[mode].history[-1] if disp[mode].history else {}
+        h = (min(disp[mode].history, key=lambda e: e["holdout_loss"])
+             if disp[mode].history else {})            # the epoch whose state is kept
         d_ms = disp_ms[mode] = dispatcher_ms_per_image(disp[mode].arch, time_x)
         fits[f"dispatcher_{mode}"] = {"arch": disp[mode].arch.to_dict(), "macs": disp[mode].macs,
                                       "ms_per_image": d_ms,
@@ -318,8 +319,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         cap = "" if max_ms is None else f", {d_ms:.4f} ms/image (cap {max_ms:.4f})"
         log(f"  dispatcher[{mode}]: {disp[mode].macs} MACs/image (cap {budget_macs:.0f} = 1/4 of "
             f"the cheapest model){cap}, width {disp[mode].arch.width}, downsample "
-            f"{disp[mode].arch.downsample}, trained in {time.perf_counter() - t0:.1f}s, held-out "
-            f"acc {h.get('holdout_accuracy', float('nan')):.3f}")
+            f"{disp[mode].arch.downsample}, trained in {time.perf_counter() - t0:.1f}s, kept epoch "
+            f"{h.get('epoch', 0)} (held-out acc {h.get('holdout_accuracy', float('nan')):.3f})")
     with torch.inference_mode():
         label_scores_test = None
         from router.dispatcher import dispatcher_scores

@@ -367,10 +367,12 @@ def test_dispatcher_not_cheaper_than_the_reference_skips_its_network():
     correct = np.array([[1, 1], [1, 1], [1, 1], [0, 1]], bool)
     scores = np.array([[0.9, 1.0], [0.8, 1.0], [0.7, 1.0], [0.6, 1.0]], np.float32)
     costs = np.array([1.0, 4.0])
-    # the network costs 2: routing (1 + 2 = 3) still beats the reference alone (4)
-    assert choose_threshold(scores, correct, costs, 0.75, fallback=1, router_cost=2.0)[2] == 3.0
-    # the network costs 5: 1 + 5 > 4, so tau goes above 1 and the cost is the reference's
-    tau, acc, cost = choose_threshold(scores, correct, costs, 0.75, fallback=1, router_cost=5.0)
+    # target 0.8: the cheap model alone (0.75) fails; tau 0.7 sends the unsure sample to the
+    # reference: models cost (1 + 1 + 1 + 4) / 4 = 1.75. With a network of 2: 3.75 < 4
+    tau, acc, cost = choose_threshold(scores, correct, costs, 0.8, fallback=1, router_cost=2.0)
+    assert tau == pytest.approx(np.float16(0.7)) and cost == 3.75
+    # the network costs 5: 6.75 > 4, so tau goes above 1 and the cost is the reference's
+    tau, acc, cost = choose_threshold(scores, correct, costs, 0.8, fallback=1, router_cost=5.0)
     assert tau > 1.0 and acc == 1.0 and cost == 4.0
 
     class Exploding(nn.Module):
@@ -386,3 +388,15 @@ def test_dispatcher_not_cheaper_than_the_reference_skips_its_network():
     assert dl.constant_choice == 0 and dl.route(images(3)).tolist() == [0] * 3
     mixed = Dispatcher("label", net, INFO, ["a", "b"], costs, label_to_model=[0, 1, 0, 0], macs=9)
     assert mixed.constant_choice is None and mixed.macs_per_image == 9
+
+
+def test_tau_zero_sends_everything_to_the_cheapest_without_the_network():
+    correct = np.array([[1, 1], [1, 1], [1, 1], [0, 1]], bool)
+    scores = np.array([[0.9, 1.0], [0.8, 1.0], [0.7, 1.0], [0.6, 1.0]], np.float32)
+    costs = np.array([1.0, 4.0])
+    # the cheap model alone holds 0.75: tau 0 costs 1, any tau that runs the network 1 + 0.5
+    tau, acc, cost = choose_threshold(scores, correct, costs, 0.75, fallback=1, router_cost=0.5)
+    assert tau == 0.0 and acc == 0.75 and cost == 1.0
+    d = Dispatcher("sample", nn.Identity(), INFO, ["a", "b"], costs, threshold=0.0, fallback=1,
+                   macs=7)
+    assert d.constant_choice == 0 and d.macs_per_image == 0
