@@ -431,6 +431,9 @@ def test_compress_main_makes_zoo_members(compressed_run):
     assert "overall" in unstruct["sparsity"] and "no speedup" in unstruct["note"]
     assert (rd.model_dir("tiny_vgg3-unstruct-30") / "sparse_weights.pt").exists()
     assert rd.read_card("tiny_vgg3-qat4")["compression"]["qat_trained"] is True
+    res = rd.read_card("tiny_vgg3-res-20")
+    assert res["compression"]["finetuned_at_side"] is True   # fine-tuned at the smaller side
+    assert res["train_config"]["epochs"] == 1
 
 
 def test_compression_table_has_every_column_and_consistent_values(compressed_run):

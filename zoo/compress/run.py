@@ -113,7 +113,7 @@ def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict
                          "seed": cfg.seed}
     if spec.method in ("struct", "prune+int8"):
         r.update(ratio=spec.ratio, norm=spec.norm, layers=spec.layers)
-    if spec.method in ("struct", "unstruct", "prune+int8"):
+    if spec.method in ("struct", "unstruct", "prune+int8", "res"):
         r.update(finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                  limit_train=cfg.limit_train)
     if spec.method in ("qat8", "qat4"):
