@@ -16,7 +16,6 @@ predictions, chosen models, each answer's confidence and the scores behind each 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +28,8 @@ from router.base import AssignmentRouter, Router, RouterError
 from router.cascade import CascadeRouter
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
-from zoo.checkpoint import build_from_arch, file_sha256, load_model, read_checkpoint
+from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
+    read_checkpoint
 from zoo.data import DatasetInfo
 
 FORMAT = "adaptive-router-routed/1"
@@ -122,17 +122,7 @@ class RoutedClassifier:
                    "info": self._info().to_dict(), "batch_size": self.batch_size,
                    "meta": self.meta}
         payload["kind"] = payload["router"]["kind"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, run_root: str | Path | None = None,

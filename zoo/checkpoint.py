@@ -60,10 +60,17 @@ def save_checkpoint(path: str | Path, *, model_name: str, arch: dict[str, Any],
                "state_dict": state,
                "parent": parent, "metrics": metrics or {}, "train_config": train_config or {},
                "data": data or {}, "extra": extra or {}}
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

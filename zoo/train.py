@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle.io import write_csv
+from zoo.checkpoint import atomic_torch_save
 from zoo.data import DatasetInfo, ImageSet, normalize
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -209,16 +208,7 @@ def steps_per_epoch(n_train: int, config: TrainConfig) -> int:
 # ---- resumable state -------------------------------------------------------------------------
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(state, path)
 
 
 def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""zoo.train and train-zoo: a step lowers the loss, resume after a cut, skip, cards, ladder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oracle.io import read_csv
+from scripts.train_zoo import main as train_zoo_main
+from zoo.checkpoint import load_model
+from zoo.data import normalize, prepare_data
+from zoo.registry import model_arch
+from zoo.train import TrainConfig, fit, ladder_violations, make_optimizer, train_zoo_model
+
+TINY = dict(epochs=3, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
+            schedule="cosine", patience=None)
+
+
+@pytest.fixture
+def bundle(tmp_path, fake_fmnist_dir):
+    return prepare_data(tmp_path / "run", "fashion-mnist", fake_fmnist_dir, seed=0,
+                        limit_train=96, limit_eval=40, download=False)
+
+
+def _arch(bundle, name="tiny_vgg1", width=0.25):
+    info = bundle.info
+    return model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                      input_size=info.input_size, width=width)
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(bundle):
+    from zoo.vgg import VGG
+    torch.manual_seed(0)
+    model = VGG(_arch(bundle)).eval()          # eval: no dropout noise in the comparison
+    x = normalize(bundle.train.images[:32], bundle.info)
+    y = bundle.train.labels[:32]
+    opt = make_optimizer(model, TrainConfig(**{**TINY, "lr": 1e-3}))
+    before = F.cross_entropy(model(x), y)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = F.cross_entropy(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_cut_short_run_resumes_and_equals_an_uncut_run(tmp_path, bundle):
+    cfg = TrainConfig(**TINY)
+
+    class Cut(Exception):
+        pass
+
+    def cut_after_first(epoch, row):
+        if epoch == 1:
+            raise Cut
+
+    # uncut reference
+    ref = train_zoo_model(tmp_path / "a", "tiny_vgg1", _arch(bundle), bundle, cfg,
+                          command="test", progress=False, log_epochs=False)
+    # cut after epoch 1: the state file holds epoch 1, no card yet
+    with pytest.raises(Cut):
+        train_zoo_model(tmp_path / "b", "tiny_vgg1", _arch(bundle), bundle, cfg, command="test",
+                        progress=False, on_epoch_end=cut_after_first, log_epochs=False)
+    state = tmp_path / "b" / "zoo" / "tiny_vgg1" / "train_state.pt"
+    assert state.exists() and not (tmp_path / "b" / "zoo" / "tiny_vgg1" / "card.json").exists()
+    resumed = train_zoo_model(tmp_path / "b", "tiny_vgg1", _arch(bundle), bundle, cfg,
+                              command="test", progress=False, log_epochs=False)
+    assert resumed.status == "resumed" and not state.exists()
+    history = read_csv(tmp_path / "b" / "zoo" / "tiny_vgg1" / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"):
+        assert key in history[0]
+    # same seed, same data order: the resumed run ends where the uncut one did
+    a = load_model(tmp_path / "a" / "zoo" / "tiny_vgg1" / "checkpoint.pt")[0]
+    b = load_model(tmp_path / "b" / "zoo" / "tiny_vgg1" / "checkpoint.pt")[0]
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.allclose(va, vb, atol=1e-5), ka
+    assert resumed.card["val_accuracy"] == pytest.approx(ref.card["val_accuracy"])
+
+
+def test_finished_model_is_skipped_and_other_settings_refused(tmp_path, bundle):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    first = train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle, cfg, command="c1",
+                            progress=False, log_epochs=False)
+    card = json.loads((tmp_path / "zoo" / "tiny_vgg1" / "card.json").read_text())
+    for key in ("arch", "split_fingerprint", "val_accuracy", "test_accuracy", "params",
+                "train_seconds", "command", "checkpoint_sha256"):
+        assert key in card, key
+    assert card["command"] == "c1" and card["split_fingerprint"] == bundle.splits.fingerprint
+    again = train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle, cfg, command="c2",
+                            progress=False, log_epochs=False)
+    assert again.status == "skipped" and again.card == first.card
+    with pytest.raises(ValueError, match="other settings.*delete"):
+        train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle,
+                        TrainConfig(**{**TINY, "epochs": 2}), command="c3", progress=False)
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="epochs=0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_ladder_violations_by_hand():
+    assert ladder_violations(["a", "b", "c"], [0.80, 0.85, 0.90]) == []
+    bad = ladder_violations(["a", "b", "c"], [0.80, 0.90, 0.85])
+    assert len(bad) == 1 and bad[0].startswith("c (85.00%)") and "b (90.00%)" in bad[0]
+    assert len(ladder_violations(["a", "b"], [0.8, 0.8])) == 1   # equal is not more accurate
+
+
+def test_train_zoo_script_end_to_end(tmp_path, fake_fmnist_dir, capsys):
+    argv = ["--run", str(tmp_path / "run"), "--preset", "smoke", "--models", "tiny_vgg1",
+            "tiny_vgg2", "--data-dir", str(fake_fmnist_dir), "--no-download", "--no-progress",
+            "--threads", "1"]
+    assert train_zoo_main(argv) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(tmp_path / "run" / "results" / "train_zoo.csv")
+    assert [r["model"] for r in rows] == ["tiny_vgg1", "tiny_vgg2"]
+    assert all(r["status"] == "trained" for r in rows)
+    assert "ladder" in out
+    assert train_zoo_main(argv) == 0
+    rows = read_csv(tmp_path / "run" / "results" / "train_zoo.csv")
+    assert all(r["status"] == "skipped" for r in rows)
+    assert train_zoo_main(argv[:-2] + ["--models", "no_such_model"]) == 2
+    assert "unknown models" in capsys.readouterr().err
