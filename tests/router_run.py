@@ -1,4 +1,5 @@
-"""A tiny profiled run for the router tests: 2-3 width-0.25 tiny VGGs trained a few steps."""
+"""A tiny profiled run for the router tests: 2-3 width-0.25 tiny VGGs trained a few steps
+(``add_model`` with ``steps=0`` also serves the profile tests: an untrained zoo member)."""
 from __future__ import annotations
 
 import datetime as dt

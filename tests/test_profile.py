@@ -1,7 +1,6 @@
 """zoo.profile and profile-zoo: tables from controlled models, caching, refusal of stale tables."""
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import zoo
-from oracle.io import write_json
 from oracle.table import CostTable, PredictionTable, TableMismatchError
 from scripts.profile_zoo import main
 from zoo.checkpoint import file_sha256, load_model, save_checkpoint
@@ -20,6 +17,7 @@ from zoo.data import DatasetInfo, ImageSet, prepare_data
 from zoo.profile import (ProfileConfig, build_table, load_tables, predict_model, profile_run,
                          topk_accuracy)
 from zoo.rundir import RunConfig, RunDir
+from tests.router_run import add_model as add_trained_model
 
 FAST = ["--threads", "1", "--budget-s", "0.2", "--no-progress"]
 
@@ -82,21 +80,7 @@ def test_prediction_table_round_trip_keeps_arrays_and_meta(tmp_path):
 
 def add_model(run: Path, name: str, bundle, seed: int) -> None:
     """Save an untrained width-0.25 VGG with a card carrying the shared card fields."""
-    torch.manual_seed(seed)
-    info = bundle.info
-    m = zoo.create_model(name, num_classes=info.num_classes, in_channels=info.in_channels,
-                         input_size=info.input_size, width=0.25)
-    rd = RunDir(run)
-    save_checkpoint(rd.checkpoint(name), model_name=name, arch=m.arch.to_dict(),
-                    state_dict=m.state_dict(), data=info.to_dict())
-    write_json(rd.card(name), {
-        "model_name": name, "arch": m.arch.to_dict(), "parent": None, "variant": None,
-        "dataset": info.to_dict(), "split_fingerprint": bundle.splits.fingerprint,
-        "val_accuracy": None, "test_accuracy": None,
-        "params": sum(p.numel() for p in m.parameters()), "train_seconds": 0.0,
-        "train_config": {}, "command": "tests/test_profile.py", "created":
-            dt.datetime.now(dt.timezone.utc).isoformat(), "checkpoint_sha256":
-            file_sha256(rd.checkpoint(name))})
+    add_trained_model(run, name, bundle, steps=0, seed=seed)
 
 
 @pytest.fixture(scope="module")
