@@ -76,19 +76,41 @@ class StageOutcome:
     seconds: float
 
 
+THREADED_STAGES = ("compress", "profile-zoo", "evaluate-routers")
+
+
+def with_threads(args: list[str], threads: int | None) -> list[str]:
+    """``args`` with the value after ``--threads`` set to ``threads`` (added if absent)."""
+    if threads is None:
+        return list(args)
+    out = list(args)
+    if "--threads" in out:
+        out[out.index("--threads") + 1] = str(threads)
+    else:
+        out += ["--threads", str(threads)]
+    return out
+
+
 def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[str],
-               device_args: list[str]) -> list[str]:
-    """The argument list one stage is called with."""
+               device_args: list[str], *, train_extra: list[str] | None = None,
+               threads: int | None = None) -> list[str]:
+    """The argument list one stage is called with.
+
+    ``train_extra`` is appended to train-zoo's arguments (e.g. ``--amp bf16``); ``threads``
+    replaces the preset's ``--threads`` of the stages that time models on the CPU.
+    """
     base = ["--run", str(run)]
     if stage == "train-zoo":
-        return base + data_args + device_args + preset.train_args
+        return base + data_args + device_args + preset.train_args + list(train_extra or [])
     if stage == "compress":
-        return base + device_args + preset.compress_args
-    if stage == "profile-zoo":
-        return base + preset.profile_args
-    if stage == "evaluate-routers":
-        return base + preset.evaluate_args
-    return base + preset.report_args
+        args = device_args + preset.compress_args
+    elif stage == "profile-zoo":
+        args = preset.profile_args
+    elif stage == "evaluate-routers":
+        args = preset.evaluate_args
+    else:
+        return base + preset.report_args
+    return base + with_threads(args, threads)
 
 
 def _stamp_path(run: Path, stage: str) -> Path:
@@ -97,7 +119,8 @@ def _stamp_path(run: Path, stage: str) -> Path:
 
 def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] | None = None,
                  device_args: list[str] | None = None, stages: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> list[StageOutcome]:
+                 log: Callable[[str], None] = print, *, train_extra: list[str] | None = None,
+                 threads: int | None = None) -> list[StageOutcome]:
     """Run the stages in order, skipping stamped ones whose arguments are unchanged."""
     run = Path(run)
     data_args, device_args = data_args or [], device_args or []
@@ -107,7 +130,8 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
     for i, (stage, module_name) in enumerate(STAGES):
         if stage not in wanted:
             continue
-        argv = stage_argv(preset, stage, run, data_args, device_args)
+        argv = stage_argv(preset, stage, run, data_args, device_args, train_extra=train_extra,
+                          threads=threads)
         stamp = _stamp_path(run, stage)
         if not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv:
             log(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")

@@ -3,6 +3,7 @@
     train-zoo --run runs/quick [--preset quick|full] [--models tiny_vgg1 ...] [--epochs N]
               [--dataset fashion-mnist] [--data-dir D] [--no-download] [--limit-train N]
               [--limit-eval N] [--seed S] [--device cpu|cuda] [--threads N] [--width W]
+              [--amp off|bf16]
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--amp", choices=["off", "bf16"], default=None,
+                   help="bf16: training steps under bfloat16 autocast (2-3x faster on CPUs with "
+                   "AVX512-BF16 or AMX; evaluation stays float32); default off")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p.parse_args(argv)
 
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(bundle.test)}, split {bundle.splits.fingerprint}")
     settings = ZooRunSettings(preset=args.preset, models=args.models, epochs=args.epochs,
                               width=args.width, lr=args.lr, seed=args.seed, device=args.device,
-                              threads=args.threads, progress=not args.no_progress)
+                              threads=args.threads, amp=args.amp,
+                              progress=not args.no_progress)
     command = shlex.join(["train-zoo", *argv])
     try:
         rows = train_zoo(rd.root, bundle, settings, command=command)

@@ -30,7 +30,7 @@ def fake_stages(monkeypatch):
         stages.append((name, mod.__name__))
     monkeypatch.setattr(pipeline, "STAGES", stages)
     monkeypatch.setattr(pipeline, "stage_argv",
-                        lambda preset, stage, run, d, dev: ["--run", str(run), stage])
+                        lambda preset, stage, run, d, dev, **kw: ["--run", str(run), stage])
     return calls, fail
 
 
@@ -66,3 +66,20 @@ def test_failed_stage_exit_code_is_an_error(tmp_path, fake_stages, monkeypatch):
     with pytest.raises(RuntimeError, match="stage b failed"):
         run_pipeline(tmp_path, PipelinePreset("t", [], []), log=lambda s: None)
     assert not (tmp_path / "stages" / "b.json").exists()
+
+
+def test_stage_argv_threads_and_train_extra():
+    from pathlib import Path
+
+    from scripts.pipeline import PRESETS, stage_argv, with_threads
+    assert with_threads(["--a", "1", "--threads", "2"], 16) == ["--a", "1", "--threads", "16"]
+    assert with_threads(["--a", "1"], 3) == ["--a", "1", "--threads", "3"]
+    assert with_threads(["--threads", "2"], None) == ["--threads", "2"]
+    full, run = PRESETS["full"], Path("r")
+    for stage in ("compress", "profile-zoo", "evaluate-routers"):
+        argv = stage_argv(full, stage, run, [], [], threads=16)
+        assert argv.count("--threads") == 1 and argv[argv.index("--threads") + 1] == "16", stage
+    train = stage_argv(full, "train-zoo", run, ["--dataset", "x"], ["--device", "cuda"],
+                       train_extra=["--amp", "bf16"], threads=16)
+    assert train == ["--run", "r", "--dataset", "x", "--device", "cuda", "--preset", "full",
+                     "--amp", "bf16"]

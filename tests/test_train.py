@@ -125,3 +125,47 @@ def test_train_zoo_script_end_to_end(tmp_path, fake_fmnist_dir, capsys):
     assert all(r["status"] == "skipped" for r in rows)
     assert train_zoo_main(argv[:-2] + ["--models", "no_such_model"]) == 2
     assert "unknown models" in capsys.readouterr().err
+
+
+def test_bf16_autocast_step_lowers_the_loss_and_keeps_float32_weights(bundle):
+    from zoo.train import autocast_context
+    from zoo.vgg import VGG
+    torch.manual_seed(0)
+    model = VGG(_arch(bundle)).eval()
+    x = normalize(bundle.train.images[:32], bundle.info)
+    y = bundle.train.labels[:32]
+    opt = make_optimizer(model, TrainConfig(**{**TINY, "lr": 1e-3, "amp": "bf16"}))
+    with autocast_context(torch.device("cpu"), "bf16"):
+        logits = model(x)
+        before = F.cross_entropy(logits, y)
+    assert logits.dtype == torch.bfloat16          # the forward really ran in bfloat16
+    before.backward()
+    opt.step()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        after = F.cross_entropy(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_amp_is_part_of_what_is_trained():
+    from zoo.train import identity_diffs
+    with pytest.raises(ValueError, match="amp='fp16'"):
+        TrainConfig(amp="fp16")
+    off, bf16 = TrainConfig(**TINY), TrainConfig(**{**TINY, "amp": "bf16"})
+    assert "amp" not in off.identity() and bf16.identity()["amp"] == "bf16"
+    old_card = {k: v for k, v in off.to_dict().items() if k != "amp"}  # written before amp
+    assert identity_diffs(old_card, off) == []
+    assert identity_diffs(old_card, bf16) == ["amp: 'off' -> 'bf16'"]
+    assert identity_diffs(bf16.identity(), off) == ["amp: 'bf16' -> 'off'"]
+    # device, threads and channels_last may change between a cut run and its resumption
+    assert identity_diffs({**bf16.to_dict(), "threads": 7, "device": "cuda"}, bf16) == []
+
+
+def test_bf16_model_trains_end_to_end_and_its_card_says_so(tmp_path, bundle):
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "amp": "bf16"})
+    res = train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle, cfg, command="c",
+                          progress=False, log_epochs=False)
+    assert res.card["train_config"]["amp"] == "bf16"
+    with pytest.raises(ValueError, match="amp: 'bf16' -> 'off'"):
+        train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle,
+                        TrainConfig(**{**TINY, "epochs": 1}), command="c", progress=False)

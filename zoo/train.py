@@ -32,6 +32,25 @@ STATE_FORMAT = "adaptive-router-train-state/1"
 # Settings that change how fast training runs but not what it computes (up to float noise):
 # they may differ between an interrupted run and its resumption.
 RUNTIME_FIELDS = ("device", "channels_last", "threads")
+# Mixed precision for training steps: bfloat16 autocast runs on CPUs (oneDNN; fastest with
+# AVX512-BF16 or AMX) and on recent GPUs, and needs no loss scaling. Evaluation stays float32.
+AMP_MODES = ("off", "bf16")
+
+
+def identity_diffs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``"field: old -> new"`` for each identity field where a saved config differs from ``config``.
+
+    Fields missing from ``saved`` (written before they existed) count as their defaults.
+    """
+    defaults = TrainConfig().to_dict()
+    old = {**defaults, **{k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}}
+    new = {**defaults, **config.identity()}
+    return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old.get(k) != new[k]]
+
+
+def autocast_context(device: torch.device, amp: str) -> Any:
+    """``torch.autocast`` for ``amp`` on ``device`` (a no-op context when amp is "off")."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 @dataclass
@@ -56,6 +75,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None  # cap on steps per epoch (a random subset each epoch)
     threads: int | None = None         # torch.set_num_threads for CPU training; None = leave
     eval_batch_size: int = 512
+    amp: str = "off"                   # "bf16": forward and loss under bfloat16 autocast
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +103,8 @@ class TrainConfig:
             problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (use None or >= 1)")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads={self.threads} (use None or >= 1)")
+        if self.amp not in AMP_MODES:
+            problems.append(f"amp={self.amp!r} (use one of {', '.join(AMP_MODES)})")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -98,8 +120,14 @@ class TrainConfig:
         return cls(**d)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide what is trained (runtime-only fields left out)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The fields that decide what is trained (runtime-only fields left out).
+
+        ``amp`` is left out while "off", so cards written before it existed still match.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        if d.get("amp") == "off":
+            del d["amp"]
+        return d
 
 
 @dataclass
@@ -219,9 +247,7 @@ def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
                          "delete it to train this model from scratch") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a training state file; delete it to start over")
-    saved = state["config"]
-    now = config.identity()
-    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    diffs = identity_diffs(state["config"], config)
     if diffs:
         raise ValueError(f"training state {path} was written with other settings "
                          f"({', '.join(diffs)}); rerun with the original settings or delete the "
@@ -302,8 +328,9 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train.labels[idx].to(device, non_blocking=True)
-            logits = model(x)
-            loss = criterion(logits, y)
+            with autocast_context(device, config.amp):
+                logits = model(x)
+                loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -356,7 +383,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
 def training_images_per_second(model: nn.Module, info: DatasetInfo, *, batch_size: int = 128,
                                steps: int = 5, repeats: int = 3, warmup: int = 2,
                                channels_last: bool = False, threads: int | None = None,
-                               device: str = "cpu") -> float:
+                               device: str = "cpu", amp: str = "off") -> float:
     """Median training throughput (forward + backward + AdamW step) on random in-memory batches.
 
     ``warmup`` untimed steps first, then ``repeats`` timings of ``steps`` steps each.
@@ -375,7 +402,8 @@ def training_images_per_second(model: nn.Module, info: DatasetInfo, *, batch_siz
         x = normalize(images.to(device), info)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), labels.to(device))
+        with autocast_context(torch.device(device), amp):
+            loss = F.cross_entropy(model(x), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -414,9 +442,7 @@ def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfi
         out.append(f"arch {card.get('arch')} -> {arch}")
     if card.get("split_fingerprint") != split_fingerprint:
         out.append(f"split_fingerprint {card.get('split_fingerprint')} -> {split_fingerprint}")
-    old = {k: v for k, v in (card.get("train_config") or {}).items() if k not in RUNTIME_FIELDS}
-    new = config.identity()
-    out += [f"train_config.{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    out += [f"train_config.{d}" for d in identity_diffs(card.get("train_config") or {}, config)]
     return out
 
 
@@ -514,6 +540,7 @@ class ZooRunSettings:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    amp: str | None = None               # None: the preset's ("off")
     progress: bool = True
 
 
@@ -535,12 +562,13 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
                           input_size=info.input_size, width=recipe.width)
         arch.batch_norm = recipe.batch_norm
         config = preset.train_config(recipe, seed=settings.seed, device=settings.device,
-                                     threads=settings.threads)
+                                     threads=settings.threads, amp=settings.amp)
         if config.augment and not flip_makes_sense(info.name):
             config.flip = False
         log(f"[{i + 1}/{len(models)}] {name}: width {recipe.width}, "
             f"{'BN, ' if recipe.batch_norm else ''}{config.epochs} epochs, lr {config.lr}, "
-            f"{config.optimizer}/{config.schedule}")
+            f"{config.optimizer}/{config.schedule}"
+            f"{', bf16 autocast' if config.amp == 'bf16' else ''}")
         res = train_zoo_model(run_dir, name, arch, bundle, config, command=command,
                               progress=settings.progress)
         card = res.card
