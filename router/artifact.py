@@ -29,7 +29,7 @@ from router.cascade import CascadeRouter
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
-    read_checkpoint
+    load_torch_file, read_checkpoint
 from zoo.data import DatasetInfo
 
 FORMAT = "adaptive-router-routed/1"
@@ -132,13 +132,8 @@ class RoutedClassifier:
         if not path.exists():
             raise FileNotFoundError(f"routed classifier {path} does not exist; run "
                                     "`evaluate-routers --run DIR` to write RUN/routers/*.pt")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); re-run "
-                             "`evaluate-routers`") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a routed-classifier artifact ({FORMAT})")
+        d = load_torch_file(path, FORMAT, what="routed-classifier artifact",
+                            fix="re-run `evaluate-routers --run DIR` to write it again")
         run_root = Path(run_root) if run_root is not None else path.parent.parent
         info = DatasetInfo.from_dict(d["info"])
         router = _router_from_payload(d["router"], d["model_names"], info)

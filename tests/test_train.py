@@ -169,3 +169,24 @@ def test_bf16_model_trains_end_to_end_and_its_card_says_so(tmp_path, bundle):
     with pytest.raises(ValueError, match="amp: 'bf16' -> 'off'"):
         train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle,
                         TrainConfig(**{**TINY, "epochs": 1}), command="c", progress=False)
+
+
+def test_torch_files_that_cannot_be_used_are_refused_with_the_fix(tmp_path, bundle):
+    from zoo.checkpoint import load_model, load_torch_file
+    from zoo.train import STATE_FORMAT, _load_state
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    ckpt = tmp_path / "zoo" / "tiny_vgg1" / "checkpoint.pt"
+    train_zoo_model(tmp_path, "tiny_vgg1", _arch(bundle), bundle, cfg, command="c",
+                    progress=False, log_epochs=False)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])                  # cut short, as by a full disk
+    with pytest.raises(ValueError, match="checkpoint .*cannot be read.*delete it and re-run"):
+        load_model(ckpt)
+    state = tmp_path / "state.pt"
+    torch.save({"format": "something-else/1"}, state)
+    with pytest.raises(ValueError, match=f"not a training state file \\(format 'something-else/1', "
+                                         f"expected '{STATE_FORMAT}'\\); delete it"):
+        _load_state(state, cfg)
+    torch.save([1, 2], state)
+    with pytest.raises(ValueError, match="format 'list'"):
+        load_torch_file(state, STATE_FORMAT, what="x", fix="y")

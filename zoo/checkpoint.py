@@ -79,21 +79,30 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def load_torch_file(path: str | Path, fmt: str, *, what: str, fix: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a dict whose ``"format"`` is ``fmt``.
+
+    A truncated, foreign or wrong-format file is a ``ValueError`` naming ``what`` the file
+    should have been and ``fix``, what to do about it.
+    """
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"{what} {path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        found = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"{path} is not a {what} (format {found!r}, expected {fmt!r}); {fix}")
+    return d
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``; clear errors for missing/corrupt files."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist; run `train-zoo` (or "
                                 "`compress`) for this model first")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it "
-                         "and re-run the step that wrote it") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an adaptive-router checkpoint (format "
-                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
-    return ckpt
+    return load_torch_file(path, FORMAT, what="adaptive-router checkpoint",
+                           fix="delete it and re-run the step that wrote it")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -240,13 +240,9 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"training state {path} cannot be read ({type(e).__name__}: {e}); "
-                         "delete it to train this model from scratch") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a training state file; delete it to start over")
+    from zoo.checkpoint import load_torch_file
+    state = load_torch_file(path, STATE_FORMAT, what="training state file",
+                            fix="delete it to train this model from scratch")
     diffs = identity_diffs(state["config"], config)
     if diffs:
         raise ValueError(f"training state {path} was written with other settings "

@@ -24,6 +24,7 @@ from torch import nn
 
 from router.web.images import resize_input
 from router.web.strip import ROUTERS_HINT, StripEntry
+from zoo.checkpoint import load_torch_file
 from zoo.data import DatasetInfo
 
 FAMILIES = ("cascade", "dispatcher")
@@ -138,12 +139,8 @@ def load_routed(path: Path, run_root: Path, shared: SharedModels,
     from router import artifact as art
     from zoo.checkpoint import file_sha256
     hashes = {} if hashes is None else hashes
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{type(e).__name__}: {e}") from None
-    if not isinstance(d, dict) or d.get("format") != art.FORMAT:
-        raise ValueError(f"not a routed-classifier artifact ({art.FORMAT})")
+    d = load_torch_file(path, art.FORMAT, what="routed-classifier artifact",
+                        fix="re-run `evaluate-routers --run DIR` to write it again")
     info = DatasetInfo.from_dict(d["info"])
     router = art._router_from_payload(d["router"], d["model_names"], info)
     needed = art._needed_models(router, len(d["model_names"]))
