@@ -190,3 +190,18 @@ def test_torch_files_that_cannot_be_used_are_refused_with_the_fix(tmp_path, bund
     torch.save([1, 2], state)
     with pytest.raises(ValueError, match="format 'list'"):
         load_torch_file(state, STATE_FORMAT, what="x", fix="y")
+
+
+def test_bench_train_measures_both_precisions(capsys):
+    from scripts.bench_train import main as bench_main
+    assert bench_main(["--models", "tiny_vgg1", "tiny_vgg2", "--width", "0.25", "--batch", "16",
+                       "--steps", "1", "--repeats", "1", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["model", "width", "fp32", "img/s", "bf16", "img/s", "bf16/fp32"]
+    for line, name in zip(lines[1:], ["tiny_vgg1", "tiny_vgg2"]):
+        model, width, fp32, bf16, ratio = line.split()
+        assert model == name and float(width) == 0.25 and float(fp32) > 0 and float(bf16) > 0
+        assert float(ratio.rstrip("x")) == pytest.approx(float(bf16) / float(fp32), rel=0.02,
+                                                         abs=0.01)
+    assert bench_main(["--models", "nope", "--no-progress"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
