@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/quick
 PRESET ?= quick
+ARGS ?=
 
 .PHONY: venv data browser demo test test-slow clean
 
@@ -37,7 +38,7 @@ browser:
 	fi
 
 demo: venv data
-	$(VENV)/bin/run-all --preset $(PRESET) --run $(RUN)
+	$(VENV)/bin/run-all --preset $(PRESET) --run $(RUN) $(ARGS)
 
 test: venv browser
 	$(PY) -m pytest -q

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft cap on timing seconds per model (minimum runs still run)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+                   help="bf16: pruning and resolution fine-tunes under bfloat16 autocast "
+                   "(QAT stays float32); see train-zoo --amp")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep=args.sweep == "prune" or bool(preset.get("sweep")), weights=args.weights,
         threads=args.threads, device=args.device, input_size=args.input_size,
         num_classes=args.num_classes, width=args.width, calib_images=args.calib_images,
-        seed=args.seed,
+        seed=args.seed, amp=args.amp,
         measure=MeasureSettings(threads=args.threads, big_batch=args.big_batch,
                                 latency_runs=args.latency_runs, batch_repeats=args.batch_repeats,
                                 budget_s=args.budget_s, memory=not args.no_memory),

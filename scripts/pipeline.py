@@ -92,18 +92,19 @@ def with_threads(args: list[str], threads: int | None) -> list[str]:
 
 
 def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[str],
-               device_args: list[str], *, train_extra: list[str] | None = None,
+               device_args: list[str], *, amp: str | None = None,
                threads: int | None = None) -> list[str]:
     """The argument list one stage is called with.
 
-    ``train_extra`` is appended to train-zoo's arguments (e.g. ``--amp bf16``); ``threads``
-    replaces the preset's ``--threads`` of the stages that time models on the CPU.
+    ``amp`` (e.g. ``"bf16"``) is passed to the stages that train, train-zoo and compress;
+    ``threads`` replaces the preset's ``--threads`` of the stages that time models on the CPU.
     """
     base = ["--run", str(run)]
+    amp_args = ["--amp", amp] if amp else []
     if stage == "train-zoo":
-        return base + data_args + device_args + preset.train_args + list(train_extra or [])
+        return base + data_args + device_args + preset.train_args + amp_args
     if stage == "compress":
-        args = device_args + preset.compress_args
+        args = device_args + preset.compress_args + amp_args
     elif stage == "profile-zoo":
         args = preset.profile_args
     elif stage == "evaluate-routers":
@@ -119,7 +120,7 @@ def _stamp_path(run: Path, stage: str) -> Path:
 
 def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] | None = None,
                  device_args: list[str] | None = None, stages: list[str] | None = None,
-                 log: Callable[[str], None] = print, *, train_extra: list[str] | None = None,
+                 log: Callable[[str], None] = print, *, amp: str | None = None,
                  threads: int | None = None) -> list[StageOutcome]:
     """Run the stages in order, skipping stamped ones whose arguments are unchanged."""
     run = Path(run)
@@ -130,8 +131,7 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
     for i, (stage, module_name) in enumerate(STAGES):
         if stage not in wanted:
             continue
-        argv = stage_argv(preset, stage, run, data_args, device_args, train_extra=train_extra,
-                          threads=threads)
+        argv = stage_argv(preset, stage, run, data_args, device_args, amp=amp, threads=threads)
         stamp = _stamp_path(run, stage)
         if not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv:
             log(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")

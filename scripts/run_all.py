@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--device", default=None, help="cpu or cuda for training (default: cpu)")
     p.add_argument("--amp", choices=["off", "bf16"], default=None,
-                   help="train-zoo's mixed precision: bf16 trains 2-3x faster on CPUs with "
-                   "AVX512-BF16 or AMX (default: off, float32)")
+                   help="mixed precision for train-zoo and compress's fine-tunes: bf16 trains "
+                   "2-3x faster on CPUs with AVX512-BF16 or AMX (default: off, float32)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for compress, profile-zoo and evaluate-routers timings "
                    "(default: the preset's, 2)")
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"run-all: --threads {args.threads}: use at least 1", file=sys.stderr)
         return 2
-    train_extra = ["--amp", args.amp] if args.amp else []
-    run_pipeline(run, preset, data_args, device_args, args.stages, train_extra=train_extra,
+    run_pipeline(run, preset, data_args, device_args, args.stages, amp=args.amp,
                  threads=args.threads)
     print("\n== summary ==")
     for line in summary_lines(run):

@@ -491,6 +491,14 @@ def test_second_call_reuses_variants_and_keeps_other_bases_rows(compressed_run, 
     card = RunDir(compressed_run).read_card("tiny_vgg3-struct-l1-30")
     assert card["train_config"]["lr"] == 2e-4
     assert card["compression"]["recipe"]["finetune_lr"] == 2e-4
+    # bf16 autocast changes the float fine-tunes' recipe, not quantization-aware training's
+    assert main(["--run", str(compressed_run), "--base", "tiny_vgg3", "--variants", "qat4",
+                 "struct-l1-30", *FAST, "--finetune-lr", "2e-4", "--amp", "bf16"]) == 0
+    bf16 = {n: file_sha256(RunDir(compressed_run).checkpoint(f"tiny_vgg3-{n}")) for n in before}
+    assert bf16["qat4"] == before["qat4"] and bf16["struct-l1-30"] != again["struct-l1-30"]
+    card = RunDir(compressed_run).read_card("tiny_vgg3-struct-l1-30")
+    assert card["train_config"]["amp"] == "bf16" and card["compression"]["recipe"]["amp"] == "bf16"
+    assert RunDir(compressed_run).read_card("tiny_vgg3-qat4")["train_config"]["amp"] == "off"
 
 
 def test_profile_zoo_takes_the_variants_as_members(compressed_run, tmp_path):

@@ -80,6 +80,10 @@ def test_stage_argv_threads_and_train_extra():
         argv = stage_argv(full, stage, run, [], [], threads=16)
         assert argv.count("--threads") == 1 and argv[argv.index("--threads") + 1] == "16", stage
     train = stage_argv(full, "train-zoo", run, ["--dataset", "x"], ["--device", "cuda"],
-                       train_extra=["--amp", "bf16"], threads=16)
+                       amp="bf16", threads=16)
     assert train == ["--run", "r", "--dataset", "x", "--device", "cuda", "--preset", "full",
                      "--amp", "bf16"]
+    compress = stage_argv(full, "compress", run, [], [], amp="bf16")
+    assert compress[compress.index("--amp") + 1] == "bf16"
+    assert "--amp" not in stage_argv(full, "profile-zoo", run, [], [], amp="bf16")
+    assert "--amp" not in stage_argv(full, "compress", run, [], [])

@@ -75,6 +75,7 @@ class CompressConfig:
     width: float = 1.0             # cost-only mode: conv width multiplier
     calib_images: int = 256
     seed: int = 0
+    amp: str = "off"               # "bf16": float fine-tunes under bfloat16 autocast (not QAT)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     progress: bool = True
     command: str = ""
@@ -116,6 +117,8 @@ def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict
     if spec.method in ("struct", "unstruct", "prune+int8", "res"):
         r.update(finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                  limit_train=cfg.limit_train)
+        if cfg.amp != "off":  # left out when off, so recipes saved before it still match
+            r["amp"] = cfg.amp
     if spec.method in ("qat8", "qat4"):
         r.update(finetune_epochs=cfg.finetune_epochs, qat_lr=cfg.qat_lr,
                  limit_train=cfg.limit_train)
@@ -195,7 +198,8 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     ctx = CompressContext(info=info, train=train, val=bundle.val if bundle else None,
                           finetune_epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                           qat_lr=cfg.qat_lr, calib_images=cfg.calib_images,
-                          seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                          seed=cfg.seed, device=cfg.device, amp=cfg.amp,
+                          progress=cfg.progress,
                           cost_only_input=(fa.in_channels, fa.input_size, fa.input_size))
     test = bundle.test if bundle else None
     out_root = rd.root / ("cost_only" if cost_only else "zoo")

@@ -93,6 +93,7 @@ class CompressContext:
     unstruct_steps: int = 3
     seed: int = 0
     device: str = "cpu"
+    amp: str = "off"               # float fine-tunes only; QAT always trains in float32
     max_batches_per_epoch: int | None = None
     progress: bool = True
     cost_only_input: tuple[int, ...] | None = None  # (C, H, W) of random inputs without data
@@ -116,21 +117,27 @@ class Variant:
     seconds: float
 
 
-def _train_config(ctx: CompressContext, lr: float, epochs: int, max_batches: int | None):
+def _train_config(ctx: CompressContext, lr: float, epochs: int, max_batches: int | None,
+                  amp: str = "off"):
     from zoo.train import TrainConfig
     return TrainConfig(epochs=epochs, batch_size=ctx.batch_size, optimizer="adam", lr=lr,
                        weight_decay=0.0, schedule="cosine", seed=ctx.seed, device=ctx.device,
-                       max_batches_per_epoch=max_batches)
+                       max_batches_per_epoch=max_batches, amp=amp)
 
 
 def _finetune(model: nn.Module, ctx: CompressContext, lr: float, desc: str,
-              epochs: int | None = None, max_batches: int | None = None) -> dict[str, Any]:
-    """Fine-tune with ``zoo.train.fit`` (Adam, cosine LR); returns the config used."""
+              epochs: int | None = None, max_batches: int | None = None,
+              amp: str | None = None) -> dict[str, Any]:
+    """Fine-tune with ``zoo.train.fit`` (Adam, cosine LR); returns the config used.
+
+    ``amp`` defaults to the context's (``"off"`` for quantization-aware training).
+    """
     epochs = ctx.finetune_epochs if epochs is None else epochs
     if not ctx.has_data or epochs < 1:
         return {}
     from zoo.train import fit
-    cfg = _train_config(ctx, lr, epochs, max_batches or ctx.max_batches_per_epoch)
+    cfg = _train_config(ctx, lr, epochs, max_batches or ctx.max_batches_per_epoch,
+                        ctx.amp if amp is None else amp)
     fit(model, ctx.train, ctx.val if ctx.val is not None and len(ctx.val) else ctx.train,
         ctx.info, cfg, progress=ctx.progress, desc=desc)
     model.to("cpu").eval()
@@ -228,7 +235,7 @@ def make_variant(base: VGG, spec: VariantSpec, ctx: CompressContext) -> Variant:
         batches = calibration_batches(ctx)
         prepared = quant.prepare(copy.deepcopy(folded), batches[0][:1], scheme)
         quant.calibrate(prepared, batches)  # start the observers from real ranges
-        tc = _finetune(prepared, ctx, ctx.qat_lr, f"{spec.name} QAT")
+        tc = _finetune(prepared, ctx, ctx.qat_lr, f"{spec.name} QAT", amp="off")
         extra["qat_trained"] = bool(tc)
         model = quant.convert(prepared.cpu(), scheme)
         if scheme == "qat4":
