@@ -76,14 +76,11 @@ class StageOutcome:
     seconds: float
 
 
-THREADED_STAGES = ("compress", "profile-zoo", "evaluate-routers")
-
-
 def with_threads(args: list[str], threads: int | None) -> list[str]:
     """``args`` with the value after ``--threads`` set to ``threads`` (added if absent)."""
-    if threads is None:
-        return list(args)
     out = list(args)
+    if threads is None:
+        return out
     if "--threads" in out:
         out[out.index("--threads") + 1] = str(threads)
     else:

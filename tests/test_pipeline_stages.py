@@ -68,7 +68,7 @@ def test_failed_stage_exit_code_is_an_error(tmp_path, fake_stages, monkeypatch):
     assert not (tmp_path / "stages" / "b.json").exists()
 
 
-def test_stage_argv_threads_and_train_extra():
+def test_stage_argv_threads_and_amp():
     from pathlib import Path
 
     from scripts.pipeline import PRESETS, stage_argv, with_threads

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle.io import write_csv
-from zoo.checkpoint import atomic_torch_save
+from zoo.checkpoint import atomic_torch_save, load_torch_file
 from zoo.data import DatasetInfo, ImageSet, normalize
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -42,7 +42,7 @@ def identity_diffs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
 
     Fields missing from ``saved`` (written before they existed) count as their defaults.
     """
-    defaults = TrainConfig().to_dict()
+    defaults = {k: v for k, v in TrainConfig().to_dict().items() if k not in RUNTIME_FIELDS}
     old = {**defaults, **{k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}}
     new = {**defaults, **config.identity()}
     return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old.get(k) != new[k]]
@@ -240,7 +240,6 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-    from zoo.checkpoint import load_torch_file
     state = load_torch_file(path, STATE_FORMAT, what="training state file",
                             fix="delete it to train this model from scratch")
     diffs = identity_diffs(state["config"], config)
