@@ -81,6 +81,24 @@ def test_tiny_parameter_counts(name: str, params: int) -> None:
     assert sum(p.numel() for p in model.parameters()) == params
 
 
+# Fashion-MNIST's 1x28x28. tiny_vgg4 pools 28 -> 14 -> 7: F = 128 x 7 x 7 = 6,272.
+# tiny_vgg5 pools in ceil mode, 28 -> 14 -> 7 -> 4: F = 256 x 4 x 4 = 4,096 (floor mode
+# would give 7 -> 3 and F = 2,304, fewer parameters than tiny_vgg4).
+# conv 1->64: 9*1*64 + 64 = 640.
+# tiny_vgg4: convs 640 + 2*36,928 + 73,856 + 2*147,584 = 443,520
+#            + (6,272*512 + 512 = 3,211,776) + 262,656 + 5,130                = 3,923,082
+# tiny_vgg5: convs 443,520 + 295,168 + 2*590,080 = 1,918,848
+#            + (4,096*512 + 512 = 2,097,664) + 262,656 + 5,130                = 4,284,298
+@pytest.mark.parametrize("name,flat,params", [("tiny_vgg4", 6272, 3_923_082),
+                                              ("tiny_vgg5", 4096, 4_284_298)])
+def test_tiny_at_28_pixels(name: str, flat: int, params: int) -> None:
+    model = create_model(name, num_classes=10, in_channels=1, input_size=28)
+    assert model.flat_features == flat
+    assert sum(p.numel() for p in model.parameters()) == params
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_batch_norm_adds_two_parameters_per_channel() -> None:
     # tiny_vgg3 has 64 + 64 + 128 + 128 = 384 conv channels: BN adds 2 * 384 = 768.
     arch = model_arch("tiny_vgg3", num_classes=10, in_channels=3, input_size=32)
