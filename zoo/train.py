@@ -122,12 +122,10 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that decide what is trained (runtime-only fields left out).
 
-        ``amp`` is left out while "off", so cards written before it existed still match.
+        Compare with ``identity_diffs``, which reads a field missing from an older card as
+        its default, so cards written before a field existed still match.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
-        if d.get("amp") == "off":
-            del d["amp"]
-        return d
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
 @dataclass
