@@ -87,8 +87,8 @@ def _full() -> Preset:
     recipes = {m: ModelRecipe(width=1.0, batch_norm=True, epochs=30, lr=1e-3) for m in TINY}
     # On an H100 with 30 epochs each, tiny_vgg5 ended below tiny_vgg4 (95.33 vs 95.53% val),
     # so it got 40 epochs; on this CPU (bf16) that did not fix it: early stopping ended it at
-    # epoch 31, 95.33 / 94.53% val / test against tiny_vgg4's 95.23 / 94.90%. The lead is its
-    # shape (floor pooling 7 -> 3 at 28 px); see the README's full-preset section.
+    # epoch 31, 95.33 / 94.53% val / test against tiny_vgg4's 95.23 / 94.90%. Ceil-mode pools
+    # (zoo/registry.py) did not either (95.08 / 94.26%); see the README's full-preset section.
     recipes["tiny_vgg5"] = replace(recipes["tiny_vgg5"], epochs=40)
     recipes["vgg19_small"] = ModelRecipe(width=1.0, batch_norm=True, epochs=40, lr=5e-4)
     base = TrainConfig(epochs=30, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=5e-4,

@@ -42,10 +42,9 @@ def identity_diffs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
 
     Fields missing from ``saved`` (written before they existed) count as their defaults.
     """
-    defaults = {k: v for k, v in TrainConfig().to_dict().items() if k not in RUNTIME_FIELDS}
-    old = {**defaults, **{k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}}
-    new = {**defaults, **config.identity()}
-    return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old.get(k) != new[k]]
+    new = config.identity()
+    old = {**TrainConfig().identity(), **saved}   # only identity fields are compared below
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(new) if old[k] != new[k]]
 
 
 def autocast_context(device: torch.device, amp: str) -> Any:
