@@ -205,3 +205,37 @@ def test_bench_train_measures_both_precisions(capsys):
                                                          abs=0.01)
     assert bench_main(["--models", "nope", "--no-progress"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_keep_best_restores_the_lowest_val_loss_and_keep_last_the_final_epoch(bundle):
+    from zoo.train import evaluate
+    from zoo.vgg import VGG
+    for keep in ("best", "last"):
+        torch.manual_seed(0)
+        model = VGG(_arch(bundle))
+        cfg = TrainConfig(**{**TINY, "epochs": 4, "lr": 2e-2, "keep": keep})
+        res = fit(model, bundle.train, bundle.val, bundle.info, cfg, progress=False)
+        losses = [r["val_loss"] for r in res.history]
+        expect = losses.index(min(losses)) + 1 if keep == "best" else 4
+        assert res.best_epoch == expect and res.epochs_run == 4
+        assert res.best_val_loss == pytest.approx(losses[expect - 1])
+        # the returned weights are that epoch's: evaluating them again gives its val loss
+        again = evaluate(model, bundle.val, bundle.info, 512, torch.device("cpu"))
+        assert again["loss"] == pytest.approx(losses[expect - 1], rel=1e-4)
+    with pytest.raises(ValueError, match="keep='first'"):
+        TrainConfig(keep="first")
+
+
+def test_full_preset_runs_tiny_vgg5_to_the_end_and_leaves_the_others_as_trained():
+    from zoo.presets import get_preset
+    from zoo.train import identity_diffs
+    full = get_preset("full")
+    five = full.train_config(full.recipe("tiny_vgg5"))
+    assert (five.patience, five.keep, five.epochs) == (None, "last", 40)
+    four = full.train_config(full.recipe("tiny_vgg4"))
+    assert (four.patience, four.keep, four.epochs) == (8, "best", 30)
+    # a card written before `keep` existed still matches the configs that keep the best epoch
+    old_card = {k: v for k, v in four.identity().items() if k != "keep"}
+    assert identity_diffs(old_card, four) == []
+    assert identity_diffs(old_card, five) == [
+        "epochs: 30 -> 40", "keep: 'best' -> 'last'", "patience: 8 -> None"]

@@ -5,8 +5,9 @@ horizontal flip), normalised with ``zoo.data.normalize`` and sent to the device.
 rate changes every step (cosine with optional linear warm-up, or one-cycle). After every epoch
 ``fit`` rewrites ``history.csv`` and a resumable state file (model, optimizer, scheduler,
 epoch, history, best weights), both atomically; a later call with the same ``state_path``
-continues from the last finished epoch. At the end the weights with the lowest validation loss
-are restored.
+continues from the last finished epoch. At the end ``fit`` restores the weights with the lowest
+validation loss (``keep="best"``) or keeps those of the last epoch (``keep="last"``: for a
+schedule that anneals to zero, where the final low-rate epochs are the point).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ RUNTIME_FIELDS = ("device", "channels_last", "threads")
 # Mixed precision for training steps: bfloat16 autocast runs on CPUs (oneDNN; fastest with
 # AVX512-BF16 or AMX) and on recent GPUs, and needs no loss scaling. Evaluation stays float32.
 AMP_MODES = ("off", "bf16")
+# Which weights ``fit`` returns: those of the epoch with the lowest validation loss, or the last.
+KEEP_MODES = ("best", "last")
 
 
 def identity_diffs(saved: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -75,6 +78,7 @@ class TrainConfig:
     threads: int | None = None         # torch.set_num_threads for CPU training; None = leave
     eval_batch_size: int = 512
     amp: str = "off"                   # "bf16": forward and loss under bfloat16 autocast
+    keep: str = "best"                 # weights kept: "best" (lowest val loss) | "last" epoch
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,6 +106,8 @@ class TrainConfig:
             problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (use None or >= 1)")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads={self.threads} (use None or >= 1)")
+        if self.keep not in KEEP_MODES:
+            problems.append(f"keep={self.keep!r} (use one of {', '.join(KEEP_MODES)})")
         if self.amp not in AMP_MODES:
             problems.append(f"amp={self.amp!r} (use one of {', '.join(AMP_MODES)})")
         if problems:
@@ -129,7 +135,11 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """What ``fit`` did: per-epoch history and the epoch whose weights were kept."""
+    """What ``fit`` did: per-epoch history and the epoch whose weights were kept.
+
+    ``best_epoch`` and ``best_val_*`` describe the kept weights: the lowest-val-loss epoch under
+    ``keep="best"``, the last epoch under ``keep="last"``.
+    """
 
     history: list[dict[str, float]]
     best_epoch: int
@@ -361,7 +371,10 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
-    if best_weights is not None:
+    if config.keep == "last" and history:
+        last = history[-1]
+        best = {"loss": last["val_loss"], "accuracy": last["val_accuracy"], "epoch": last["epoch"]}
+    elif best_weights is not None:
         model.load_state_dict(best_weights)
     model.eval()
     return FitResult(history=history, best_epoch=int(best["epoch"]),
