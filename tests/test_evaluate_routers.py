@@ -65,7 +65,11 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         for k in ("overlap", "accuracy", "budget"):
             assert at[f"oracle-{k}-executed"]["accuracy"] == at[f"oracle-{k}"]["accuracy"]
             assert float(at[f"oracle-{k}-executed"]["agree_with_table"]) == 1.0
-        assert float(at["dispatcher-label"]["router_macs"]) > 0
+        # a dispatcher pays MACs for its network exactly when it runs it (whether it skips it
+        # is decided from measured costs, so either can happen on a busy machine)
+        for m in ("dispatcher-label", "dispatcher-sample"):
+            skipped = json.loads(at[m]["settings"])["network_skipped"]
+            assert (float(at[m]["router_macs"]) > 0) == (not skipped), (s, m)
         assert float(at["cascade"]["agree_with_table"]) == 1.0
         assert 0.0 <= float(at["dispatcher-sample"]["routing_accuracy"]) <= 1.0
 

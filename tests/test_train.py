@@ -232,6 +232,8 @@ def test_full_preset_runs_tiny_vgg5_to_the_end_and_leaves_the_others_as_trained(
     full = get_preset("full")
     five = full.train_config(full.recipe("tiny_vgg5"))
     assert (five.patience, five.keep, five.epochs) == (None, "last", 40)
+    big = full.train_config(full.recipe("vgg19_small"))
+    assert (big.patience, big.keep, big.lr) == (None, "last", 5e-4)
     four = full.train_config(full.recipe("tiny_vgg4"))
     assert (four.patience, four.keep, four.epochs) == (8, "best", 30)
     # a card written before `keep` existed still matches the configs that keep the best epoch
