@@ -241,3 +241,20 @@ def test_full_preset_runs_tiny_vgg5_to_the_end_and_leaves_the_others_as_trained(
     assert identity_diffs(old_card, four) == []
     assert identity_diffs(old_card, five) == [
         "epochs: 30 -> 40", "keep: 'best' -> 'last'", "patience: 8 -> None"]
+
+
+def test_train_zoo_table_and_ladder_cover_models_from_earlier_calls(tmp_path, fake_fmnist_dir,
+                                                                     capsys):
+    base = ["--run", str(tmp_path / "run"), "--preset", "smoke", "--data-dir",
+            str(fake_fmnist_dir), "--no-download", "--no-progress", "--threads", "1"]
+    assert train_zoo_main([*base, "--models", "tiny_vgg2"]) == 0
+    capsys.readouterr()
+    assert train_zoo_main([*base, "--models", "tiny_vgg1"]) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(tmp_path / "run" / "results" / "train_zoo.csv")
+    # the preset's order (cheapest first), whatever order the calls came in
+    assert [(r["model"], r["status"]) for r in rows] == [("tiny_vgg1", "trained"),
+                                                       ("tiny_vgg2", "earlier")]
+    assert [float(r["width"]) for r in rows] == [0.25, 0.25]        # the smoke preset's width
+    v1, v2 = (float(r["val_accuracy"]) for r in rows)
+    assert ("ladder holds on val" in out) == (v2 > v1)               # two models compared

@@ -551,11 +551,12 @@ class ZooRunSettings:
 
 def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, command: str,
               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train (or resume, or skip) every requested model; return one summary row per model."""
-    from zoo.costs import count_macs
+    """Train (or resume, or skip) every requested model; return one summary row per base model
+    of the run (status trained / resumed / skipped, or "earlier" for one finished by an earlier
+    call and not named in this one), in the preset's order, cheapest first."""
     from zoo.presets import flip_makes_sense, get_preset
     from zoo.registry import model_arch
-    from zoo.vgg import VGG
+    from zoo.rundir import RunDir
 
     preset = get_preset(settings.preset)
     models = settings.models or preset.models
@@ -577,13 +578,37 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
         res = train_zoo_model(run_dir, name, arch, bundle, config, command=command,
                               progress=settings.progress)
         card = res.card
-        macs = count_macs(VGG(arch), (1, info.in_channels, info.input_size, info.input_size))
-        rows.append({"model": name, "status": res.status, "width": recipe.width,
-                     "batch_norm": recipe.batch_norm, "params": card["params"], "macs": macs,
-                     "epochs": card["train_config"]["epochs"],
-                     "best_epoch": card.get("metrics", {}).get("best_epoch", ""),
-                     "val_accuracy": card["val_accuracy"], "test_accuracy": card["test_accuracy"],
-                     "train_seconds": card["train_seconds"]})
+        rows.append(zoo_row(name, res.status, card, info))
         log(f"[{i + 1}/{len(models)}] {name}: {res.status}; val {100 * card['val_accuracy']:.2f}% "
             f"test {100 * card['test_accuracy']:.2f}% in {card['train_seconds']:.0f} s")
+    # base models the run finished in an earlier call that this one did not name: the table
+    # and the ladder cover the run's whole zoo (compressed variants, with a parent, are not here)
+    rd = RunDir(run_dir)
+    named = {r["model"] for r in rows}
+    for name in rd.finished_models():
+        card = rd.read_card(name)
+        if name not in named and card.get("parent") is None:
+            rows.append(zoo_row(name, "earlier", card, info))
+    order = {m: i for i, m in enumerate(preset.models)}
+    rows.sort(key=lambda r: order.get(r["model"], len(order)))   # stable: others keep theirs
     return rows
+
+
+def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
+    """One row of ``train_zoo.csv`` from a model's card (MACs counted for one input; the width
+    read off the first conv against the registry's width-1 model)."""
+    from zoo.costs import count_macs
+    from zoo.registry import model_arch
+    from zoo.vgg import VGG, VGGArch
+
+    arch = VGGArch.from_dict(card["arch"])
+    macs = count_macs(VGG(arch), (1, info.in_channels, info.input_size, info.input_size))
+    full = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                      input_size=info.input_size, width=1.0)
+    width = round(arch.cfg[0] / full.cfg[0], 4)
+    return {"model": name, "status": status, "width": width,
+            "batch_norm": arch.batch_norm, "params": card["params"], "macs": macs,
+            "epochs": card["train_config"]["epochs"],
+            "best_epoch": card.get("metrics", {}).get("best_epoch", ""),
+            "val_accuracy": card["val_accuracy"], "test_accuracy": card["test_accuracy"],
+            "train_seconds": card["train_seconds"]}
