@@ -578,7 +578,7 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
         res = train_zoo_model(run_dir, name, arch, bundle, config, command=command,
                               progress=settings.progress)
         card = res.card
-        rows.append(zoo_row(name, res.status, card, info))
+        rows.append(zoo_row(name, res.status, card, info, width=recipe.width))
         log(f"[{i + 1}/{len(models)}] {name}: {res.status}; val {100 * card['val_accuracy']:.2f}% "
             f"test {100 * card['test_accuracy']:.2f}% in {card['train_seconds']:.0f} s")
     # base models the run finished in an earlier call that this one did not name: the table
@@ -594,18 +594,21 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
     return rows
 
 
-def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
-    """One row of ``train_zoo.csv`` from a model's card (MACs counted for one input; the width
-    read off the first conv against the registry's width-1 model)."""
+def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo,
+            width: float | None = None) -> dict[str, Any]:
+    """One row of ``train_zoo.csv`` from a model's card (MACs counted for one input). ``width``
+    is the one asked for; None reads it off the first conv against the registry's width-1
+    model (cards do not record it; rounding of channel counts can show, e.g. 0.3 as 0.2969)."""
     from zoo.costs import count_macs
     from zoo.registry import model_arch
     from zoo.vgg import VGG, VGGArch
 
     arch = VGGArch.from_dict(card["arch"])
     macs = count_macs(VGG(arch), (1, info.in_channels, info.input_size, info.input_size))
-    full = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
-                      input_size=info.input_size, width=1.0)
-    width = round(arch.cfg[0] / full.cfg[0], 4)
+    if width is None:
+        full = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
+                          input_size=info.input_size, width=1.0)
+        width = round(arch.cfg[0] / full.cfg[0], 4)
     return {"model": name, "status": status, "width": width,
             "batch_norm": arch.batch_norm, "params": card["params"], "macs": macs,
             "epochs": card["train_config"]["epochs"],
