@@ -349,9 +349,10 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
                "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = not math.isnan(metrics["loss"]) and metrics["loss"] < best["loss"]
-        if improved or best_weights is None:
+        if improved or best["epoch"] == 0:
             best = {"loss": metrics["loss"], "accuracy": metrics["accuracy"], "epoch": epoch + 1}
-            best_weights = _cpu_state_dict(model)
+            if config.keep == "best":   # under "last" the model's own weights are what is kept
+                best_weights = _cpu_state_dict(model)
             bad_epochs = 0
         else:
             bad_epochs += 1
