@@ -8,6 +8,7 @@ batch, and ``macs``), not timed executions.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,6 +48,28 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray,
     return {"accuracy": float((labels == preds).mean()),
             "precision": float(prec[used].mean()), "recall": float(rec[used].mean()),
             "f1": float(f1[used].mean())}
+
+
+def paired_comparison(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, float]:
+    """Model B against model A on the same samples, with the exact two-sided McNemar test.
+
+    Returns ``difference`` (B's accuracy minus A's), ``a_only`` / ``b_only`` (samples only A /
+    only B gets right) and ``p_value``: the chance, were both equally accurate, of the
+    discordant samples splitting at least this unevenly (binomial, n = a_only + b_only, 1/2;
+    1.0 when they never disagree). A small p says the difference is beyond sampling noise of
+    this test set; it says nothing of seed-to-seed training noise.
+    """
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired comparison needs two equal, non-empty 1-D correctness "
+                         f"vectors, got {a.shape} and {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    n = a_only + b_only
+    tail = sum(math.comb(n, k) for k in range(min(a_only, b_only) + 1))
+    p = min(1.0, 2 * tail / 2 ** n) if n else 1.0      # exact integers, then one division
+    return {"difference": float(b.mean() - a.mean()), "a_only": a_only, "b_only": b_only,
+            "p_value": float(p)}
 
 
 def bootstrap_held(ref_correct: np.ndarray, chosen_correct: np.ndarray, sacrifice: float,

@@ -19,8 +19,8 @@ from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisp
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
 from reports.inputs import RunArtifacts, load_run
-from reports.tables import (SUMMARY_SACRIFICE, Summary, compression_table, routers_pivot,
-                            routers_table, summarize, zoo_table)
+from reports.tables import (LADDER_P, SUMMARY_SACRIFICE, Summary, compression_table,
+                            ladder_table, routers_pivot, routers_table, summarize, zoo_table)
 
 
 @dataclass
@@ -204,6 +204,14 @@ def _zoo_section(b: _Builder, art: RunArtifacts) -> Section:
         write_csv(b.out / "zoo_table.csv", frame.to_dict("records"), list(frame.columns))
         sec.tables.append(("Models (accuracy from the tables, costs measured by profile-zoo)",
                            frame))
+    ladder = ladder_table(art)
+    if ladder.empty:
+        b.skip(sec, "Ladder", "needs costs.json, the tables and two base models' cards")
+    else:
+        write_csv(b.out / "ladder.csv", ladder.to_dict("records"), list(ladder.columns))
+        sec.tables.append(("The ladder: each base model (cheapest first by MACs) against the most "
+                           "accurate cheaper one; p = exact McNemar test on this split, "
+                           f"beyond_noise = p < {LADDER_P}", ladder))
     if art.histories:
         b.figure(sec, "training_curves", "Training curves per model",
                  TrainingCurvesDisplay.from_histories(art.histories).plot())

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oracle.metrics import paired_comparison
 from oracle.policy import reference_index
 from reports.inputs import RunArtifacts, model_of
 
@@ -66,6 +67,41 @@ def zoo_table(art: RunArtifacts) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.dropna(axis=1, how="all")
+
+
+LADDER_P = 0.05
+
+
+def ladder_table(art: RunArtifacts) -> pd.DataFrame:
+    """The accuracy ladder with paired tests: the base models (cards without a parent),
+    cheapest first by counted MACs, each against the most accurate cheaper one on each split.
+
+    ``holds`` is the ladder's rule (strictly more accurate); ``beyond_noise`` says the exact
+    McNemar p-value of the pair is below ``LADDER_P``. Empty without costs or tables.
+    """
+    if art.costs is None:
+        return pd.DataFrame()
+    rows: list[dict[str, Any]] = []
+    for split, table in (("val", art.val), ("test", art.test)):
+        if table is None:
+            continue
+        names = [n for n in table.model_names if n in art.costs.models
+                 and n in art.cards and art.cards[n].get("parent") is None]
+        names = sorted(names, key=lambda n: art.costs.models[n].macs)   # stable: ties keep order
+        correct = table.correct
+        col = {n: correct[:, table.model_names.index(n)] for n in names}
+        for i, name in enumerate(names[1:], start=1):
+            rival = max(names[:i], key=lambda n: col[n].mean())   # first of equals: cheapest
+            pair = paired_comparison(col[rival], col[name])
+            rows.append({"split": split, "model": name, "macs": art.costs.models[name].macs,
+                         "accuracy": float(col[name].mean()), "cheaper_best": rival,
+                         "cheaper_best_accuracy": float(col[rival].mean()),
+                         "difference_points": 100 * pair["difference"],
+                         "images_gained": pair["b_only"] - pair["a_only"],
+                         "only_this_right": pair["b_only"], "only_cheaper_right": pair["a_only"],
+                         "p_value": pair["p_value"], "holds": pair["difference"] > 0,
+                         "beyond_noise": pair["p_value"] < LADDER_P})
+    return pd.DataFrame(rows)
 
 
 def routers_table(routers: pd.DataFrame) -> pd.DataFrame:

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = ladder_violations(names, [r[f"{split}_accuracy"] for r in rows])
         if bad:
             print(f"WARNING: the accuracy ladder does NOT hold on {split} (models in the preset's "
-                  f"order, cheapest first; others last):\n  " + "\n  ".join(bad))
+                  f"order, cheapest first; others last):\n  " + "\n  ".join(bad)
+                  + "\n  (the report's ladder table says which steps are beyond noise)")
         else:
             print(f"ladder holds on {split}: each model more accurate than every one before it")
     by_macs = [r["model"] for r in sorted(rows, key=lambda r: r["macs"])]

@@ -6,6 +6,7 @@ import pytest
 
 from oracle.io import read_csv, write_csv
 from oracle.metrics import (bootstrap_held, classification_metrics, evaluate_assignment,
+                            paired_comparison,
                             sacrifice_sweep, sweep_columns)
 from oracle.table import CostTable, ModelCost, PredictionTable, TableMismatchError
 
@@ -147,3 +148,27 @@ def test_sweep_refuses_mismatched_tables_and_bad_levels():
         sacrifice_sweep(val, test, cost_table(), levels=(1, 5))
     with pytest.raises(ValueError, match="unknown oracle kinds"):
         sacrifice_sweep(val, test, cost_table(), kinds=("magic",))
+
+
+def test_paired_comparison_exact_mcnemar_by_hand():
+    # B alone right on 5 samples, A alone on none: p = 2 * (1/2)^5 = 0.0625
+    a = np.array([0, 0, 0, 0, 0, 1, 1], dtype=bool)
+    b = np.array([1, 1, 1, 1, 1, 1, 0], dtype=bool)
+    r = paired_comparison(a, b)
+    assert (r["a_only"], r["b_only"]) == (1, 5)
+    # 1 vs 5 discordant: 2 * (C(6,0) + C(6,1)) / 2^6 = 14/64
+    assert r["p_value"] == pytest.approx(14 / 64) and r["difference"] == pytest.approx(4 / 7)
+    r = paired_comparison(a[:5], b[:5])
+    assert r["p_value"] == pytest.approx(0.0625)
+    # 1 vs 9: 2 * (1 + 10) / 1024; symmetric in A and B; the same model: p = 1
+    a, b = np.zeros(10, bool), np.ones(10, bool)
+    a[0], b[0] = True, False
+    assert paired_comparison(a, b)["p_value"] == pytest.approx(22 / 1024)
+    assert paired_comparison(b, a)["p_value"] == pytest.approx(22 / 1024)
+    assert paired_comparison(b, b) == {"difference": 0.0, "a_only": 0, "b_only": 0, "p_value": 1.0}
+    # thousands of discordant samples do not overflow: a 1,000-image split of 10,000 is far off
+    a, b = np.zeros(10_000, bool), np.zeros(10_000, bool)
+    a[:4500], b[4500:10_000] = True, True
+    assert paired_comparison(a, b)["p_value"] < 1e-15
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_comparison(a, b[:5])

@@ -21,7 +21,7 @@ from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisp
                             TrainingCurvesDisplay, place_labels)
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.inputs import load_run, normalise_router_frame
-from reports.tables import pick_router, routers_pivot, routers_table, summarize
+from reports.tables import ladder_table, pick_router, routers_pivot, routers_table, summarize
 
 DPI = 40
 MODELS = ["m_a", "m_b", "m_c"]          # cost order = weak -> strong in the hand table
@@ -344,8 +344,28 @@ def test_report_end_to_end(tmp_path, capsys):
                  "frontier", "model_shares", "training_curves", "confusion_best_single",
                  "confusion_best_router", "compression_bars", "prune_sweep", "weight_hist"):
         assert f'src="{name}.png"' in html and (index.parent / f"{name}.csv").is_file(), name
+    assert (index.parent / "ladder.csv").is_file() and "McNemar" in html
     assert "cascade (cascade)" in html and "2.50x" in html and "hand CPU" in html
     assert "skipped" not in html
+
+
+def test_ladder_table_by_hand(tmp_path):
+    # Hand table, MACs order a < b < c; correct: a 4/8, b 5/8, c 7/8.
+    # b vs a: only b right on samples 1 and 7, only a on 6 -> p = 2 (C(3,0) + C(3,1)) / 8 = 1
+    # c vs b (the most accurate cheaper): only c on 2, 3, 6, only b on 7 -> p = 2 * 5 / 16
+    art = load_run(make_run(tmp_path / "run"))
+    frame = ladder_table(art).set_index(["split", "model"])
+    b, c = frame.loc[("test", "m_b")], frame.loc[("test", "m_c")]
+    assert (b.cheaper_best, b.only_this_right, b.only_cheaper_right, b.images_gained) == ("m_a", 2, 1, 1)
+    assert b.p_value == pytest.approx(1.0) and b.holds and not b.beyond_noise
+    assert c.cheaper_best == "m_b" and c.difference_points == pytest.approx(25.0)
+    assert c.p_value == pytest.approx(10 / 16) and c.holds
+    assert set(frame.index.get_level_values("split")) == {"val", "test"}
+    # a compressed variant (card with a parent) is not on the ladder
+    art.cards["m_b"]["parent"] = "m_a"
+    assert list(ladder_table(art).query("split == 'test'").model) == ["m_c"]
+    art.costs = None
+    assert ladder_table(art).empty
 
 
 def test_report_without_compression_notes_the_gap(tmp_path):
