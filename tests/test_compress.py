@@ -591,3 +591,55 @@ def test_compress_every_variant_with_memory_and_sweep(tmp_path, fake_fmnist_dir)
             assert torch.equal(model(x), model(x))
     np.testing.assert_array_equal(sorted(RunDir(run).finished_models()),
                                   sorted(["tiny_vgg3"] + [f"tiny_vgg3-{v}" for v in ALL_VARIANTS]))
+
+
+class _Cut(BaseException):
+    """Stands for a kill: not an Exception, so nothing on the way catches it."""
+
+
+def test_a_variant_cut_mid_fine_tune_resumes_at_its_last_epoch(tmp_path, fake_fmnist_dir,
+                                                               monkeypatch):
+    """Every call is cut right after one fine-tune epoch is saved; calling again until done ends
+    with the same weights as one unbroken call, and the spent states are deleted."""
+    import shutil as sh
+
+    import zoo.train
+    from scripts.compress import main
+    args = ["--base", "tiny_vgg3", "--variants", "struct-l1-30", "qat8", "unstruct-30",
+            *FAST, "--finetune-epochs", "2"]
+    whole = make_tiny_run(tmp_path / "whole", fake_fmnist_dir)
+    cut = tmp_path / "cut"
+    sh.copytree(whole, cut)
+    assert main(["--run", str(whole), *args]) == 0
+
+    save = zoo.train._save_state
+    seen: list[str] = []
+
+    def save_then_die(path, state):
+        save(path, state)
+        seen.append(Path(path).name)
+        raise _Cut
+
+    monkeypatch.setattr(zoo.train, "_save_state", save_then_die)
+    calls = 0
+    while True:
+        calls += 1
+        assert calls < 20, "never finished"
+        try:
+            assert main(["--run", str(cut), *args]) == 0
+            break
+        except _Cut:
+            states = list((cut / "compress_work").rglob("*.pt"))
+            assert states, "an epoch ended without a state on disk"
+    # struct: 2 epochs, qat8: 2, unstruct: 3 steps x 2 epochs -> one call per epoch, then one more
+    assert len(seen) == 10 and calls == 11
+    assert {"struct-l1-30_fine-tune.pt", "qat8_QAT.pt", "unstruct-30_step_3.pt"} <= set(seen)
+    assert not any((cut / "compress_work").iterdir())
+    for v in ("struct-l1-30", "qat8", "unstruct-30"):
+        a = load_model(RunDir(whole).checkpoint(f"tiny_vgg3-{v}"))[0].state_dict()
+        b = load_model(RunDir(cut).checkpoint(f"tiny_vgg3-{v}"))[0].state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                ta, tb = (a[k].dequantize(), b[k].dequantize()) if a[k].is_quantized else (a[k], b[k])
+                assert torch.equal(ta, tb), (v, k)

@@ -5,7 +5,9 @@ Each variant becomes ``RUN/zoo/<base>-<variant>/{checkpoint.pt, card.json}`` (ca
 (loaded back, then measured again with the others so all timings come from one run). Tables:
 ``RUN/results/compression.csv`` (one block of rows per base: compressing a second base keeps
 the first one's rows), ``weight_hist.csv`` and, with ``sweep``, ``prune_sweep.csv`` (these two
-hold the latest base only).
+hold the latest base only). A variant cut short resumes its fine-tune at the last finished
+epoch: each fine-tune's state is saved after every epoch under ``RUN/compress_work/`` and
+deleted once the variant is saved.
 
 Cost-only mode (no trained base in the run, or ``weights`` given): a torchvision-shape model
 at ``input_size`` with random or user-supplied weights; variants are saved under
@@ -16,7 +18,10 @@ suffix (``results/compression_cost_only.csv``, ...) so they never overwrite a tr
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +130,21 @@ def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict
     if spec.method in ("int8-static", "qat8", "qat4", "prune+int8"):
         r.update(calib_images=cfg.calib_images, limit_train=cfg.limit_train)
     return r
+
+
+WORK_DIR = "compress_work"
+
+
+def _work_dir(root: Path, name: str, recipe: dict[str, Any]) -> Path:
+    """RUN/compress_work/<variant>-<recipe hash>: its fine-tunes' resumable states. States of
+    the same variant under another recipe are deleted (they can never resume)."""
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    work = root / WORK_DIR / f"{name}-{digest}"
+    if work.parent.is_dir():
+        for old in work.parent.iterdir():
+            if old != work and re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}", old.name):
+                shutil.rmtree(old, ignore_errors=True)
+    return work
 
 
 def _now() -> str:
@@ -251,6 +271,7 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
                 write_sparse_file(model, sparse_path)
         else:
             log(f"compress: building {name}")
+            ctx.work_dir = None if cost_only else _work_dir(rd.root, name, recipe)
             v = make_variant(base, spec, ctx)
             v.extra["recipe"] = recipe
             if sparse_path is not None and sparse_path.exists():
@@ -271,6 +292,8 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
                            _card(name, cfg.base, v, info, bundle.splits.fingerprint, val_acc,
                                  test_acc, params, ckpt_path, cfg.command))
             built.append(spec.name)
+            if ctx.work_dir is not None:      # saved with its card: the states are spent
+                shutil.rmtree(ctx.work_dir, ignore_errors=True)
         row = measure(model, variant=spec.name, base=cfg.base, model_name=name, arch=arch,
                       checkpoint=ckpt_path, settings=ms, test=test, info=info,
                       input_shape=base_shape, base_row=base_row, sparse_file=sparse_path,

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,9 @@ class CompressContext:
     progress: bool = True
     cost_only_input: tuple[int, ...] | None = None  # (C, H, W) of random inputs without data
     cache: dict[Any, nn.Module] = field(default_factory=dict)
+    # Where each fine-tune saves its state after every epoch (one file per fine-tune), so a
+    # build cut short resumes at its last finished epoch; None: no state files
+    work_dir: Path | None = None
 
     @property
     def has_data(self) -> bool:
@@ -130,6 +134,10 @@ def _finetune(model: nn.Module, ctx: CompressContext, lr: float, desc: str,
               amp: str | None = None) -> dict[str, Any]:
     """Fine-tune with ``zoo.train.fit`` (Adam, cosine LR); returns the config used.
 
+    With ``ctx.work_dir`` the state goes to ``work_dir/<desc>.pt`` after every epoch and a
+    fine-tune cut short resumes there (same seeds per epoch, so it ends where an unbroken one
+    would).
+
     ``amp`` defaults to the context's (``"off"`` for quantization-aware training).
     """
     epochs = ctx.finetune_epochs if epochs is None else epochs
@@ -138,8 +146,10 @@ def _finetune(model: nn.Module, ctx: CompressContext, lr: float, desc: str,
     from zoo.train import fit
     cfg = _train_config(ctx, lr, epochs, max_batches or ctx.max_batches_per_epoch,
                         ctx.amp if amp is None else amp)
+    state = (ctx.work_dir / (re.sub(r"[^A-Za-z0-9.+-]+", "_", desc) + ".pt")
+             if ctx.work_dir is not None else None)
     fit(model, ctx.train, ctx.val if ctx.val is not None and len(ctx.val) else ctx.train,
-        ctx.info, cfg, progress=ctx.progress, desc=desc)
+        ctx.info, cfg, progress=ctx.progress, desc=desc, state_path=state)
     model.to("cpu").eval()
     return cfg.to_dict()
 
