@@ -89,13 +89,14 @@ def ladder_table(art: RunArtifacts) -> pd.DataFrame:
                  and n in art.cards and art.cards[n].get("parent") is None]
         names = sorted(names, key=lambda n: art.costs.models[n].macs)   # stable: ties keep order
         correct = table.correct
-        col = {n: correct[:, table.model_names.index(n)] for n in names}
+        col = {n: correct[:, table.model_index(n)] for n in names}
+        acc = {n: float(c.mean()) for n, c in col.items()}
         for i, name in enumerate(names[1:], start=1):
-            rival = max(names[:i], key=lambda n: col[n].mean())   # first of equals: cheapest
+            rival = max(names[:i], key=acc.__getitem__)   # first of equals: the cheapest
             pair = paired_comparison(col[rival], col[name])
             rows.append({"split": split, "model": name, "macs": art.costs.models[name].macs,
-                         "accuracy": float(col[name].mean()), "cheaper_best": rival,
-                         "cheaper_best_accuracy": float(col[rival].mean()),
+                         "accuracy": acc[name], "cheaper_best": rival,
+                         "cheaper_best_accuracy": acc[rival],
                          "difference_points": 100 * pair["difference"],
                          "images_gained": pair["b_only"] - pair["a_only"],
                          "only_this_right": pair["b_only"], "only_cheaper_right": pair["a_only"],

@@ -587,8 +587,10 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
     rd = RunDir(run_dir)
     named = {r["model"] for r in rows}
     for name in rd.finished_models():
+        if name in named:
+            continue
         card = rd.read_card(name)
-        if name not in named and card.get("parent") is None:
+        if card.get("parent") is None:
             rows.append(zoo_row(name, "earlier", card, info))
     order = {m: i for i, m in enumerate(preset.models)}
     rows.sort(key=lambda r: order.get(r["model"], len(order)))   # stable: others keep theirs
