@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="quick: 8 variants, 1 fine-tune epoch on 20000 train images at lr "
                         "3e-4 (~5-8 min for vgg19_small width 0.25); full: 9 variants, 3 "
-                        "epochs, all train images, lr 1e-4, prune sweep. Explicit flags "
+                        "epochs (QAT 1), all train images, lr 1e-4, prune sweep. Explicit flags "
                         "override it.")
     p.add_argument("--variants", nargs="+", default=None,
                    help="e.g. struct-l1-30 struct-l2-10-deep unstruct-30 int8-dynamic int8-static "
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=None,
                    help="Adam learning rate (cosine to 0) of the pruning fine-tunes "
                         "(default 1e-4; quick preset 3e-4)")
+    p.add_argument("--qat-epochs", type=int, default=None,
+                   help="quantization-aware training epochs (default: --finetune-epochs; "
+                        "full preset 1)")
     p.add_argument("--qat-lr", type=float, default=5e-5,
                    help="Adam learning rate (cosine to 0) of quantization-aware training")
     p.add_argument("--limit-train", type=int, default=None,
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         run=args.run, base=args.base, variants=variants, ratio=args.ratio, norm=args.norm,
         layers=args.layers, finetune_epochs=pick(args.finetune_epochs, "finetune_epochs", 1),
         finetune_lr=pick(args.finetune_lr, "finetune_lr", 1e-4), qat_lr=args.qat_lr,
+        qat_epochs=pick(args.qat_epochs, "qat_epochs", None),
         limit_train=pick(args.limit_train, "limit_train", None),
         sweep=args.sweep == "prune" or bool(preset.get("sweep")), weights=args.weights,
         threads=args.threads, device=args.device, input_size=args.input_size,

@@ -499,6 +499,16 @@ def test_second_call_reuses_variants_and_keeps_other_bases_rows(compressed_run, 
     card = RunDir(compressed_run).read_card("tiny_vgg3-struct-l1-30")
     assert card["train_config"]["amp"] == "bf16" and card["compression"]["recipe"]["amp"] == "bf16"
     assert RunDir(compressed_run).read_card("tiny_vgg3-qat4")["train_config"]["amp"] == "off"
+    # --qat-epochs changes QAT's recipe and epoch count only, not the pruning fine-tune's
+    assert main(["--run", str(compressed_run), "--base", "tiny_vgg3", "--variants", "qat4",
+                 "struct-l1-30", *FAST, "--finetune-lr", "2e-4", "--amp", "bf16",
+                 "--qat-epochs", "2"]) == 0
+    two = {n: file_sha256(RunDir(compressed_run).checkpoint(f"tiny_vgg3-{n}")) for n in before}
+    assert two["struct-l1-30"] == bf16["struct-l1-30"] and two["qat4"] != bf16["qat4"]
+    card = RunDir(compressed_run).read_card("tiny_vgg3-qat4")
+    assert card["train_config"]["epochs"] == 2
+    assert card["compression"]["recipe"]["finetune_epochs"] == 2
+    assert RunDir(compressed_run).read_card("tiny_vgg3-struct-l1-30")["train_config"]["epochs"] == 1
 
 
 def test_profile_zoo_takes_the_variants_as_members(compressed_run, tmp_path):

@@ -53,7 +53,11 @@ PRESETS: dict[str, dict[str, Any]] = {
               "finetune_epochs": 1, "limit_train": 20000, "finetune_lr": 3e-4, "sweep": False},
     "full": {"variants": ["struct-l1-30", "struct-l2-10-deep", "unstruct-30", "int8-dynamic",
                           "int8-static", "qat8", "qat4", "prune+int8", "res-20"],
-             "finetune_epochs": 3, "limit_train": None, "finetune_lr": 1e-4, "sweep": True},
+             "finetune_epochs": 3, "limit_train": None, "finetune_lr": 1e-4, "sweep": True,
+             # QAT starts from the trained model with observers calibrated on real images and
+             # trains in float32 (no bf16): on a 2-core CPU one epoch of the full-width
+             # vgg19_small is ~20 min, so 3 would add ~80 min per scheme to the whole run
+             "qat_epochs": 1},
 }
 
 
@@ -70,6 +74,7 @@ class CompressConfig:
     finetune_epochs: int = 1
     finetune_lr: float = 1e-4      # Adam, cosine to 0: pruning fine-tunes
     qat_lr: float = 5e-5           # Adam, cosine to 0: quantization-aware training
+    qat_epochs: int | None = None  # quantization-aware training epochs; None: finetune_epochs
     limit_train: int | None = None
     sweep: bool = False
     weights: str | None = None
@@ -110,6 +115,11 @@ def merge_rows(path: Path, rows: list[dict[str, Any]], base: str) -> list[dict[s
     return [r for r in old if r.get("base") != base] + rows
 
 
+def qat_epochs(cfg: CompressConfig) -> int:
+    """Epochs of quantization-aware training: ``qat_epochs``, else ``finetune_epochs``."""
+    return cfg.finetune_epochs if cfg.qat_epochs is None else cfg.qat_epochs
+
+
 def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict[str, Any]:
     """Everything a variant's weights depend on; a saved variant whose recipe differs is rebuilt.
 
@@ -125,7 +135,7 @@ def variant_recipe(spec: VariantSpec, cfg: CompressConfig, base_id: str) -> dict
         if cfg.amp != "off":  # left out when off, so recipes saved before it still match
             r["amp"] = cfg.amp
     if spec.method in ("qat8", "qat4"):
-        r.update(finetune_epochs=cfg.finetune_epochs, qat_lr=cfg.qat_lr,
+        r.update(finetune_epochs=qat_epochs(cfg), qat_lr=cfg.qat_lr,
                  limit_train=cfg.limit_train)
     if spec.method in ("int8-static", "qat8", "qat4", "prune+int8"):
         r.update(calib_images=cfg.calib_images, limit_train=cfg.limit_train)
@@ -217,8 +227,8 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     fa = base.arch
     ctx = CompressContext(info=info, train=train, val=bundle.val if bundle else None,
                           finetune_epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                          qat_lr=cfg.qat_lr, calib_images=cfg.calib_images,
-                          seed=cfg.seed, device=cfg.device, amp=cfg.amp,
+                          qat_lr=cfg.qat_lr, qat_epochs=qat_epochs(cfg),
+                          calib_images=cfg.calib_images, seed=cfg.seed, device=cfg.device, amp=cfg.amp,
                           progress=cfg.progress,
                           cost_only_input=(fa.in_channels, fa.input_size, fa.input_size))
     test = bundle.test if bundle else None
@@ -317,6 +327,6 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
                 "measure": asdict(ms), "torch": torch.__version__, "created": _now(),
                 "command": cfg.command, "finetune_epochs": cfg.finetune_epochs,
                 "finetune_lr": cfg.finetune_lr, "qat_lr": cfg.qat_lr,
-                "limit_train": cfg.limit_train, "weights": cfg.weights})
+                "qat_epochs": qat_epochs(cfg), "limit_train": cfg.limit_train, "weights": cfg.weights})
     log(format_table(rows))
     return CompressResult(rows, sweep_rows, built, skipped, cost_only)

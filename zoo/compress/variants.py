@@ -89,6 +89,7 @@ class CompressContext:
     finetune_epochs: int = 1
     lr: float = 1e-4
     qat_lr: float = 5e-5
+    qat_epochs: int | None = None  # QAT epochs; None: finetune_epochs
     batch_size: int = 128
     calib_images: int = 256
     unstruct_steps: int = 3
@@ -245,7 +246,8 @@ def make_variant(base: VGG, spec: VariantSpec, ctx: CompressContext) -> Variant:
         batches = calibration_batches(ctx)
         prepared = quant.prepare(copy.deepcopy(folded), batches[0][:1], scheme)
         quant.calibrate(prepared, batches)  # start the observers from real ranges
-        tc = _finetune(prepared, ctx, ctx.qat_lr, f"{spec.name} QAT", amp="off")
+        tc = _finetune(prepared, ctx, ctx.qat_lr, f"{spec.name} QAT", epochs=ctx.qat_epochs,
+                       amp="off")
         extra["qat_trained"] = bool(tc)
         model = quant.convert(prepared.cpu(), scheme)
         if scheme == "qat4":
