@@ -234,13 +234,17 @@ def test_full_preset_runs_tiny_vgg5_to_the_end_and_leaves_the_others_as_trained(
     assert (five.patience, five.keep, five.epochs) == (None, "last", 40)
     big = full.train_config(full.recipe("vgg19_small"))
     assert (big.patience, big.keep, big.lr) == (None, "last", 5e-4)
+    for deep in (five, big):        # the two that overfit get real decay and random erasing
+        assert (deep.weight_decay, deep.erase) == (0.05, 0.5)
     four = full.train_config(full.recipe("tiny_vgg4"))
     assert (four.patience, four.keep, four.epochs) == (8, "best", 30)
     # a card written before `keep` existed still matches the configs that keep the best epoch
     old_card = {k: v for k, v in four.identity().items() if k != "keep"}
     assert identity_diffs(old_card, four) == []
     assert identity_diffs(old_card, five) == [
-        "epochs: 30 -> 40", "keep: 'best' -> 'last'", "patience: 8 -> None"]
+        "epochs: 30 -> 40", "erase: 0.0 -> 0.5", "keep: 'best' -> 'last'", "patience: 8 -> None",
+        "weight_decay: 0.0005 -> 0.05"]
+    assert (four.weight_decay, four.erase) == (5e-4, 0.0)
 
 
 def test_train_zoo_table_and_ladder_cover_models_from_earlier_calls(tmp_path, fake_fmnist_dir,
