@@ -119,7 +119,7 @@ def _full() -> Preset:
                        augment=True, channels_last=True)
     return Preset(name="full", models=TINY + ["vgg19_small"], recipes=recipes, base=base,
                   limit_train=None, limit_eval=None,
-                  note="tens of minutes on one GPU; about 8 hours of training on a 2-core CPU")
+                  note="tens of minutes on one GPU; about 9 hours of training on a 2-core CPU")
 
 
 def _smoke() -> Preset:
