@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from zoo.compress.measure import MeasureSettings
+from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.compress.run import PRESETS, CompressConfig, run_compress
 
 
@@ -64,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft cap on timing seconds per model (minimum runs still run)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+    p.add_argument("--amp", choices=list(AMP_CHOICES), default="off",
                    help="bf16: pruning and resolution fine-tunes under bfloat16 autocast "
-                   "(QAT stays float32); see train-zoo --amp")
+                   "(QAT stays float32); auto: bf16 where the hardware has it; see train-zoo --amp")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS.get(args.preset or "", {})
     variants = args.variants or preset.get("variants")
     if not variants:
-        print("compress: name --variants (or --preset quick|full)", file=sys.stderr)
+        print("compress: name --variants (or --preset quick|standard|full)", file=sys.stderr)
         return 2
     pick = lambda v, key, default: v if v is not None else preset.get(key, default)  # noqa: E731
     cfg = CompressConfig(
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep=args.sweep == "prune" or bool(preset.get("sweep")), weights=args.weights,
         threads=args.threads, device=args.device, input_size=args.input_size,
         num_classes=args.num_classes, width=args.width, calib_images=args.calib_images,
-        seed=args.seed, amp=args.amp,
+        seed=args.seed, amp=resolve_amp(args.amp, args.device),
         measure=MeasureSettings(threads=args.threads, big_batch=args.big_batch,
                                 latency_runs=args.latency_runs, batch_repeats=args.batch_repeats,
                                 budget_s=args.budget_s, memory=not args.no_memory),

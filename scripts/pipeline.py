@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from oracle.io import read_json, write_json
+from oracle.io import read_csv, read_json, write_csv, write_json
 
 
 @dataclass
@@ -37,6 +37,13 @@ PRESETS: dict[str, PipelinePreset] = {
         train_args=["--preset", "quick"],
         compress_args=["--base", "vgg19_small", "--preset", "quick"],
         expected="about 30 minutes on a 2-core CPU",
+    ),
+    "standard": PipelinePreset(
+        name="standard",
+        train_args=["--preset", "standard", "--amp", "auto"],
+        compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
+        expected=("at most 2 hours on a 2-core CPU with AVX2 only; well under one hour where "
+                  "the CPU has native bf16 (AVX512-BF16 or AMX)"),
     ),
     "full": PipelinePreset(
         name="full",
@@ -112,6 +119,20 @@ def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[st
     return base + with_threads(args, threads)
 
 
+STAGE_COLUMNS = ["stage", "seconds", "started", "finished", "preset"]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def append_stage_row(run: Path, row: dict) -> Path:
+    """Add one finished stage to ``RUN/results/stages.csv`` (rewritten atomically)."""
+    path = Path(run) / "results" / "stages.csv"
+    rows = read_csv(path) if path.exists() else []
+    return write_csv(path, rows + [row], STAGE_COLUMNS)
+
+
 def _stamp_path(run: Path, stage: str) -> Path:
     return run / "stages" / f"{stage}.json"
 
@@ -136,6 +157,7 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
             outcomes.append(StageOutcome(stage, False, 0.0))
             continue
         log(f"[{i + 1}/{len(STAGES)}] {stage} {' '.join(argv)}")
+        started = _now()
         start = time.perf_counter()
         module = importlib.import_module(module_name)
         code = module.main(argv)
@@ -143,9 +165,11 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
             raise RuntimeError(f"stage {stage} failed with exit code {code}; fix the cause and "
                                "run the same command again: finished work is kept")
         seconds = time.perf_counter() - start
-        write_json(stamp, {"argv": argv, "seconds": round(seconds, 1),
-                           "finished": dt.datetime.now(dt.timezone.utc).isoformat(
-                               timespec="seconds")})
+        finished = _now()
+        write_json(stamp, {"argv": argv, "seconds": round(seconds, 1), "started": started,
+                           "finished": finished})
+        append_stage_row(run, {"stage": stage, "seconds": round(seconds, 1), "started": started,
+                               "finished": finished, "preset": preset.name})
         log(f"[{i + 1}/{len(STAGES)}] {stage}: finished in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage, True, seconds))
         invalidate = True  # later stages must see this stage's new output

@@ -12,15 +12,17 @@ from scripts.pipeline import PRESETS, STAGES, run_pipeline, summary_lines
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run-all", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: minutes on a 2-core CPU; full: the whole study (GPU advised)")
+                   help="quick: minutes on a 2-core CPU; standard: a well-trained study in at most "
+                   "2 hours on a 2-core CPU; full: the whole study (GPU advised)")
     p.add_argument("--run", type=Path, default=None, help="run directory (default runs/<preset>)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--device", default=None, help="cpu or cuda for training (default: cpu)")
-    p.add_argument("--amp", choices=["off", "bf16"], default=None,
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], default=None,
                    help="mixed precision for train-zoo and compress's fine-tunes: bf16 trains "
-                   "2-3x faster on CPUs with AVX512-BF16 or AMX (default: off, float32)")
+                   "2-3x faster on CPUs with AVX512-BF16 or AMX; auto: bf16 only where the hardware has "
+                   "it (default: the preset's: auto for standard, off for quick and full)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for compress, profile-zoo and evaluate-routers timings "
                    "(default: the preset's, 2)")

@@ -3,7 +3,7 @@
     train-zoo --run runs/quick [--preset quick|full] [--models tiny_vgg1 ...] [--epochs N]
               [--dataset fashion-mnist] [--data-dir D] [--no-download] [--limit-train N]
               [--limit-eval N] [--seed S] [--device cpu|cuda] [--threads N] [--width W]
-              [--amp off|bf16]
+              [--amp off|bf16|auto]
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 
 from oracle.io import write_csv
 from zoo.data import DataError, prepare_data
+from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.presets import PRESETS, get_preset
 from zoo.registry import list_models
 from zoo.rundir import RunConfig, RunDir
@@ -39,9 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--amp", choices=["off", "bf16"], default=None,
+    p.add_argument("--amp", choices=list(AMP_CHOICES), default=None,
                    help="bf16: training steps under bfloat16 autocast (2-3x faster on CPUs with "
-                   "AVX512-BF16 or AMX; evaluation stays float32); default off")
+                   "AVX512-BF16 or AMX; evaluation stays float32); auto: bf16 only where the "
+                   "CPU (or GPU) has it natively; default off")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p.parse_args(argv)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(bundle.test)}, split {bundle.splits.fingerprint}")
     settings = ZooRunSettings(preset=args.preset, models=args.models, epochs=args.epochs,
                               width=args.width, lr=args.lr, seed=args.seed, device=args.device,
-                              threads=args.threads, amp=args.amp,
+                              threads=args.threads, amp=resolve_amp(args.amp, args.device),
                               progress=not args.no_progress)
     command = shlex.join(["train-zoo", *argv])
     try:

@@ -122,6 +122,34 @@ def _full() -> Preset:
                   note="tens of minutes on one GPU; about 9 hours of training on a 2-core CPU")
 
 
+STANDARD_EPOCHS = {"tiny_vgg1": 8, "tiny_vgg2": 6, "tiny_vgg3": 6, "tiny_vgg4": 5,
+                   "tiny_vgg5": 5, "vgg19_small": 4}
+
+
+def _standard() -> Preset:
+    # A well-trained study in one sitting on a 2-core CPU (at most 2 hours for run-all on an
+    # AVX2-only CPU, the slowest kind seen; run-all trains in bf16 where the CPU has it).
+    # Levers, measured with bench_train (batch 128, images/s; AVX2 EPYC float32 / AMX Xeon
+    # float32 / AMX Xeon bf16): width 0.5 takes the tiny VGGs' training cost down ~3-4x
+    # (tiny_vgg1 1455 / 3605 / 7305, tiny_vgg3 547 / 1578 / 4256, tiny_vgg5 267 / 776 /
+    # 2182; vgg19_small at 0.25: ~160 / 454 / 1056). Epochs go where they are cheap: on the
+    # AVX2 machine an epoch of all 54k images is about 37 / 66 / 99 / 135 / 202 s for
+    # tiny_vgg1-5 and ~340 s for vgg19_small, so these epochs cost about 72 minutes there.
+    # One-cycle anneals to ~0, so the last epoch is kept; no early stopping in so few epochs.
+    recipes = {m: ModelRecipe(width=0.5, batch_norm=True, epochs=STANDARD_EPOCHS[m], lr=2e-3)
+               for m in TINY}
+    recipes["vgg19_small"] = ModelRecipe(width=0.25, batch_norm=True,
+                                         epochs=STANDARD_EPOCHS["vgg19_small"], lr=2e-3)
+    base = TrainConfig(epochs=5, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=5e-4,
+                       schedule="onecycle", patience=None, label_smoothing=0.05, augment=True,
+                       channels_last=True, keep="last")
+    # cheapest first by counted MACs at these widths: 3.7, 10.9, 20.2, 34.6, 38.9, 52.1 M
+    order = ["tiny_vgg1", "tiny_vgg2", "tiny_vgg3", "tiny_vgg4", "vgg19_small", "tiny_vgg5"]
+    return Preset(name="standard", models=order, recipes=recipes, base=base,
+                  limit_train=None, limit_eval=None,
+                  note="at most 2 hours for run-all on a 2-core AVX2 CPU")
+
+
 def _smoke() -> Preset:
     # Seconds, not minutes: three narrow tiny VGGs, one short epoch on a few hundred images.
     # For the end-to-end test of run-all and for trying the pipeline on new data; its numbers
@@ -136,7 +164,8 @@ def _smoke() -> Preset:
                   limit_train=256, limit_eval=100, note="seconds; a plumbing check only")
 
 
-PRESETS: dict[str, Preset] = {"quick": _quick(), "full": _full(), "smoke": _smoke()}
+PRESETS: dict[str, Preset] = {"quick": _quick(), "standard": _standard(), "full": _full(),
+                              "smoke": _smoke()}
 
 
 def get_preset(name: str) -> Preset:
