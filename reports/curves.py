@@ -1,11 +1,16 @@
 """Curves from ``results/routers.csv`` and training histories.
 
 Families in routers.csv: ``single`` and ``best-single`` rows are single models (points and
-reference lines); ``ceiling`` is the per-sample oracle (a reference); the routed families
-(oracle, oracle-executed, dispatcher, cascade, random) are curves over their sacrifice levels.
-Every routing method keeps one colour in every figure (``style.method_colors``); line style
-says what it is: solid = deployable router, dashed = label oracle (a bound), dotted = the
-cost-matched random baseline.
+reference lines); ``cheapest-single`` is the cheapest model meeting each level's target on val
+(a second reference, drawn over the levels); ``ceiling`` is the per-sample oracle (a
+reference); the routed families (oracle, oracle-executed, dispatcher, cascade, random) are
+curves over their sacrifice levels. Every routing method keeps one colour in every figure
+(``style.method_colors``); line style says what it is: solid = deployable router, dashed =
+label oracle (a bound), dotted = the cost-matched random baseline. The answer selected on val
+at each level (``selected``) is ringed.
+
+Router figures draw one zoo (``zoo="all"`` by default: routers fitted over the whole zoo), so
+no row is drawn twice; a routers.csv without a ``zoo`` column is all ``"all"``.
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from reports import style
-from reports.inputs import model_of
+from reports.inputs import DEFAULT_ZOO, _as_bool, model_of, zoo_rows
 
 SINGLE_FAMILIES = ("single", "best-single")
-REFERENCE_FAMILIES = ("single", "best-single", "ceiling")
+REFERENCE_FAMILIES = ("single", "best-single", "cheapest-single", "ceiling")
+REFERENCE_ROWS = ("best-single", "cheapest-single", "ceiling")   # in the figures' data_
+CHEAPEST_LABEL = "cheapest adequate single model (on val)"
 # oracle-executed rows carry the same predictions as their simulated oracle rows (only timed)
 SAME_AS_ORACLE = ("oracle-executed",)
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -95,6 +102,12 @@ def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1
                    zorder=1.6, **style.REFERENCE_STYLE["best-single"])
     if column not in frame.columns:
         return
+    cheap = frame[frame["family"] == "cheapest-single"].dropna(subset=["sacrifice", column])
+    if not cheap.empty:
+        cheap = cheap.sort_values("sacrifice", kind="stable")
+        xs = cheap["sacrifice"].to_numpy(dtype=float)
+        ax.plot(xmap(xs) if xmap else 100 * xs, scale * cheap[column].to_numpy(dtype=float),
+                label=CHEAPEST_LABEL, zorder=1.7, **style.REFERENCE_STYLE["cheapest-single"])
     for method, part in ceiling_rows(frame).groupby("method", sort=False):
         vals = part[["sacrifice", column]].dropna()
         if vals.empty:
@@ -108,6 +121,28 @@ def _reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1
         else:
             ax.axhline(scale * float(vals[column].iloc[0]), label=label, zorder=1.6,
                        **style.REFERENCE_STYLE["ceiling"])
+
+
+def selected_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows selected on val (none where routers.csv predates selection)."""
+    if "selected" not in frame.columns:
+        return frame.iloc[0:0]
+    return frame[frame["selected"].map(lambda v: _as_bool(v) is True).astype(bool)]
+
+
+def _mark_selected(ax: Any, frame: pd.DataFrame, x: str, y: str, scale: float = 1.0,
+                   xmap: Callable[[Any], Any] | None = None) -> None:
+    """A ring around each level's answer selected on val."""
+    sel = selected_rows(frame).dropna(subset=[x, y])
+    if sel.empty:
+        return
+    xs = sel[x].to_numpy(dtype=float)
+    ax.scatter(xmap(xs) if xmap else xs, scale * sel[y].to_numpy(dtype=float),
+               label=style.SELECTED_LABEL, **style.SELECTED_STYLE)
+
+
+def _data_columns(frame: pd.DataFrame, keep: list[str]) -> list[str]:
+    return keep + [c for c in ("zoo", "selected") if c in frame.columns and c not in keep]
 
 
 def _target_line(ax: Any, frame: pd.DataFrame, scale: float = 100.0,
@@ -166,7 +201,9 @@ class SacrificeMetricsDisplay:
     metrics: tuple[str, ...] = METRICS
 
     @classmethod
-    def from_routers(cls, frame: pd.DataFrame) -> "SacrificeMetricsDisplay":
+    def from_routers(cls, frame: pd.DataFrame,
+                     zoo: str | None = DEFAULT_ZOO) -> "SacrificeMetricsDisplay":
+        frame = zoo_rows(frame, zoo)
         metrics = tuple(m for m in METRICS if m in frame.columns)
         _need_rows(routed_rows(frame), "metrics against sacrifice")
         return cls(frame, metrics)
@@ -175,8 +212,8 @@ class SacrificeMetricsDisplay:
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", *self.metrics]
         keep += [c for c in ("target_accuracy", "budget_held") if c in self.frame.columns]
-        refs = self.frame[self.frame["family"].isin(("best-single", "ceiling"))]
-        return pd.concat([self._rows(), refs])[keep]
+        refs = self.frame[self.frame["family"].isin(REFERENCE_ROWS)]
+        return pd.concat([self._rows(), refs])[_data_columns(self.frame, keep)]
 
     def _rows(self) -> pd.DataFrame:
         rows = routed_rows(self.frame)
@@ -192,6 +229,7 @@ class SacrificeMetricsDisplay:
             xmap = level_axis(ax, self.frame)
             _draw_methods(ax, rows, "sacrifice", metric, scale=100.0, xmap=xmap)
             _reference_lines(ax, self.frame, metric, scale=100.0, xmap=xmap)
+            _mark_selected(ax, self.frame, "sacrifice", metric, scale=100.0, xmap=xmap)
             if metric == "accuracy":
                 _target_line(ax, self.frame, xmap=xmap)
             ax.set_xlabel(SACRIFICE_LABEL)
@@ -213,7 +251,8 @@ class TimeDisplay:
     frame: pd.DataFrame
 
     @classmethod
-    def from_routers(cls, frame: pd.DataFrame) -> "TimeDisplay":
+    def from_routers(cls, frame: pd.DataFrame, zoo: str | None = DEFAULT_ZOO) -> "TimeDisplay":
+        frame = zoo_rows(frame, zoo)
         for col in ("seconds", "images_per_second"):
             if col not in frame.columns:
                 raise ValueError(f"routers.csv lacks column {col!r}; re-run `evaluate-routers`")
@@ -224,11 +263,13 @@ class TimeDisplay:
     @property
     def data_(self) -> pd.DataFrame:
         keep = ["method", "family", "sacrifice", "seconds", "images_per_second"]
-        keep += [c for c in ("speedup_vs_best", "timing_samples", "threads")
+        keep += [c for c in ("speedup_vs_best", "speedup_vs_cheapest_single", "router_seconds",
+                             "wasted_seconds", "overhead_share", "timing_samples", "threads")
                  if c in self.frame.columns]
-        refs = self.frame[self.frame["family"].isin(("best-single", "ceiling"))]
+        refs = self.frame[self.frame["family"].isin(REFERENCE_ROWS)]
         timed = routed_rows(self.frame).dropna(subset=["images_per_second"])
-        return pd.concat([timed, refs.dropna(subset=["images_per_second"])])[keep]
+        return pd.concat([timed, refs.dropna(subset=["images_per_second"])])[
+            _data_columns(self.frame, keep)]
 
     def plot(self) -> "TimeDisplay":
         fig, axes = style.new_figure(11.5, 3.8, 1, 2)
@@ -239,6 +280,7 @@ class TimeDisplay:
             xmap = level_axis(ax, self.frame)
             _draw_methods(ax, rows, "sacrifice", col, xmap=xmap)
             _reference_lines(ax, self.frame, col, xmap=xmap)
+            _mark_selected(ax, self.frame, "sacrifice", col, xmap=xmap)
             ax.set_xlabel(SACRIFICE_LABEL)
             ax.set_ylabel(label)
             values = pd.concat([rows[col], self.data_[col]])
@@ -320,14 +362,16 @@ class FrontierDisplay:
     frame: pd.DataFrame
 
     @classmethod
-    def from_routers(cls, frame: pd.DataFrame) -> "FrontierDisplay":
+    def from_routers(cls, frame: pd.DataFrame, zoo: str | None = DEFAULT_ZOO) -> "FrontierDisplay":
+        frame = zoo_rows(frame, zoo)
         if frame[["accuracy", "images_per_second"]].dropna().empty:
             raise ValueError("routers.csv has no row with both accuracy and images_per_second")
         return cls(frame)
 
     @property
     def data_(self) -> pd.DataFrame:
-        keep = ["method", "family", "sacrifice", "accuracy", "images_per_second"]
+        keep = _data_columns(self.frame, ["method", "family", "sacrifice", "accuracy",
+                                          "images_per_second"])
         return self.frame[keep].dropna(subset=["accuracy", "images_per_second"]).copy()
 
     @staticmethod
@@ -379,7 +423,17 @@ class FrontierDisplay:
             ax.scatter([b["images_per_second"]], [100 * b["accuracy"]], s=90, zorder=2,
                        facecolors="none", edgecolors="black", linewidths=1.2,
                        label="best single model (reference)")
+        cheap_models = {model_of(r) for _, r in
+                        self.frame[self.frame["family"] == "cheapest-single"].iterrows()}
+        cheap = singles["model"].isin(cheap_models).to_numpy()
+        if cheap.any():     # the second reference: a square around its point
+            ref_kw = style.REFERENCE_STYLE["cheapest-single"]
+            ax.scatter(singles["images_per_second"][cheap], shown_y[cheap], marker="s", s=110,
+                       zorder=2, facecolors="none", edgecolors=ref_kw["color"], linewidths=1.1,
+                       linestyle="--",
+                       label="cheapest adequate single model (on val, at some level)")
         _draw_methods(ax, rows, "images_per_second", "accuracy", scale=100.0)
+        _mark_selected(ax, self.frame, "images_per_second", "accuracy", scale=100.0)
         for method, part in ceil.groupby("method", sort=False):
             part = part.drop_duplicates(["images_per_second", "accuracy"])
             ax.plot(part["images_per_second"], 100 * part["accuracy"], marker="*",
@@ -449,7 +503,8 @@ class SharesDisplay:
     models: list[str] = field(default_factory=list)   # in routers.csv order (cheapest first)
 
     @classmethod
-    def from_routers(cls, frame: pd.DataFrame) -> "SharesDisplay":
+    def from_routers(cls, frame: pd.DataFrame, zoo: str | None = DEFAULT_ZOO) -> "SharesDisplay":
+        frame = zoo_rows(frame, zoo)
         cols = [c for c in frame.columns if c.startswith("share_")]
         if not cols:
             raise ValueError("routers.csv has no share_<model> columns; re-run "

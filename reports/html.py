@@ -96,18 +96,22 @@ def _section_html(s: Section) -> str:
     return "\n".join(parts)
 
 
-def render_page(title: str, summary_lines: Sequence[str], sections: Sequence[Section]) -> str:
-    """The whole page as a string (all text escaped here)."""
+def render_page(title: str, summary_lines: Sequence[str], sections: Sequence[Section],
+                summary_tables: Sequence[tuple[str, pd.DataFrame]] = ()) -> str:
+    """The whole page as a string (all text escaped here); ``summary_tables`` (caption,
+    frame) follow the summary's lines inside its box."""
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     summary = "".join(f"<li>{escape(line)}</li>" for line in summary_lines)
+    tables = "".join(f"<h3>{escape(caption)}</h3>{table_html(frame)}"
+                     for caption, frame in summary_tables)
     toc = "".join(f'<li><a href="#s{i}">{escape(s.title)}</a></li>' for i, s in enumerate(sections))
     body = "\n".join(f'<section id="s{i}">{_section_html(s)}</section>'
                      for i, s in enumerate(sections))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n"
             f"<h1>{escape(title)}</h1>\n<div class=\"summary\"><h2>Summary</h2><ul>{summary}</ul>"
-            f"</div>\n<ul>{toc}</ul>\n{body}\n<p><small>Generated {escape(created)} from saved "
-            f"tables and result CSVs by <code>report</code>.</small></p></body></html>\n")
+            f"{tables}</div>\n<ul>{toc}</ul>\n{body}\n<p><small>Generated {escape(created)} "
+            f"from saved tables and result CSVs by <code>report</code>.</small></p></body></html>\n")
 
 
 def write_page(path: str | Path, text: str) -> Path:

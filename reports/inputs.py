@@ -22,19 +22,27 @@ PRUNE_COLUMNS = ("method", "level", "accuracy", "images_per_second")
 HIST_COLUMNS = ("variant", "bin_left", "bin_right", "count")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 ROUTER_NPZ_KEYS = ("methods", "sacrifices", "preds")
+DEFAULT_ZOO = "all"       # routers.csv rows without a ``zoo`` (older runs) were fitted on it
+ZOO_ORDER = ("all", "base")
 
 
 @dataclass
 class RouterPredictions:
-    """Test-split predictions of K routers: ``preds[k]`` is router k's (N,) answers."""
+    """Test-split predictions of K routers: ``preds[k]`` is router k's (N,) answers, fitted
+    over zoo ``zoos[k]`` (``"all"`` throughout in files written before zoos existed)."""
 
     methods: list[str]
     sacrifices: np.ndarray   # (K,) float
     preds: np.ndarray        # (K, N) int
+    zoos: list[str] = field(default_factory=list)
 
-    def find(self, method: str, sacrifice: float) -> np.ndarray | None:
-        for k, (m, s) in enumerate(zip(self.methods, self.sacrifices)):
-            if m == method and np.isclose(float(s), sacrifice):
+    def __post_init__(self) -> None:
+        if not self.zoos:
+            self.zoos = [DEFAULT_ZOO] * len(self.methods)
+
+    def find(self, method: str, sacrifice: float, zoo: str = DEFAULT_ZOO) -> np.ndarray | None:
+        for k, (m, s, z) in enumerate(zip(self.methods, self.sacrifices, self.zoos)):
+            if m == method and z == zoo and np.isclose(float(s), sacrifice):
                 return self.preds[k]
         return None
 
@@ -88,10 +96,14 @@ def _read_router_predictions(path: Path) -> RouterPredictions | None:
         if missing:
             raise ValueError(f"{path} lacks keys {missing}; re-run `evaluate-routers`")
         methods, sac, preds = (z[k] for k in ROUTER_NPZ_KEYS)
-    if preds.ndim != 2 or len(methods) != preds.shape[0] or len(sac) != preds.shape[0]:
-        raise ValueError(f"{path}: methods {methods.shape}, sacrifices {sac.shape} and preds "
-                         f"{preds.shape} disagree (expected (K,), (K,), (K, N))")
-    return RouterPredictions([str(m) for m in methods], sac.astype(float), preds.astype(np.int64))
+        zoos = z["zoos"] if "zoos" in z.files else np.full(len(methods), DEFAULT_ZOO)
+    if (preds.ndim != 2 or len(methods) != preds.shape[0] or len(sac) != preds.shape[0]
+            or len(zoos) != preds.shape[0]):
+        raise ValueError(f"{path}: methods {methods.shape}, sacrifices {sac.shape}, zoos "
+                         f"{zoos.shape} and preds {preds.shape} disagree (expected (K,), (K,), "
+                         "(K,), (K, N)); re-run `evaluate-routers`")
+    return RouterPredictions([str(m) for m in methods], sac.astype(float), preds.astype(np.int64),
+                             [str(z) for z in zoos])
 
 
 def load_run(root: str | Path) -> RunArtifacts:
@@ -128,25 +140,33 @@ def load_run(root: str | Path) -> RunArtifacts:
 
 
 def model_of(row: Any) -> str:
-    """The model behind a single-model routers.csv row: ``single:NAME`` / ``best-single:NAME``
-    (evaluate-routers), or the ``reference`` column (oracle.metrics.sacrifice_sweep)."""
+    """The model behind a single-model routers.csv row: ``single:NAME`` / ``best-single:NAME`` /
+    ``cheapest-single:NAME`` (evaluate-routers), or the ``reference`` column
+    (oracle.metrics.sacrifice_sweep)."""
     ref = row.get("reference") if hasattr(row, "get") else None
     if isinstance(ref, str) and ref:
         return ref
     method = str(row["method"])
-    for prefix in ("best-single:", "single:"):
+    for prefix in ("best-single:", "cheapest-single:", "single:"):
         if method.startswith(prefix):
             return method[len(prefix):]
     return method
 
 
 def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held``."""
+    """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held`` and
+    ``selected``, a ``zoo`` on every row (``"all"`` where the file predates zoos). A file
+    without ``selected`` keeps lacking it: nothing here may stand in for selection on val."""
     frame = frame.copy()
     frame["method"] = frame["method"].astype(str)
     frame["family"] = frame["family"].astype(str)
+    if "zoo" not in frame.columns:
+        frame["zoo"] = DEFAULT_ZOO
+    frame["zoo"] = frame["zoo"].where(frame["zoo"].notna(), DEFAULT_ZOO).astype(str)
+    if "selected" in frame.columns:
+        frame["selected"] = frame["selected"].map(lambda v: _as_bool(v) is True)
     for col in frame.columns:
-        if col in ("method", "family", "budget_held"):
+        if col in ("method", "family", "zoo", "selected", "budget_held"):
             continue
         if col == "sacrifice" or col.startswith("share_") or frame[col].dtype == object:
             converted = pd.to_numeric(frame[col], errors="coerce")
@@ -155,6 +175,23 @@ def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if "budget_held" in frame.columns:
         frame["budget_held"] = frame["budget_held"].map(_as_bool)
     return frame
+
+
+def zoo_rows(frame: pd.DataFrame, zoo: str | None = DEFAULT_ZOO) -> pd.DataFrame:
+    """The rows of one zoo (``None``: every row); a frame without ``zoo`` is all ``"all"``."""
+    if zoo is None:
+        return frame
+    if "zoo" not in frame.columns:
+        return frame if zoo == DEFAULT_ZOO else frame.iloc[0:0]
+    return frame[frame["zoo"].fillna(DEFAULT_ZOO).astype(str) == zoo]
+
+
+def zoos_of(frame: pd.DataFrame) -> list[str]:
+    """The zoos present, ``all`` first, then ``base``, then any other in file order."""
+    present = (list(dict.fromkeys(frame["zoo"].fillna(DEFAULT_ZOO).astype(str)))
+               if "zoo" in frame.columns else [DEFAULT_ZOO])
+    rank = {z: i for i, z in enumerate(ZOO_ORDER)}
+    return sorted(present, key=lambda z: (rank.get(z, len(rank)), present.index(z)))
 
 
 def _as_bool(v: Any) -> bool | None:

@@ -25,7 +25,14 @@ OVERLAP_VMIN, OVERLAP_VMAX = 0.0, 100.0
 PALETTE = "tab10"
 # reference lines stay out of the tab10 palette the methods use
 REFERENCE_STYLE = {"best-single": dict(color="dimgray", linestyle="--", linewidth=1.4),
+                   "cheapest-single": dict(color="dimgray", linestyle=(0, (6, 2, 1, 2)),
+                                           linewidth=1.1, marker="s", markersize=4.5,
+                                           markerfacecolor="none"),
                    "ceiling": dict(color="black", linestyle=":", linewidth=1.5)}
+# the answer selected on val at a level (routers.csv ``selected``): a ring around its point
+SELECTED_STYLE = dict(marker="o", s=150, facecolors="none", edgecolors="crimson",
+                      linewidths=1.4, zorder=4)
+SELECTED_LABEL = "selected on val (deployed at its level)"
 
 
 # One colour per routing method in every figure (its executed twin and its cost-matched random

@@ -9,13 +9,14 @@ import pandas as pd
 
 from oracle.metrics import paired_comparison
 from oracle.policy import reference_index
-from reports.inputs import RunArtifacts, model_of
+from reports.inputs import DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
 
-DEPLOYABLE_FAMILIES = ("dispatcher", "cascade")
 SUMMARY_SACRIFICE = 0.01
-ROUTER_TABLE_COLUMNS = ("sacrifice", "method", "family", "accuracy", "precision", "recall", "f1",
-                        "seconds", "images_per_second", "speedup_vs_best", "router_seconds",
-                        "macs_per_image", "budget_held")
+ROUTER_TABLE_COLUMNS = ("zoo", "sacrifice", "method", "family", "selected", "accuracy",
+                        "precision", "recall", "f1", "seconds", "images_per_second",
+                        "speedup_vs_best", "speedup_vs_cheapest_single", "router_seconds",
+                        "wasted_seconds", "overhead_share", "macs_per_image", "val_accuracy",
+                        "fit_ms_per_image", "budget_held")
 COMPRESSION_TABLE_COLUMNS = ("variant", "base", "params", "nonzero_params", "pruning_rate",
                              "macs", "sparsity", "size_mb", "size_reduction", "top1", "top5",
                              "latency_ms_b1", "latency_ms_b64", "speedup_b1", "speedup_b64",
@@ -106,22 +107,30 @@ def ladder_table(art: RunArtifacts) -> pd.DataFrame:
 
 
 def routers_table(routers: pd.DataFrame) -> pd.DataFrame:
-    """routers.csv rows at each level (reference rows first, single models once: they do not
-    depend on the level), the columns a reader needs."""
+    """routers.csv rows at each level (reference rows first, single models once per zoo: they
+    do not depend on the level), the columns a reader needs."""
     cols = [c for c in ROUTER_TABLE_COLUMNS if c in routers.columns]
     single = routers["family"].isin(("single", "best-single"))
-    rows = pd.concat([routers[single].drop_duplicates("method"), routers[~single]])
+    key = ["zoo", "method"] if "zoo" in routers.columns else ["method"]
+    rows = pd.concat([routers[single].drop_duplicates(key), routers[~single]])
+    zoo_rank = {z: i for i, z in enumerate(zoos_of(routers))}
     order = rows.assign(_level=rows["family"].isin(("single", "best-single", "ceiling"))
-                        .map({True: 0, False: 1}))
-    return order.sort_values(["_level", "sacrifice", "family", "method"], kind="stable")[cols]
+                        .map({True: 0, False: 1}),
+                        _zoo=rows["zoo"].map(zoo_rank) if "zoo" in rows.columns else 0)
+    return order.sort_values(["_zoo", "_level", "sacrifice", "family", "method"],
+                             kind="stable")[cols]
 
 
-PIVOT_FAMILIES = ("cascade", "dispatcher", "oracle-executed", "ceiling")
+PIVOT_FAMILIES = ("cascade", "dispatcher", "learned", "cheapest-single", "oracle-executed",
+                  "ceiling")
 
 
-def routers_pivot(routers: pd.DataFrame) -> pd.DataFrame:
-    """One row per timed router, one column per sacrifice level; each cell reads
-    ``accuracy % / speedup x`` and whether the budget held on test."""
+def routers_pivot(routers: pd.DataFrame, zoo: str = DEFAULT_ZOO) -> pd.DataFrame:
+    """One row per timed router of ``zoo``, one column per sacrifice level; each cell reads
+    ``accuracy % / speedup x``, ``(missed)`` where the budget did not hold on test and
+    ``[selected]`` on the answer selected on val. The cheapest adequate single model is one
+    row (``cheapest-single``), its model named in each cell."""
+    routers = zoo_rows(routers, zoo)
     rows = routers[routers["family"].isin(PIVOT_FAMILIES)].dropna(
         subset=["accuracy", "sacrifice"])
     if rows.empty:
@@ -136,13 +145,19 @@ def routers_pivot(routers: pd.DataFrame) -> pd.DataFrame:
             speed = float(r.get("images_per_second", np.nan)) / best_ips
         if speed is not None and np.isfinite(speed):
             text += f" / {speed:.2f}x"
+        if r["family"] == "cheapest-single":
+            text = f"{model_of(r)}: {text}"
         held = r.get("budget_held")
         if _is(held, False):
             text += " (missed)"
+        if _is(r.get("selected"), True):
+            text += " [selected]"
         return text
 
     rows = rows.assign(cell=[cell(r) for _, r in rows.iterrows()],
-                       level=[f"s = {100 * float(v):g}%" for v in rows["sacrifice"]])
+                       level=[f"s = {100 * float(v):g}%" for v in rows["sacrifice"]],
+                       method=rows["method"].where(rows["family"] != "cheapest-single",
+                                                   "cheapest-single"))
     levels = [f"s = {100 * float(v):g}%" for v in sorted(rows["sacrifice"].unique())]
     rank = {f: i for i, f in enumerate(PIVOT_FAMILIES)}
     methods = sorted(dict.fromkeys(zip(rows["method"], rows["family"])),
@@ -158,23 +173,146 @@ def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
     return compression[cols]
 
 
+HEADLINE_COLUMNS = ("zoo", "sacrifice", "method", "family", "val_accuracy", "fit_ms_per_image",
+                    "accuracy", "target_accuracy", "budget_held", "images_per_second",
+                    "speedup_vs_best", "speedup_vs_cheapest_single", "overhead_share",
+                    "best_single", "cheapest_single")
+RERUN_HINT = "re-run `evaluate-routers`"
+ZOO_DESCRIPTIONS = {"all": "whole zoo, compressed variants included",
+                    "base": "uncompressed models only"}
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _first(rows: pd.DataFrame, family: str) -> pd.Series | None:
+    part = rows[rows["family"] == family]
+    return None if part.empty else part.iloc[0]
+
+
+def _speedup(row: pd.Series, ref: pd.Series | None, column: str) -> float | None:
+    """The row's recorded speedup, else its images/s over the reference row's (same zoo, same
+    level, same timing rounds)."""
+    v = _finite(row.get(column))
+    if v is not None:
+        return v
+    ips = _finite(row.get("images_per_second"))
+    ref_ips = None if ref is None else _finite(ref.get("images_per_second"))
+    return ips / ref_ips if ips is not None and ref_ips else None
+
+
+def overhead_share(row: pd.Series) -> float | None:
+    """``overhead_share`` as recorded, else (router + wasted seconds) / seconds."""
+    v = _finite(row.get("overhead_share"))
+    if v is not None:
+        return v
+    seconds, router = _finite(row.get("seconds")), _finite(row.get("router_seconds"))
+    if not seconds or router is None:
+        return None
+    return (router + (_finite(row.get("wasted_seconds")) or 0.0)) / seconds
+
+
+def has_selection(routers: pd.DataFrame | None) -> bool:
+    """Whether routers.csv records the answer selected on val (runs before that do not)."""
+    return routers is not None and "selected" in routers.columns
+
+
+def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
+    """One row per (zoo, level): the deployable answer **selected on val** (``selected``) and
+    its test figures as they came out, held or not. Nothing here compares test rows.
+
+    Empty (with the columns) when routers.csv has no ``selected`` column; a level with no
+    selected row gets a row without a method; two selected rows at one level are an error.
+    """
+    if not has_selection(routers):
+        return pd.DataFrame(columns=list(HEADLINE_COLUMNS))
+    out: list[dict[str, Any]] = []
+    for zoo in zoos_of(routers):
+        rows = zoo_rows(routers, zoo)
+        for level in sorted(float(v) for v in rows["sacrifice"].dropna().unique()):
+            at = rows[np.isclose(rows["sacrifice"].astype(float), level)]
+            sel = at[at["selected"] == True]  # noqa: E712
+            if len(sel) > 1:
+                raise ValueError(f"routers.csv marks {len(sel)} rows selected for zoo {zoo!r} at "
+                                 f"sacrifice {level:g} ({list(sel['method'])}); exactly one may "
+                                 f"be: {RERUN_HINT}")
+            best, cheap = _first(at, "best-single"), _first(at, "cheapest-single")
+            rec: dict[str, Any] = {c: None for c in HEADLINE_COLUMNS}
+            rec.update(zoo=zoo, sacrifice=level,
+                       best_single=None if best is None else model_of(best),
+                       cheapest_single=None if cheap is None else model_of(cheap))
+            if not sel.empty:
+                r = sel.iloc[0]
+                held = r.get("budget_held")
+                rec.update(method=r["method"], family=r["family"],
+                           val_accuracy=_finite(r.get("val_accuracy")),
+                           fit_ms_per_image=_finite(r.get("fit_ms_per_image")),
+                           accuracy=_finite(r.get("accuracy")),
+                           target_accuracy=_finite(r.get("target_accuracy")),
+                           budget_held=bool(held) if isinstance(held, (bool, np.bool_)) else None,
+                           images_per_second=_finite(r.get("images_per_second")),
+                           speedup_vs_best=_speedup(r, best, "speedup_vs_best"),
+                           speedup_vs_cheapest_single=_speedup(r, cheap,
+                                                               "speedup_vs_cheapest_single"),
+                           overhead_share=overhead_share(r))
+            out.append(rec)
+    return pd.DataFrame(out, columns=list(HEADLINE_COLUMNS))
+
+
+def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
+    """The headline table as the page shows it (percentages and speedups as text)."""
+    def pct(v: Any, digits: int = 2) -> str:
+        return "" if _finite(v) is None else f"{100 * float(v):.{digits}f}%"
+
+    def times(v: Any) -> str:
+        return "" if _finite(v) is None else f"{float(v):.2f}x"
+
+    def held(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (
+            "held" if bool(v) else "MISSED")
+
+    rows = []
+    for _, r in headline.iterrows():
+        rows.append({"zoo": r["zoo"], "s": f"{100 * float(r['sacrifice']):g}%",
+                     "selected on val": r["method"] or f"none ({RERUN_HINT})",
+                     "family": r["family"] or "",
+                     "val accuracy": pct(r["val_accuracy"]),
+                     "expected ms/image (val)": _finite(r["fit_ms_per_image"]),
+                     "test accuracy": pct(r["accuracy"]),
+                     "target (test)": pct(r["target_accuracy"]),
+                     "budget on test": held(r["budget_held"]),
+                     "x best single": times(r["speedup_vs_best"]),
+                     "x cheapest single": times(r["speedup_vs_cheapest_single"]),
+                     "overhead share": pct(r["overhead_share"], 1),
+                     "best single": r["best_single"] or "",
+                     "cheapest adequate single": r["cheapest_single"] or ""})
+    return pd.DataFrame(rows)
+
+
 @dataclass
 class Summary:
-    """What the page opens with."""
+    """What the page opens with. Every router figure in it is a row **selected on val**
+    (``headline``); no summary field is a maximum over test rows."""
 
     best_single: str | None = None
     best_single_val_accuracy: float | None = None
     best_single_test_accuracy: float | None = None
     best_single_images_per_second: float | None = None
-    router: dict[str, Any] | None = None        # the routers.csv row of the chosen router
-    router_speedup: float | None = None
+    headline: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=list(HEADLINE_COLUMNS)))   # one row per (zoo, level): the selected answer
+    selection_note: str = ""                # why there is no headline (absent or old CSV)
+    router: dict[str, Any] | None = None    # routers.csv row selected at the summary level, zoo all
+    router_speedup: float | None = None     # its speedup over the best single model
     router_note: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
-    router_threads: int | None = None           # threads recorded with the routers' timing
-    missed: dict[str, Any] | None = None        # deployable router closest to its budget
-    first_held: dict[str, Any] | None = None    # best held router at the next level that has one
-    oracle_bound: dict[str, Any] | None = None  # fastest executed label oracle that held it
-    oracle_speedup: float | None = None
+    router_threads: int | None = None       # threads recorded with the routers' timing
+    oracle_bounds: list[dict[str, Any]] = field(default_factory=list)  # executed label oracles
+    # at the summary level (zoo all), every one as it came out: bounds, never a pick
 
 
 def _single_row(routers: pd.DataFrame, name: str | None) -> pd.Series | None:
@@ -187,26 +325,22 @@ def _single_row(routers: pd.DataFrame, name: str | None) -> pd.Series | None:
     return None if best.empty else best.iloc[0]
 
 
-def pick_router(routers: pd.DataFrame, sacrifice: float = SUMMARY_SACRIFICE) -> tuple[
-        pd.Series | None, str]:
-    """The best deployable router at ``sacrifice`` that held its budget: the fastest of them.
-
-    All candidates kept the accuracy promise, so throughput decides (ties: more accurate).
-    Returns ``(row or None, note)``.
-    """
-    at = routers[routers["family"].isin(DEPLOYABLE_FAMILIES)
-                 & np.isclose(routers["sacrifice"].astype(float), sacrifice)]
+def selected_row(routers: pd.DataFrame, sacrifice: float = SUMMARY_SACRIFICE,
+                 zoo: str = DEFAULT_ZOO) -> tuple[pd.Series | None, str]:
+    """The row selected on val at ``sacrifice`` in ``zoo``, as it came out on test (held or
+    not). Returns ``(row or None, why none)``; never looks at a test figure to choose."""
+    if not has_selection(routers):
+        return None, ("routers.csv has no `selected` column (written before the deployed answer "
+                      f"was selected on val): {RERUN_HINT}; nothing is picked on test here")
+    at = zoo_rows(routers, zoo)
+    at = at[np.isclose(at["sacrifice"].astype(float), sacrifice)]
     if at.empty:
-        return None, (f"no dispatcher or cascade was evaluated at {100 * sacrifice:g}% "
-                      "sacrifice")
-    if "budget_held" not in at.columns:
-        return None, "routers.csv has no budget_held column, so no router can be called held"
-    held = at[at["budget_held"] == True]  # noqa: E712 (column holds True/False/None)
-    if held.empty:
-        return None, (f"none of the {len(at)} deployable routers at {100 * sacrifice:g}% "
-                      "sacrifice held its budget on test")
-    best = held.sort_values(["images_per_second", "accuracy"], ascending=False, kind="stable")
-    return best.iloc[0], ""
+        return None, f"no routers.csv row for zoo {zoo!r} at {100 * sacrifice:g}% sacrifice"
+    sel = at[at["selected"] == True]  # noqa: E712
+    if sel.empty:
+        return None, (f"no row is selected for zoo {zoo!r} at {100 * sacrifice:g}% sacrifice: "
+                      f"{RERUN_HINT}")
+    return sel.iloc[0], ""
 
 
 def _is(value: Any, flag: bool) -> bool:
@@ -215,7 +349,12 @@ def _is(value: Any, flag: bool) -> bool:
 
 
 def _clean(row: pd.Series) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    """A row as plain Python values (numpy scalars unwrapped, NaN as None)."""
+    out = {}
+    for k, v in row.items():
+        v = v.item() if isinstance(v, np.generic) else v
+        out[k] = None if isinstance(v, float) and np.isnan(v) else v
+    return out
 
 
 def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summary:
@@ -226,43 +365,29 @@ def summarize(art: RunArtifacts, sacrifice: float = SUMMARY_SACRIFICE) -> Summar
             setattr(s, f"best_single_{split}_accuracy",
                     float(t.accuracy()[t.model_index(s.best_single)]))
     if art.routers is None:
-        s.router_note = "results/routers.csv is absent: run `evaluate-routers`"
+        s.router_note = s.selection_note = "results/routers.csv is absent: run `evaluate-routers`"
         return s
-    single = _single_row(art.routers, s.best_single)
+    routers = zoo_rows(art.routers, DEFAULT_ZOO)
+    single = _single_row(routers, s.best_single)
     if single is not None:
-        s.best_single_images_per_second = float(single["images_per_second"])
+        s.best_single_images_per_second = _finite(single.get("images_per_second"))
     if "threads" in art.routers.columns:
         threads = pd.to_numeric(art.routers["threads"], errors="coerce").dropna().unique()
         if len(threads) == 1:
             s.router_threads = int(threads[0])
-    row, s.router_note = pick_router(art.routers, sacrifice)
-    at = art.routers[np.isclose(art.routers["sacrifice"].astype(float), sacrifice)]
-    has_held = "budget_held" in at.columns
-    held = at["budget_held"].map(lambda v: _is(v, True)) if has_held else None
-    if row is None and has_held:
-        missed = at[at["family"].isin(DEPLOYABLE_FAMILIES)
-                    & at["budget_held"].map(lambda v: _is(v, False))].dropna(
-            subset=["images_per_second"])
-        if not missed.empty:   # the one that came closest to its target (then the faster)
-            s.missed = _clean(missed.sort_values(["accuracy", "images_per_second"],
-                                                 ascending=False, kind="stable").iloc[0])
-        for level in sorted(float(v) for v in art.routers["sacrifice"].dropna().unique()):
-            if level > sacrifice + 1e-12:
-                held_row, _ = pick_router(art.routers, level)
-                if held_row is not None:
-                    s.first_held = _clean(held_row)
-                    break
-    if held is not None:
-        oracles = at[(at["family"] == "oracle-executed") & held].dropna(
-            subset=["images_per_second"])
-        if not oracles.empty:
-            s.oracle_bound = _clean(oracles.sort_values("images_per_second",
-                                                        ascending=False).iloc[0])
-            if s.best_single_images_per_second:
-                s.oracle_speedup = (float(s.oracle_bound["images_per_second"])
-                                    / s.best_single_images_per_second)
+    s.headline = headline_table(art.routers)
+    if not has_selection(art.routers):
+        s.selection_note = ("results/routers.csv has no `selected` column (it was written before "
+                            "the deployed answer was selected on val): re-run `evaluate-routers`"
+                            " to get it; this report does not pick a router on test")
+    row, s.router_note = selected_row(art.routers, sacrifice)
     if row is not None:
         s.router = _clean(row)
-        if s.best_single_images_per_second:
-            s.router_speedup = float(row["images_per_second"]) / s.best_single_images_per_second
+        at = routers[np.isclose(routers["sacrifice"].astype(float), sacrifice)]
+        s.router_speedup = _speedup(row, _first(at, "best-single"), "speedup_vs_best")
+    at = routers[np.isclose(routers["sacrifice"].astype(float), sacrifice)]
+    for _, o in at[at["family"] == "oracle-executed"].iterrows():
+        rec = _clean(o)
+        rec["speedup_vs_best"] = _speedup(o, _first(at, "best-single"), "speedup_vs_best")
+        s.oracle_bounds.append(rec)
     return s

@@ -34,11 +34,17 @@ class ExecResult:
     model_seconds: float = 0.0    # time inside model forward passes
     confidence: np.ndarray | None = None  # (N,) top softmax prob of the answering model
     stage_confidence: np.ndarray | None = None  # cascades: (N, S), NaN where not reached
+    wasted_seconds: float = 0.0   # cascades: model time on inputs that then went on to a later stage
 
     @property
     def router_seconds(self) -> float:
         """Everything that is not a zoo model's forward pass: routing, grouping, gathering."""
         return max(0.0, self.seconds - self.model_seconds)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """What routing costs beyond the answering models' useful work: router + wasted."""
+        return self.router_seconds + self.wasted_seconds
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Timing:
     repeats: int
     warmup: int
     all_seconds: list[float] = field(default_factory=list)
+    wasted_seconds: float = 0.0   # median over the repeats (cascades; 0 for the others)
 
     @property
     def images_per_second(self) -> float:
@@ -61,9 +68,16 @@ class Timing:
     def router_share(self) -> float:
         return self.router_seconds / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def overhead_share(self) -> float:
+        """(router + wasted seconds) / routed seconds: everything that is not useful work."""
+        return ((self.router_seconds + self.wasted_seconds) / self.seconds
+                if self.seconds > 0 else 0.0)
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(images_per_second=self.images_per_second, router_share=self.router_share)
+        d.update(images_per_second=self.images_per_second, router_share=self.router_share,
+                 overhead_share=self.overhead_share)
         return d
 
 
@@ -76,13 +90,17 @@ class _Clock:
 
 @torch.inference_mode()
 def _run_model(model: nn.Module, images: torch.Tensor, info: DatasetInfo, batch_size: int,
-               clock: _Clock) -> torch.Tensor:
-    """Logits (n, C) float32 for uint8 images, in batches; forward time goes on the clock."""
+               clock: _Clock, batch_seconds: list[float] | None = None) -> torch.Tensor:
+    """Logits (n, C) float32 for uint8 images, in batches; forward time goes on the clock
+    (and each batch's time on ``batch_seconds`` when given)."""
     outs = []
     for s in range(0, len(images), batch_size):
         t0 = time.perf_counter()
         outs.append(model(normalize(images[s:s + batch_size], info)).float())
-        clock.model_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        clock.model_seconds += dt
+        if batch_seconds is not None:
+            batch_seconds.append(dt)
     return torch.cat(outs) if outs else torch.empty(0, info.num_classes)
 
 
@@ -121,6 +139,8 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
     threshold, send the rest to the next stage; the last stage answers everything left.
 
     Confidences are compared at table precision (``table_precision``), as when fitted.
+    ``wasted_seconds`` is the measured forward time of the non-final stages spent on the
+    inputs that went on: each batch's time times the share of its inputs that escalated.
     """
     if len(stages) == 0 or len(thresholds) != len(stages):
         raise RouterError(f"a cascade needs stages and one threshold per stage, got "
@@ -133,23 +153,30 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
     chosen = np.full(n, int(stages[-1]), dtype=np.int64)
     stage_conf = np.full((n, len(stages)), np.nan, dtype=np.float32)
     todo = torch.arange(n)
+    wasted = 0.0
     for k, (m, th) in enumerate(zip(stages, thresholds)):
         if len(todo) == 0:
             break
-        logits = _run_model(models[m], images.index_select(0, todo), infos[m], batch_size, clock)
+        batch_seconds: list[float] = []
+        logits = _run_model(models[m], images.index_select(0, todo), infos[m], batch_size, clock,
+                            batch_seconds)
         p, y = torch.softmax(logits, dim=1).max(dim=1)
         stage_conf[todo.numpy(), k] = p.numpy()
         last = k == len(stages) - 1
         stop = (np.ones(len(todo), dtype=bool) if last else
                 first_confident(table_precision(p)[:, None], th, fallback=-1) == 0)
         stop_t = torch.from_numpy(stop)
+        if not last:
+            went_on = (~stop).astype(np.float64)
+            for b, dt in enumerate(batch_seconds):
+                wasted += dt * float(went_on[b * batch_size:(b + 1) * batch_size].mean())
         done = todo[stop_t]
         preds[done], conf[done] = y[stop_t], p[stop_t]
         chosen[done.numpy()] = int(m)
         todo = todo[~stop_t]
     seconds = time.perf_counter() - t0
     return ExecResult(preds.numpy(), chosen, seconds, clock.model_seconds, conf.numpy(),
-                      stage_conf)
+                      stage_conf, wasted)
 
 
 def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
@@ -164,16 +191,17 @@ def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
     result = None
     for _ in range(warmup):
         result = run()
-    totals, routers = [], []
+    totals, routers, wasted = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = run()
         totals.append(time.perf_counter() - t0)
         routers.append(result.router_seconds)
+        wasted.append(result.wasted_seconds)
     assert result is not None
     timing = Timing(seconds=statistics.median(totals), router_seconds=statistics.median(routers),
                     n_samples=n_samples, threads=torch.get_num_threads(), repeats=repeats,
-                    warmup=warmup, all_seconds=totals)
+                    warmup=warmup, all_seconds=totals, wasted_seconds=statistics.median(wasted))
     return result, timing
 
 
@@ -195,16 +223,19 @@ def benchmark_interleaved(runs: Mapping[Hashable, Callable[[], ExecResult]], n_s
             run()
     totals: dict[Hashable, list[float]] = {k: [] for k in runs}
     routers: dict[Hashable, list[float]] = {k: [] for k in runs}
+    wasted: dict[Hashable, list[float]] = {k: [] for k in runs}
     for _ in tqdm(range(repeats), desc="timing rounds", disable=not progress, leave=False):
         for k, run in runs.items():
             t0 = time.perf_counter()
             res = run()
             totals[k].append(time.perf_counter() - t0)
             routers[k].append(res.router_seconds)
+            wasted[k].append(res.wasted_seconds)
     threads = torch.get_num_threads()
     return {k: Timing(seconds=statistics.median(totals[k]),
                       router_seconds=statistics.median(routers[k]), n_samples=n_samples,
-                      threads=threads, repeats=repeats, warmup=warmup, all_seconds=totals[k])
+                      threads=threads, repeats=repeats, warmup=warmup, all_seconds=totals[k],
+                      wasted_seconds=statistics.median(wasted[k]))
             for k in runs}
 
 

@@ -42,8 +42,10 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
                 *[f"share_{m}" for m in names]]:
         assert col in rows[0], col
     fams = {r["family"] for r in rows}
-    assert fams == {"single", "best-single", "oracle", "oracle-executed", "ceiling",
-                    "dispatcher", "cascade", "random"}
+    assert fams == {"single", "best-single", "cheapest-single", "oracle", "oracle-executed",
+                    "ceiling", "dispatcher", "cascade", "random"}
+    # no compressed variant in this run: the base zoo would equal the whole zoo, so it is left out
+    assert {r["zoo"] for r in rows} == {"all"}
     for s in LEVELS:
         at = {r["method"]: r for r in rows if float(r["sacrifice"]) == float(s)}
         for m in ["dispatcher-label", "dispatcher-sample", "cascade", "ceiling",
@@ -51,6 +53,24 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             assert m in at, (s, m)
         best = next(r for r in at.values() if r["family"] == "best-single")
         assert float(best["speedup_vs_best"]) == pytest.approx(1.0)
+        cheap = next(r for r in at.values() if r["family"] == "cheapest-single")
+        assert float(cheap["speedup_vs_cheapest_single"]) == pytest.approx(1.0)
+        assert float(cheap["fit_ms_per_image"]) <= float(best["fit_ms_per_image"])
+        # exactly one deployable answer is selected per level, and it is the one whose fit
+        # expected the least cost among those meeting the target on val
+        sel = [r for r in at.values() if r["selected"] == "1"]
+        assert len(sel) == 1 and sel[0]["family"] in ("cheapest-single", "dispatcher", "cascade")
+        cands = [r for r in at.values() if r["family"] in ("cheapest-single", "dispatcher",
+                                                            "cascade")
+                 and json.loads(r["settings"]).get("val_meets_target", True)]
+        assert float(sel[0]["fit_ms_per_image"]) == pytest.approx(
+            min(float(r["fit_ms_per_image"]) for r in cands))
+        for r in at.values():
+            if r.get("images_per_second"):
+                assert float(r["speedup_vs_cheapest_single"]) == pytest.approx(
+                    float(r["images_per_second"]) / float(cheap["images_per_second"]))
+            if r["family"] != "cascade" and r.get("wasted_seconds"):
+                assert float(r["wasted_seconds"]) == 0.0
         # single rows are the table's accuracy; shares sum to one
         for i, m in enumerate(names):
             assert float(at[f"single:{m}"]["accuracy"]) == pytest.approx(test.accuracy()[i])
@@ -88,6 +108,7 @@ def test_predictions_npz_and_saved_routers_reproduce_rows(evaluated_run):
     test = PredictionTable.load(rd.tables, "test")
     with np.load(rd.results / "router_predictions.npz") as z:
         methods, sac, preds = list(z["methods"]), z["sacrifices"], z["preds"]
+        assert set(z["zoos"]) == {"all"}
         assert preds.shape == (len(methods), test.n_samples)
         assert np.array_equal(z["labels"], test.labels)
     rows = read_csv(rd.results / "routers.csv")
@@ -127,10 +148,12 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch):
                          dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
                          save_routers=False, costs="profile", dispatcher_time_share=None)
         res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
-        return {r["method"]: r["settings"] for r in res.rows
-                if r["family"] in ("dispatcher", "cascade")}
+        return {(r["zoo"], r["method"], r["sacrifice"]): (r["settings"], r["selected"],
+                                                         r["fit_ms_per_image"], r["val_accuracy"])
+                for r in res.rows if r["family"] in ("dispatcher", "cascade", "cheapest-single")}
     before, after = settings(False), settings(True)
-    assert set(before) == {"dispatcher-label", "dispatcher-sample", "cascade"}
+    assert {"dispatcher-label", "dispatcher-sample", "cascade"} <= {k[1] for k in before}
+    assert sum(v[1] for v in before.values()) == 1      # one selected answer at the one level
     assert after == before
 
 
@@ -159,3 +182,45 @@ def test_missing_tables_name_the_fix(tmp_path):
     RunDir(tmp_path).save_config(__import__("zoo.rundir", fromlist=["RunConfig"]).RunConfig())
     with pytest.raises(FileNotFoundError, match="profile-zoo"):
         main(["--run", str(tmp_path), "--no-progress"])
+
+
+def test_two_zoos_policies_and_base_routers(evaluated_run, tmp_path):
+    """A run with a compressed variant (a card naming a parent) is fitted over the whole zoo and
+    over the uncompressed models; each zoo has its own reference, cheapest single model, selected
+    answer, saved routers and oracle policies (with the costs they were fitted with)."""
+    import shutil
+    from oracle.io import read_json, write_json
+    from oracle.policy import Policy
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    rd = RunDir(run)
+    card = read_json(rd.card("tiny_vgg2"))
+    write_json(rd.card("tiny_vgg2"), {**card, "parent": "tiny_vgg3", "variant": "fake"})
+    assert main(["--run", str(run), "--sacrifices", "0.05", "--threads", "1", "--repeats", "1",
+                 "--warmup", "0", "--dispatcher-epochs", "2", "--timing-samples", "50",
+                 "--no-progress"]) == 0
+    rows = read_csv(rd.results / "routers.csv")
+    assert {r["zoo"] for r in rows} == {"all", "base"}
+    for zoo in ("all", "base"):
+        at = [r for r in rows if r["zoo"] == zoo]
+        assert sum(r["selected"] == "1" for r in at) == 1
+        assert sum(r["family"] == "cheapest-single" for r in at) == 1
+    base = [r for r in rows if r["zoo"] == "base"]
+    assert all(float(r["share_tiny_vgg2"]) == 0.0 for r in base)
+    assert not any(r["method"] == "single:tiny_vgg2" for r in base)
+    fits = json.loads((run / "routers" / "fits.json").read_text())
+    assert fits["zoos"]["base"]["models"] == ["tiny_vgg1", "tiny_vgg3"]
+    assert (run / "routers" / "base" / "cascade-s0.05.pt").exists()
+    clf = RoutedClassifier.load(run / "routers" / "base" / "cascade-s0.05.pt")
+    assert clf.model_names == ["tiny_vgg1", "tiny_vgg3"]
+    pol = Policy.load(run / "policies" / "budget-s0.05.json")
+    assert pol.model_names == PredictionTable.load(rd.tables, "val").model_names
+    assert pol.meta["costs"] == pytest.approx(list(fits["ms_per_image"].values()))
+    pol_b = Policy.load(run / "policies" / "base" / "budget-s0.05.json")
+    assert pol_b.model_names == ["tiny_vgg1", "tiny_vgg3"]
+    with np.load(rd.results / "router_predictions.npz") as z:
+        assert set(z["zoos"]) == {"all", "base"}
+        names = list(z["model_names"])
+        k = [i for i, (zz, m) in enumerate(zip(z["zoos"], z["methods"]))
+             if zz == "base" and m == "cascade"][0]
+        assert names.index("tiny_vgg2") not in set(z["chosen"][k])

@@ -343,27 +343,110 @@ def test_routers_refuse_a_changed_or_missing_checkpoint(web_run, tmp_path):
         "not a finished model" in e.message for e in svc.strip.router_errors)
 
 
-def test_policies_are_fitted_on_val_when_none_are_saved(web_run, tmp_path):
-    """evaluate-routers saves no policy JSON: the strip fits them at start on the val table.
-    By hand (fixture val table, one sample per label): tiny_vgg1 is right on labels 0-4 only,
-    tiny_vgg2 on all, so the overlap policy at 1% or 5% sends 0-4 to tiny_vgg1 (cheaper, full
-    cover) and 5-9 to the reference tiny_vgg2 (tiny_vgg1 covers none of them)."""
+def save_fitted_policies(run: Path, levels=(0.01, 0.05)) -> list[Path]:
+    """What evaluate-routers writes: every label policy kind at each level, fitted on the val
+    table with the run's costs, saved as ``RUN/policies/<kind>-s<level>.json``."""
+    from oracle.policy import LABEL_KINDS, Policy, fit_policy
+    rd = RunDir(run)
+    val = PredictionTable.load(rd.tables, "val")
+    costs = CostTable.load(rd.costs).vector(val.model_names, "ms_per_image")
+    return [fit_policy(kind, val, costs, s).save(rd.policies / f"{kind}-s{s:g}.json")
+            for kind in LABEL_KINDS for s in levels]
+
+
+def oracle_of(d: dict) -> dict:
+    return [e for e in d["routers"] if e["family"] == "oracle"][0]
+
+
+def test_policies_saved_by_evaluate_routers_are_shown(web_run, tmp_path):
+    """Policies fitted on val and saved with Policy.save (as evaluate-routers does) are what the
+    strip offers. By hand (fixture val table, one sample per label): tiny_vgg1 is right on labels
+    0-4 only, tiny_vgg2 on all, so the overlap policy at 1% or 5% sends 0-4 to tiny_vgg1
+    (cheaper, full cover) and 5-9 to the reference tiny_vgg2 (tiny_vgg1 covers none of them).
+    The base zoo's policies (RUN/policies/base/) are not offered."""
     run = copy_run(web_run, tmp_path / "r", ("policies",))
+    save_fitted_policies(run)
+    from oracle.policy import Policy
+    Policy("overlap", 0.02, MODELS, LABEL_TO_MODEL, "tiny_vgg2").save(
+        run / "policies" / "base" / "overlap-s0.02.json")
     svc = WebService.load(run, TimingConfig(repeats=1))
-    levels = ["0.01", "0.05"] if (web_run / "routers").is_dir() else \
-        ["0", "0.005", "0.01", "0.02", "0.05", "0.1"]  # the saved routers' levels, else defaults
     assert sorted(k for k, _ in svc.strip.policy_options()) == sorted(
-        f"{k}-s{s}" for k in ("overlap", "accuracy", "budget") for s in levels)
+        f"{k}-s{s}" for k in ("overlap", "accuracy", "budget") for s in ("0.01", "0.05"))
     assert svc.strip.default_policy() == "overlap-s0.01"
     c = create_app(svc).test_client()
     for i in range(10):
         d = c.get(f"/api/predict?sample={i}&policy=overlap-s0.05").get_json()
-        o = [e for e in d["routers"] if e["family"] == "oracle"][0]
+        o = oracle_of(d)
         label = d["source"]["label"]
-        assert o["status"] == "ok" and "fitted at start" in o["why_text"]
+        assert o["status"] == "ok" and "policies/overlap-s0.05.json" in o["why_text"]
         assert o["model"] == ("tiny_vgg1" if label < 5 else "tiny_vgg2")
     html = c.get("/?sample=0").get_data(as_text=True)
     assert html.count('id="policy-upload"') == 1 and "budget, sacrifice 5%" in html
+    assert "sacrifice 2%" not in html
+
+
+def test_page_shows_the_saved_policy_not_a_refit(web_run, tmp_path, monkeypatch):
+    """A saved policy whose table no refit on this val table would give (labels 0-4 to the
+    reference tiny_vgg2, 5-9 to tiny_vgg1: the opposite of the fit) is shown exactly as saved:
+    its whole label-to-model table, and the model it names for each test sample."""
+    import oracle.policy
+    from oracle.policy import Policy, fit_policy
+    run = copy_run(web_run, tmp_path / "r", ("policies",))
+    saved = {c: ("tiny_vgg2" if c < 5 else "tiny_vgg1") for c in range(10)}
+    rd = RunDir(run)
+    val = PredictionTable.load(rd.tables, "val")
+    refit = fit_policy("overlap", val, CostTable.load(rd.costs).vector(MODELS, "ms_per_image"),
+                       0.01)
+    assert refit.label_to_model != saved   # so a refit would fail this test
+    Policy("overlap", 0.01, MODELS, saved, "tiny_vgg2",
+           {"cost_source": "ms per image measured by evaluate-routers"}).save(
+        rd.policies / "overlap-s0.01.json")
+
+    def refuse(*a, **k):
+        raise AssertionError("the page fitted a policy")
+    monkeypatch.setattr(oracle.policy, "fit_policy", refuse)
+    svc = WebService.load(run, TimingConfig(repeats=1))
+    assert svc.strip.policy_options() == [("overlap-s0.01", "overlap, sacrifice 1%")]
+    c = create_app(svc).test_client()
+    for i in range(10):
+        d = c.get(f"/api/predict?sample={i}").get_json()
+        o = oracle_of(d)
+        label = d["source"]["label"]
+        assert o["status"] == "ok" and o["model"] == saved[label]
+        table = {int(r["true label"].split()[0]): r["routes to"] for r in o["why"]}
+        assert table == saved
+        assert [r["this image"] for r in o["why"]] == ["<-" if c == label else ""
+                                                       for c in range(10)]
+    assert FASHION_MNIST_CLASSES[7] in o["why"][7]["true label"]
+    html = c.get("/?sample=2").get_data(as_text=True)
+    assert "routes to" in html and html.count("<td>tiny_vgg2</td>") >= 5
+
+
+def test_no_saved_policy_names_evaluate_routers(web_run, tmp_path, monkeypatch):
+    """Without RUN/policies/ the page does not fit any (even with the val table and costs it
+    would need): the oracle entry names the command that writes them."""
+    import oracle.policy
+
+    def refuse(*a, **k):
+        raise AssertionError("the page fitted a policy")
+    monkeypatch.setattr(oracle.policy, "fit_policy", refuse)
+    run = copy_run(web_run, tmp_path / "r", ("policies",))
+    assert (run / "tables" / "val.npz").exists() and (run / "costs.json").exists()
+    svc = WebService.load(run, TimingConfig(repeats=1))
+    assert svc.strip.policy_options() == [] and svc.strip.default_policy() is None
+    c = create_app(svc).test_client()
+    o = oracle_of(c.get("/api/predict?sample=0").get_json())
+    assert o["status"] == "missing"
+    assert f"run `evaluate-routers --run {run}` to fit and save the oracle policies" in o["message"]
+    html = c.get("/?sample=0").get_data(as_text=True)
+    assert 'id="policy-upload"' not in html and "evaluate-routers --run" in html
+    # a folder holding only unreadable files says so, and names the command too
+    (run / "policies").mkdir()
+    (run / "policies" / "overlap-s0.01.json").write_text("{}")
+    o = oracle_of(create_app(WebService.load(run, TimingConfig(repeats=1))).test_client().get(
+        "/api/predict?sample=0").get_json())
+    assert o["status"] == "missing" and "overlap-s0.01.json" in o["message"]
+    assert "evaluate-routers --run" in o["message"]
 
 
 def test_models_load_once_not_per_request(service, monkeypatch):
@@ -392,6 +475,7 @@ def test_bare_run_falls_back_to_cards(web_run, tmp_path):
     assert d["baseline"] == {"name": "tiny_vgg2", "source": "cards"}  # val_accuracy 0.6 > 0.5
     assert all(m["macs"] is None and m["speedup_batched"] is None for m in d["models"])
     assert {e["status"] for e in d["routers"]} == {"missing"}
+    assert "evaluate-routers --run" in oracle_of(d)["message"]
     assert "n/a (run profile-zoo)" in c.get("/?sample=1").get_data(as_text=True)
 
 

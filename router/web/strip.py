@@ -3,11 +3,12 @@
 Loaded once at start from the run directory:
 - routed classifiers saved by ``evaluate-routers`` under ``RUN/routers/`` (cascade and
   dispatcher), through the router package's own load API;
-- oracle policies ``RUN/policies/*.json`` through ``oracle.policy.Policy.load``; where there
-  are none (``evaluate-routers`` fits its policies without saving them), the label policies are
-  fitted here at start, on the val table with the profiled costs, exactly as
-  ``evaluate-routers`` fits them (``oracle.policy.fit_policy``), at the saved routers'
-  sacrifice levels. An oracle routes by the true label, so it applies only to a test sample.
+- oracle policies ``RUN/policies/*.json`` (those fitted over the whole zoo; the base zoo's
+  under ``RUN/policies/base/`` are not shown), written by ``evaluate-routers`` with
+  ``oracle.policy.Policy.save`` and read here with ``Policy.load``, exactly as saved. The page
+  never fits a policy: where there are none, the oracle entry says to run ``evaluate-routers``.
+  An oracle routes by the true label, so it applies only to a test sample; its entry shows the
+  policy's whole label-to-model table.
 A missing artifact becomes an entry that names the command that makes it; the page still works.
 """
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 from zoo.rundir import RunDir
 
 ROUTERS_HINT = "run `evaluate-routers --run {run}` to fit and save the routers"
-POLICIES_HINT = ("run `profile-zoo --run {run}` (the oracle policies are fitted on its val "
-                 "table and costs.json)")
+POLICIES_HINT = "run `evaluate-routers --run {run}` to fit and save the oracle policies"
 
 
 @dataclass
@@ -44,9 +44,9 @@ class StripEntry:
 
 @dataclass
 class LoadedPolicy:
-    key: str          # file stem (or kind-s<level> when fitted here), used in the URL
-    policy: Any       # oracle.policy.Policy
-    source: str = ""  # the JSON file, or "fitted at start on RUN/tables/val.npz"
+    key: str          # file stem (kind-s<level> as evaluate-routers names it), used in the URL
+    policy: Any       # oracle.policy.Policy, as saved
+    source: str = ""  # the JSON file it was read from
 
     @property
     def label(self) -> str:
@@ -58,13 +58,14 @@ class RouterStrip:
 
     def __init__(self, run: Path, routers: list[Any], router_errors: list[StripEntry],
                  policies: list[LoadedPolicy], policy_error: str = "",
-                 lock: threading.Lock | None = None):
+                 lock: threading.Lock | None = None, classes: list[str] | None = None):
         self.run = run
         self.routers = routers
         self.router_errors = router_errors
         self.policies = policies
         self.policy_error = policy_error
         self.lock = lock or threading.Lock()  # the service's inference lock (shared models)
+        self.classes = list(classes or [])    # class names, for the oracle's label table
 
     @classmethod
     def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any, Any]],
@@ -73,10 +74,10 @@ class RouterStrip:
         already holds; the routers call these same objects."""
         from router.web import routed
         routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, shared_models)
-        from router.evaluate import DEFAULT_SACRIFICES  # the levels evaluate-routers uses
-        levels = sorted({r.sacrifice for r in routers if r.sacrifice is not None})
-        policies, policy_error = _load_policies(run_dir, levels or list(DEFAULT_SACRIFICES))
-        return cls(run_dir.root, routers, errors, policies, policy_error, lock)
+        policies, policy_error = load_policies(run_dir)
+        classes = next((list(info.classes) for _, _, info in shared_models.values()
+                        if getattr(info, "classes", None)), None)
+        return cls(run_dir.root, routers, errors, policies, policy_error, lock, classes)
 
     # ---- choosing the oracle policy --------------------------------------------------
     def policy_options(self) -> list[tuple[str, str]]:
@@ -126,6 +127,7 @@ class RouterStrip:
                               message=f"unknown policy {key!r}; choose one of "
                                       f"{[p.key for p in self.policies]}")
         name = f"oracle ({chosen.label})"
+        label_table = self._label_table(chosen.policy, label)
         if label is None:
             return StripEntry(name, "oracle", "n/a", message=(
                 "an oracle routes by the true label, so it is a bound, not a router: it only "
@@ -140,49 +142,46 @@ class RouterStrip:
         model = pol.model_names[idx]
         r = by_name.get(model)
         why = (f"true label {label} -> {model}: the {pol.kind} policy fitted on val at "
-               f"sacrifice {100 * float(pol.sacrifice):g}% against reference {pol.reference} "
-               f"({chosen.source})")
+               f"sacrifice {100 * float(pol.sacrifice):g}% against reference {pol.reference}, "
+               f"as saved by evaluate-routers ({chosen.source}); the table is its whole "
+               "label-to-model map")
         if r is None:
-            return StripEntry(name, "oracle", "error", model=model, why_text=why,
+            return StripEntry(name, "oracle", "error", model=model, why=label_table, why_text=why,
                               message=f"policy names {model}, which is not loaded from zoo/")
         return StripEntry(name, "oracle", "ok", model=model, answer=r.pred_class,
-                          answer_index=r.pred, correct=r.pred == label, why_text=why)
+                          answer_index=r.pred, correct=r.pred == label, why=label_table,
+                          why_text=why)
+
+    def _label_table(self, policy: Any, label: int | None) -> list[dict[str, Any]]:
+        """The policy's label-to-model map as saved, one row per label (this image's marked);
+        empty for a policy that routes per sample."""
+        if policy.label_to_model is None:
+            return []
+        rows = []
+        for c, model in sorted(policy.label_to_model.items()):
+            name = self.classes[c] if 0 <= c < len(self.classes) else ""
+            rows.append({"true label": f"{c} {name}".strip(), "routes to": model,
+                         "this image": "<-" if label == c else ""})
+        return rows
 
 
-def _load_policies(run_dir: RunDir, levels: list[float]) -> tuple[list[LoadedPolicy], str]:
-    """Policies saved under ``RUN/policies/``, else fitted here on val (see the module doc)."""
+def load_policies(run_dir: RunDir) -> tuple[list[LoadedPolicy], str]:
+    """The policies ``evaluate-routers`` saved as ``RUN/policies/*.json`` (whole zoo), read as
+    they are, or why there are none. Nothing is fitted here."""
     from oracle.policy import Policy
+    hint = POLICIES_HINT.format(run=run_dir.root)
     files = sorted(run_dir.policies.glob("*.json")) if run_dir.policies.is_dir() else []
     if not files:
-        return fit_policies(run_dir, levels)
+        return [], f"no oracle policy saved under {run_dir.policies}: {hint}"
     out, bad = [], []
     for f in files:
         try:
-            out.append(LoadedPolicy(f.stem, Policy.load(f), f.name))
+            out.append(LoadedPolicy(f.stem, Policy.load(f), f"policies/{f.name}"))
         except Exception as e:  # a file that is not a policy: skip it, say so if none load
             bad.append(f"{f.name}: {e}")
-    out.sort(key=lambda p: (p.policy.kind, float(p.policy.sacrifice)))
-    return out, ("; ".join(bad) if not out else "")
-
-
-def fit_policies(run_dir: RunDir, levels: list[float]) -> tuple[list[LoadedPolicy], str]:
-    """Every label policy kind at every level, fitted on ``RUN/tables/val.npz`` with the
-    ms/image of ``RUN/costs.json`` (what ``evaluate-routers`` does); or why that cannot be."""
-    from oracle.policy import LABEL_KINDS, fit_policy
-    from oracle.table import CostTable, PredictionTable
-    hint = POLICIES_HINT.format(run=run_dir.root)
-    if not (run_dir.tables / "val.npz").exists() or not run_dir.costs.exists():
-        return [], (f"no oracle policy: {run_dir.policies} holds none and there is no val table "
-                    f"or costs.json to fit them on; {hint}")
-    try:
-        val = PredictionTable.load(run_dir.tables, "val")
-        costs = CostTable.load(run_dir.costs).vector(val.model_names, "ms_per_image")
-        out = [LoadedPolicy(f"{kind}-s{s:g}", fit_policy(kind, val, costs, s),
-                            "fitted at start on tables/val.npz with costs.json")
-               for kind in LABEL_KINDS for s in levels]
-    except Exception as e:  # a stale or partial table must not stop the server
-        return [], f"the oracle policies cannot be fitted on {run_dir.tables / 'val.npz'} ({e}); {hint}"
-    return out, ""
+    out.sort(key=lambda p: (p.policy.kind, float(p.policy.sacrifice), p.key))
+    return out, (f"no saved oracle policy could be read ({'; '.join(bad)}): {hint}"
+                 if not out else "")
 
 
 def _one_row_table(model_names: list[str], by_name: dict[str, Any], label: int) -> Any:
