@@ -176,37 +176,45 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
     return outcomes
 
 
-DEPLOYABLE_FAMILIES = ("dispatcher", "cascade")
-
-
-def summary_lines(run: str | Path, levels: tuple[float, ...] = (0.005, 0.01, 0.02)) -> list[str]:
-    """Best single model and the best deployable router at each level, from routers.csv."""
-    from oracle.io import read_csv
-
+def summary_lines(run: str | Path, levels: tuple[float, ...] | None = None) -> list[str]:
+    """The answer selected on val at each level (default: every level of the run), per zoo,
+    from routers.csv (never a pick among test rows): its test accuracy, whether the budget held,
+    and both speedups."""
     path = Path(run) / "results" / "routers.csv"
     if not path.exists():
         return [f"no {path} yet: run `evaluate-routers --run {run}`"]
     rows = read_csv(path)
+    if not rows or "selected" not in rows[0]:
+        return [f"{path} was written by an older evaluate-routers (no selected rows): re-run "
+                f"`evaluate-routers --run {run}`"]
     present = sorted({float(r["sacrifice"]) for r in rows if r.get("sacrifice") not in ("", None)})
-    wanted = [s for s in levels if any(abs(s - p) < 1e-9 for p in present)]
-    levels = tuple(wanted or present)  # a run evaluated at other levels reports those
-    best = [r for r in rows if r.get("family") == "best-single"]
+    if levels is not None:
+        wanted = [s for s in levels if any(abs(s - p) < 1e-9 for p in present)]
+        present = wanted or present   # a run evaluated at other levels reports those
+    levels = tuple(present)
     lines = []
-    if best:
-        b = best[0]
-        lines.append(f"best single model: {b['method']}  accuracy {float(b['accuracy']):.4f}  "
-                     f"{float(b['images_per_second']):.0f} images/s")
-    for s in levels:
-        cands = [r for r in rows if r.get("family") in DEPLOYABLE_FAMILIES
-                 and abs(float(r["sacrifice"]) - s) < 1e-9]
-        held = [r for r in cands if str(r.get("budget_held")).lower() in ("true", "1")]
-        pool = held or cands
-        if not pool:
-            lines.append(f"sacrifice {s:.1%}: no deployable router rows")
-            continue
-        r = max(pool, key=lambda r: float(r["images_per_second"]))
-        note = "budget held on test" if held else "budget NOT held on test"
-        lines.append(f"sacrifice {s:.1%}: {r['method']}  accuracy {float(r['accuracy']):.4f}  "
-                     f"{float(r['images_per_second']):.0f} images/s  speedup "
-                     f"{float(r['speedup_vs_best']):.2f}x vs best single ({note})")
+    zoos = list(dict.fromkeys(r.get("zoo") or "all" for r in rows))
+    for zoo in zoos:
+        at_zoo = [r for r in rows if (r.get("zoo") or "all") == zoo]
+        best = [r for r in at_zoo if r.get("family") == "best-single"]
+        what = "whole zoo" if zoo == "all" else "uncompressed models only"
+        if best:
+            b = best[0]
+            lines.append(f"[{zoo}: {what}] best single model {b['method'].split(':', 1)[-1]}  "
+                         f"accuracy {float(b['accuracy']):.4f}  "
+                         f"{float(b['images_per_second'] or 'nan'):.0f} images/s")
+        for s in levels:
+            sel = [r for r in at_zoo if abs(float(r["sacrifice"]) - s) < 1e-9
+                   and str(r.get("selected")) in ("1", "True", "true")]
+            if not sel:
+                lines.append(f"  sacrifice {s:.1%}: no selected row")
+                continue
+            r = sel[0]
+            held = "held" if str(r.get("budget_held")).lower() in ("true", "1") else "NOT held"
+            lines.append(f"  sacrifice {s:.1%}: selected on val {r['method']}  accuracy "
+                         f"{float(r['accuracy']):.4f} (budget {held} on test)  "
+                         f"{float(r['images_per_second'] or 'nan'):.0f} images/s  "
+                         f"{float(r['speedup_vs_best'] or 'nan'):.2f}x best single, "
+                         f"{float(r['speedup_vs_cheapest_single'] or 'nan'):.2f}x cheapest "
+                         "adequate single")
     return lines

@@ -175,7 +175,7 @@ def test_fits_record_measured_costs_and_dispatcher_time(evaluated_run):
 def test_bench_routers_prints_the_headline(evaluated_run, capsys):
     assert bench_main(["--run", str(evaluated_run)]) == 0
     out = capsys.readouterr().out
-    assert "images/s ratio" in out and "gap recovered" in out and "router time" in out
+    assert "selected on val" in out and "gap recovered" in out and "x cheapest" in out
 
 
 def test_missing_tables_name_the_fix(tmp_path):

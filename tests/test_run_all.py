@@ -59,10 +59,20 @@ def test_run_all_interrupted_then_completed_then_idle(smoke_run, capsys):
     assert (run / "results" / "compression.csv").exists()
     index = run / "reports" / "index.html"
     assert index.exists()
-    # the summary names the best single model and a router per level, and the page
-    assert "best single model:" in second
-    assert "sacrifice 0.0%:" in second and "sacrifice 5.0%:" in second  # the run's own levels
-    assert "no deployable router rows" not in second
+    # both zoos: the smoke zoo holds compressed variants, so the base zoo is fitted too
+    assert {r["zoo"] for r in rows} == {"all", "base"}
+    # the summary names the best single model and the answer selected on val per level and
+    # zoo, and the page
+    assert "[all: whole zoo] best single model" in second
+    assert "[base: uncompressed models only] best single model" in second
+    assert "sacrifice 0.0%: selected on val" in second
+    assert "sacrifice 5.0%: selected on val" in second  # the run's own levels
+    assert "no selected row" not in second
+    # every stage that ran is in stages.csv, with its wall clock
+    stages = read_csv(run / "results" / "stages.csv")
+    assert [r["stage"] for r in stages] == ["train-zoo", "compress", "profile-zoo",
+                                            "evaluate-routers", "report"]
+    assert all(float(r["seconds"]) >= 0 and r["started"] <= r["finished"] for r in stages)
     assert f"report: {index.resolve()}" in second
 
     # 3. a third call does no work

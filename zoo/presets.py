@@ -24,6 +24,7 @@ class ModelRecipe:
     epochs: int = 10
     lr: float = 1e-3
     max_batches_per_epoch: int | None = None
+    dropout: float | None = None            # classifier dropout; None: the architecture's (0.5)
     # Other TrainConfig fields this model trains with, e.g. {"patience": None, "keep": "last"}
     train_overrides: dict[str, Any] = field(default_factory=dict)
 

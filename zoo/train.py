@@ -614,6 +614,8 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
         arch = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
                           input_size=info.input_size, width=recipe.width)
         arch.batch_norm = recipe.batch_norm
+        if recipe.dropout is not None:
+            arch.dropout = recipe.dropout
         config = preset.train_config(recipe, seed=settings.seed, device=settings.device,
                                      threads=settings.threads, amp=settings.amp)
         if config.augment and not flip_makes_sense(info.name):
