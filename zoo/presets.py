@@ -66,8 +66,11 @@ def _quick() -> Preset:
     # 5 ~230, vgg19_small@0.25 ~300. Every model sees the same number of images (2 epochs of
     # 180 random batches of 128 = 46k images, a fresh random subset of the 54k each epoch);
     # BatchNorm lets the deep ones train at a high rate in that budget.
+    # Width 0.5 for the tiny VGGs (as in the standard preset): at width 1 the quick run took 85
+    # minutes on a 2-core AVX2-only EPYC (train-zoo 2,844 s of it; DESIGN.md); width 0.5 costs
+    # 3-4x less per training image.
     steps = 180
-    recipes = {m: ModelRecipe(width=1.0, batch_norm=True, epochs=2, lr=2e-3,
+    recipes = {m: ModelRecipe(width=0.5, batch_norm=True, epochs=2, lr=2e-3,
                               max_batches_per_epoch=steps) for m in TINY}
     # The ladder (checked on val, models in MACs order): with 2 epochs each, tiny_vgg5 fell
     # below tiny_vgg4 (89.74 vs 89.94% val) and vgg19_small below tiny_vgg1 (86.7%); a third
@@ -78,9 +81,9 @@ def _quick() -> Preset:
     base = TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=5e-4,
                        schedule="onecycle", patience=None, label_smoothing=0.0, augment=False,
                        channels_last=True)
-    # cheapest first by counted MACs: vgg19_small at width 0.25 (38.9M) sits between
-    # tiny_vgg2 (36.0M) and tiny_vgg3 (76.2M)
-    order = ["tiny_vgg1", "tiny_vgg2", "vgg19_small", "tiny_vgg3", "tiny_vgg4", "tiny_vgg5"]
+    # cheapest first by counted MACs: at width 0.5 the tiny VGGs cost 3.7, 10.9, 20.2, 34.6
+    # and 52.1M, vgg19_small at width 0.25 38.9M
+    order = ["tiny_vgg1", "tiny_vgg2", "tiny_vgg3", "tiny_vgg4", "vgg19_small", "tiny_vgg5"]
     return Preset(name="quick", models=order, recipes=recipes, base=base,
                   limit_train=None, limit_eval=5000,
                   note="about 17 minutes on a 2-core CPU")
