@@ -20,6 +20,8 @@ from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisp
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
 from reports.inputs import DEFAULT_ZOO, RunArtifacts, load_run, zoo_rows, zoos_of
+from reports.learned import (LEARNED_FAMILY, LearnedVsCascadeDisplay, areas_display,
+                             disagreements_from_run, router_areas)
 from reports.tables import (LADDER_P, RERUN_HINT, SUMMARY_SACRIFICE, ZOO_DESCRIPTIONS, Summary,
                             compression_table, headline_display, ladder_table, routers_pivot,
                             routers_table, summarize, zoo_table)
@@ -191,6 +193,79 @@ def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
     return [sec]
 
 
+AREA_TEXT = (
+    "Area above random: for each deployable router (cascade, learned routers, dispatchers) and "
+    "zoo, its points over the sacrifice sweep (measured images/s, test accuracy), each with the "
+    "accuracy of the cost-matched random router (same expected cost per image, models assigned "
+    "at random). The area is the trapezoid integral of (accuracy - random accuracy), in "
+    "accuracy points, over log2(images/s) along the router's own curve sorted by images/s: "
+    "points x doublings of throughput. It is positive where routing by the image beats routing "
+    "by chance over the throughput range the router covers; a router whose levels all land at "
+    "one speed covers no range and gets little area however good it is, so read it with the "
+    "levels and gap_recovered beside it (at each level: (accuracy - random) / (per-sample "
+    "ceiling - random); 1 = the ceiling, 0 = chance). Blank: fewer than two levels with a "
+    "random twin. Also router_areas.csv.")
+
+
+def _stale(out: Path, *names: str) -> None:
+    """Remove an older report's file this run does not produce."""
+    for name in names:
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _learned_section(b: _Builder, art: RunArtifacts) -> Section:
+    sec = Section("Learned routers, the cascade and the random router")
+    if art.routers is None:
+        b.skip(sec, "Areas above random", "results/routers.csv is absent (run `evaluate-routers`)")
+        _stale(b.out, "router_areas.csv", "learned_vs_cascade.png", "learned_vs_cascade.csv",
+               "routing_disagreements.csv")
+        return sec
+    areas = router_areas(art.routers)
+    if areas.empty:
+        b.skip(sec, "Areas above random", "routers.csv has no deployable router rows")
+        _stale(b.out, "router_areas.csv")
+    else:
+        write_csv(b.out / "router_areas.csv", areas.to_dict("records"), list(areas.columns))
+        sec.paragraphs.append(AREA_TEXT)
+        sec.tables.append(("Area above the cost-matched random router, per router and zoo",
+                           areas_display(areas)))
+    r = zoo_rows(art.routers, DEFAULT_ZOO)
+    disp, why_not = None, ("routers.csv has no learned router (family `learned`, methods "
+                           "`learned-*`) in zoo all; re-run `evaluate-routers` with a version "
+                           "that fits one")
+    if (r["family"] == LEARNED_FAMILY).any():
+        try:
+            disp = LearnedVsCascadeDisplay.from_routers(r)
+        except ValueError as e:         # learned rows, but no router point timed
+            why_not = str(e)
+    if disp is None:
+        b.skip(sec, "Learned routers against the cascade (figure)", why_not)
+        _stale(b.out, "learned_vs_cascade.png", "learned_vs_cascade.csv")
+    else:
+        b.figure(sec, "learned_vs_cascade", "Zoo all: the cascade and every learned router "
+                 "(the dispatchers lighter) as accuracy against measured images/s (log scale) "
+                 "over their sacrifice levels; a hollow marker of the same colour at each point's "
+                 "x is that level's cost-matched random router, a thin line the gap between "
+                 "them; the black star is the best single model, grey squares the cheapest "
+                 "adequate single models (on val)", disp.plot())
+    dis, why = disagreements_from_run(art, DEFAULT_ZOO)
+    if dis is None:
+        b.skip(sec, "Routing disagreements by true label", why)
+        _stale(b.out, "routing_disagreements.csv")
+    else:
+        frame = dis.csv_frame()
+        write_csv(b.out / "routing_disagreements.csv", frame.to_dict("records"),
+                  list(frame.columns))
+        sec.tables.append((
+            f"Routing disagreements by true label, zoo {dis.zoo} at "
+            f"{100 * dis.sacrifice:g}% sacrifice: {dis.learned} ({dis.how}) against the "
+            f"cascade. Routed differently: test images the two sent to different models; of "
+            f"those, the ones only {dis.learned} got right and the ones only the cascade got "
+            "right. Also routing_disagreements.csv.", dis.display()))
+    return sec
+
+
 def _confusion_section(b: _Builder, art: RunArtifacts, summary: Summary) -> Section:
     sec = Section("Confusion matrices (test)")
     if art.test is None:
@@ -304,7 +379,8 @@ def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = s
         (out / "headline.csv").unlink()     # an older report's, not this run's
     if summary.selection_note and art.routers is not None:
         b.notes.append(f"Headline table skipped: {summary.selection_note}")
-    sections = [*_router_sections(b, art), _overlap_section(b, art, overlap_split),
+    sections = [*_router_sections(b, art), _learned_section(b, art),
+                _overlap_section(b, art, overlap_split),
                 _zoo_section(b, art), _confusion_section(b, art, summary),
                 _compression_section(b, art)]
     index = write_page(out / "index.html",

@@ -35,7 +35,8 @@ SAME_AS_ORACLE = ("oracle-executed",)
 METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "accuracy (%)", "precision": "precision, macro (%)",
                  "recall": "recall, macro (%)", "f1": "F1, macro (%)"}
-FAMILY_ORDER = ("cascade", "dispatcher", "oracle", "oracle-executed", "random")
+FAMILY_ORDER = ("cascade", "learned", "dispatcher", "oracle", "oracle-executed", "random")
+DEPLOYABLE_FAMILIES = ("cascade", "learned", "dispatcher")   # see only the image
 SACRIFICE_LABEL = "sacrifice budget s (accuracy points; levels evenly spaced)"
 
 
@@ -471,7 +472,7 @@ class FrontierDisplay:
                                           avoid=others, occupied=occupied)
         # the sacrifice level at each end of every deployable router's curve
         ends_x, ends_y, ends_t = [], [], []
-        for method, part in rows[rows["family"].isin(("cascade", "dispatcher"))].groupby("method"):
+        for method, part in rows[rows["family"].isin(DEPLOYABLE_FAMILIES)].groupby("method"):
             part = part.sort_values("sacrifice")
             first, last = part.iloc[0], part.iloc[-1]
             same = (np.isclose(first["images_per_second"], last["images_per_second"], rtol=0.01)

@@ -29,22 +29,42 @@ ZOO_ORDER = ("all", "base")
 @dataclass
 class RouterPredictions:
     """Test-split predictions of K routers: ``preds[k]`` is router k's (N,) answers, fitted
-    over zoo ``zoos[k]`` (``"all"`` throughout in files written before zoos existed)."""
+    over zoo ``zoos[k]`` (``"all"`` throughout in files written before zoos existed).
+
+    Files written since routers recorded their choices also hold ``chosen[k]`` (N,): the model
+    router k sent each image to, an index into ``model_names`` (the run's whole zoo, whatever
+    zoo the router was fitted over), and the test ``labels`` (N,); older files lack them
+    (``None`` / empty)."""
 
     methods: list[str]
     sacrifices: np.ndarray   # (K,) float
     preds: np.ndarray        # (K, N) int
     zoos: list[str] = field(default_factory=list)
+    chosen: np.ndarray | None = None   # (K, N) int, indices into model_names
+    labels: np.ndarray | None = None   # (N,) int
+    model_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.zoos:
             self.zoos = [DEFAULT_ZOO] * len(self.methods)
 
-    def find(self, method: str, sacrifice: float, zoo: str = DEFAULT_ZOO) -> np.ndarray | None:
+    def index(self, method: str, sacrifice: float, zoo: str = DEFAULT_ZOO) -> int | None:
+        """The row of (``method``, ``sacrifice``, ``zoo``), or None."""
         for k, (m, s, z) in enumerate(zip(self.methods, self.sacrifices, self.zoos)):
             if m == method and z == zoo and np.isclose(float(s), sacrifice):
-                return self.preds[k]
+                return k
         return None
+
+    def find(self, method: str, sacrifice: float, zoo: str = DEFAULT_ZOO) -> np.ndarray | None:
+        k = self.index(method, sacrifice, zoo)
+        return None if k is None else self.preds[k]
+
+    def find_chosen(self, method: str, sacrifice: float,
+                    zoo: str = DEFAULT_ZOO) -> np.ndarray | None:
+        """The models router (``method``, ``sacrifice``, ``zoo``) chose, or None (no such row,
+        or a file written before choices were saved)."""
+        k = self.index(method, sacrifice, zoo)
+        return None if k is None or self.chosen is None else self.chosen[k]
 
 
 @dataclass
@@ -97,13 +117,24 @@ def _read_router_predictions(path: Path) -> RouterPredictions | None:
             raise ValueError(f"{path} lacks keys {missing}; re-run `evaluate-routers`")
         methods, sac, preds = (z[k] for k in ROUTER_NPZ_KEYS)
         zoos = z["zoos"] if "zoos" in z.files else np.full(len(methods), DEFAULT_ZOO)
+        chosen = z["chosen"] if "chosen" in z.files else None
+        labels = z["labels"] if "labels" in z.files else None
+        names = [str(n) for n in z["model_names"]] if "model_names" in z.files else []
     if (preds.ndim != 2 or len(methods) != preds.shape[0] or len(sac) != preds.shape[0]
             or len(zoos) != preds.shape[0]):
         raise ValueError(f"{path}: methods {methods.shape}, sacrifices {sac.shape}, zoos "
                          f"{zoos.shape} and preds {preds.shape} disagree (expected (K,), (K,), "
                          "(K,), (K, N)); re-run `evaluate-routers`")
+    if chosen is not None and chosen.shape != preds.shape:
+        raise ValueError(f"{path}: chosen {chosen.shape} and preds {preds.shape} disagree "
+                         "(both (K, N)); re-run `evaluate-routers`")
+    if labels is not None and labels.shape != (preds.shape[1],):
+        raise ValueError(f"{path}: labels {labels.shape} do not match preds {preds.shape} "
+                         "(expected (N,)); re-run `evaluate-routers`")
     return RouterPredictions([str(m) for m in methods], sac.astype(float), preds.astype(np.int64),
-                             [str(z) for z in zoos])
+                             [str(z) for z in zoos],
+                             None if chosen is None else chosen.astype(np.int64),
+                             None if labels is None else labels.astype(np.int64), names)
 
 
 def load_run(root: str | Path) -> RunArtifacts:

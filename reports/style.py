@@ -40,8 +40,8 @@ SELECTED_LABEL = "selected on val (deployed at its level)"
 METHOD_COLORS = {"cascade": "tab:blue", "dispatcher-label": "tab:orange",
                  "dispatcher-sample": "tab:green", "oracle-overlap": "tab:red",
                  "oracle-accuracy": "tab:purple", "oracle-budget": "tab:brown",
-                 "ceiling": "black", "ceiling-budget": "black"}
-_SPARE_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal"]
+                 "learned-cascade": "tab:cyan", "ceiling": "black", "ceiling-budget": "black"}
+_SPARE_COLORS = ["tab:pink", "tab:olive", "tab:gray", "gold", "navy", "teal", "maroon"]
 LOG_SPAN = 10.0   # an axis of rates spanning more than this factor is drawn on a log scale
 
 
@@ -71,7 +71,8 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
 # marker per rule: hollow markers of different shapes and sizes stay visible where the
 # lines of two rules coincide (the three label oracles often do)
 METHOD_MARKERS = {"cascade": ("o", 4.5), "dispatcher-label": ("D", 4.0),
-                  "dispatcher-sample": ("v", 5.0), "oracle-overlap": ("s", 7.0),
+                  "dispatcher-sample": ("v", 5.0), "learned-cascade": ("P", 6.0),
+                  "oracle-overlap": ("s", 7.0),
                   "oracle-accuracy": ("^", 5.5), "oracle-budget": ("D", 3.5)}
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from router.base import AssignmentRouter, Router, RouterError
 from router.cascade import CascadeRouter
+from router.deferral import DeferralHead, LearnedCascadeRouter
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
@@ -188,15 +189,22 @@ def _router_payload(router: Router) -> dict[str, Any]:
                                    else router.label_to_model.tolist()),
                 "threshold": router.threshold, "fallback": router.fallback,
                 "macs": router.network_macs}
+    if isinstance(router, LearnedCascadeRouter):
+        return {"kind": "learned-cascade", "stages": router.stages,
+                "thresholds": router.thresholds, "heads": [h.state() for h in router.heads]}
     if isinstance(router, CascadeRouter):
         return {"kind": "cascade", "stages": router.stages, "thresholds": router.thresholds}
-    raise RouterError(f"only dispatchers and cascades save as artifacts, not {type(router).__name__}"
+    raise RouterError(f"only dispatchers and (learned) cascades save as artifacts, not "
+                      f"{type(router).__name__}"
                       " (oracle routers need the true label and are not deployable)")
 
 
 def _router_from_payload(r: dict[str, Any], names: list[str], info: DatasetInfo) -> Router:
     if r["kind"] == "cascade":
         return CascadeRouter(names, r["stages"], r["thresholds"])
+    if r["kind"] == "learned-cascade":
+        return LearnedCascadeRouter(names, r["stages"], r["thresholds"],
+                                    [DeferralHead.from_state(h) for h in r["heads"]])
     if r["kind"] == "dispatcher":
         net = DispatcherNet(DispatcherArch.from_dict(r["arch"]))
         net.load_state_dict(r["state_dict"])

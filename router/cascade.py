@@ -55,10 +55,13 @@ def simulate_cascade(confidence: np.ndarray, stages: Sequence[int],
     return stages[stage]
 
 
-def threshold_grid(confidence: np.ndarray, n: int) -> np.ndarray:
-    """Candidate thresholds for one model: 0, its confidence quantiles, and above 1 (never stop)."""
+def threshold_grid(confidence: np.ndarray, n: int, table: bool = True) -> np.ndarray:
+    """Candidate thresholds for one model: 0, its confidence quantiles, and above 1 (never stop).
+
+    ``table``: round the quantiles to table precision (scores that are not float16 table
+    values, such as a deferral head's, keep float32 quantiles)."""
     q = np.quantile(confidence, np.linspace(0.0, 1.0, n + 1)[:-1])
-    q = table_precision(q)
+    q = table_precision(q) if table else q.astype(np.float32)
     return np.unique(np.concatenate([[0.0], q, [1.0, 1.01]])).astype(np.float32)
 
 
@@ -72,30 +75,39 @@ class CascadeCandidates:
     thresholds: list[np.ndarray]     # (G,) arrays of len(chain) - 1 thresholds
     accuracy: np.ndarray             # (G,) simulated val accuracy
     cost: np.ndarray                 # (G,) expected cost per image
-    confidence: np.ndarray           # (N, M) val confidences at table precision
+    confidence: np.ndarray           # (N, M) val confidences at table precision, or the scores
     se: np.ndarray                   # (G,) paired SE of the accuracy difference to the reference
     reference: int = -1
 
 
 def cascade_candidates(val: PredictionTable, costs: np.ndarray, *, max_stages: int = 3,
-                       grid: int = 24, reference: int | None = None) -> CascadeCandidates:
+                       grid: int = 24, reference: int | None = None,
+                       scores: np.ndarray | None = None) -> CascadeCandidates:
     """Simulate every increasing chain of <= ``max_stages`` models on ``val`` for every
     threshold combination from ``threshold_grid``; ``costs`` (M,) in table order.
 
     ``reference`` (default: the most accurate model on ``val``, cheaper on ties) is what each
-    candidate's paired standard error is measured against."""
+    candidate's paired standard error is measured against. ``scores`` (N, M), when given,
+    replace the confidences as what each stage's threshold is compared with (a learned
+    cascade's deferral scores, ``router.deferral``); they are used as given (float32)."""
     costs = np.asarray(costs, dtype=np.float64)
     if costs.shape != (val.n_models,):
         raise RouterError(f"costs has shape {costs.shape}, expected ({val.n_models},) in table order")
     if max_stages < 1:
         raise RouterError(f"max_stages must be >= 1, got {max_stages}")
-    conf = table_precision(val.confidence)                          # (N, M)
+    if scores is None:
+        conf = table_precision(val.confidence)                      # (N, M)
+    else:
+        conf = np.asarray(scores, dtype=np.float32)
+        if conf.shape != (val.n_samples, val.n_models):
+            raise RouterError(f"scores has shape {conf.shape}, expected "
+                              f"({val.n_samples}, {val.n_models})")
     correct = val.correct                                           # (N, M)
     if reference is None:
         reference = reference_index(val, costs)
     ref_right = correct[:, reference]
     order = [int(i) for i in np.lexsort((np.arange(val.n_models), costs))]
-    grids = [threshold_grid(conf[:, m], grid) for m in range(val.n_models)]
+    grids = [threshold_grid(conf[:, m], grid, table=scores is None) for m in range(val.n_models)]
     chains, chain_of, ths, accs, cost, ses = [], [], [], [], [], []
     for k in range(1, max_stages + 1):
         for chain in itertools.combinations(order, k):

@@ -12,12 +12,15 @@ most accurate single model on val):
   ``ceiling-budget``: the least-cost per-sample assignment holding s (simulated);
 - ``dispatcher-label`` / ``dispatcher-sample``: the learned dispatcher in both modes;
 - ``cascade``: the confidence cascade;
+- ``learned-cascade`` (family ``learned``): a cascade whose stages stop on a deferral head's
+  score (a logistic regression on the stage's own probabilities, ``router.deferral``), the
+  heads trained on one part of val and the thresholds chosen on the other;
 - ``random~<router>``: a cost-matched random router for each deployable router (simulated).
 
 Everything is fitted twice, over two zoos (column ``zoo``): ``all`` (every model of the run)
 and ``base`` (the uncompressed models only), so a reader sees what routing adds beyond int8.
 Fitting (``fit_zoo``) sees the validation split only; at each level it also *selects* the one
-deployable answer (``selected = 1``): of the cheapest adequate single model, the cascade and
+deployable answer (``selected = 1``): of the cheapest adequate single model, both cascades and
 both dispatchers, the one whose fit met the target on val at the least expected cost
 (``fit_ms_per_image``). Its test row is reported as it comes out. A cascade's early-stage time
 on inputs that went on is measured as ``wasted_seconds``; ``overhead_share`` is
@@ -26,10 +29,11 @@ on inputs that went on is measured as ``wasted_seconds``; ``overhead_share`` is
 
 Metrics of routed methods come from the test table given each router's decisions on the whole
 test split (dispatcher decisions by running it, cascade decisions by simulation at table
-precision). Timing runs the routed classifier for real on the first ``timing_samples`` test
-images (a first run gives the answers and warms up; then every distinct routing is timed
-round-robin, median of repeats, threads fixed); ``agree_with_table`` checks that executed
-answers equal the table's. With ``timing_samples`` >= N the executed answers are scored directly.
+precision, the learned cascade's from its heads' scores on the test table's probabilities).
+Timing runs the routed classifier for real on the first ``timing_samples`` test images (a
+first run gives the answers and warms up; then every distinct routing is timed round-robin,
+median of repeats, threads fixed); ``agree_with_table`` checks that executed answers equal
+the table's. With ``timing_samples`` >= N the executed answers are scored directly.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ from router.artifact import RoutedClassifier
 from router.base import AssignmentRouter, ConstantRouter, Router, RouterError, \
     accuracy_lower_bound
 from router.cascade import CascadeRouter, cascade_candidates, select_cascade, simulate_cascade
+from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
 from router.dispatcher import Dispatcher, DispatcherConfig, DispatcherFit, choose_threshold, \
     dispatcher_ms_per_image, dispatcher_scores, fit_dispatcher
 from router.selection import Candidate, cheapest_single, select_deployable
@@ -71,7 +76,7 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "val_accuracy", "agree_with_table", "timing_samples", "n_samples", "threads",
                 "repeats", "settings"]
 ZOOS = ("all", "base")
-DEPLOYABLE = ("dispatcher", "cascade")
+DEPLOYABLE = ("dispatcher", "cascade", "learned")
 _EPS = 1e-9
 
 
@@ -89,6 +94,7 @@ class EvalConfig:
     label_policy: str = "budget"         # oracle policy the label dispatcher maps through
     cascade_max_stages: int = 3
     cascade_grid: int = 24
+    learned_fit_share: float = 0.5       # learned cascade: share of val its heads train on
     costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
     cost_samples: int = 1000             # val images the measured costs are timed on
     margin_z: float = 1.0                # fits keep val accuracy - z paired SEs >= target (1-SE rule)
@@ -109,6 +115,8 @@ class EvalConfig:
             raise RouterError("need threads >= 1, repeats >= 1, warmup >= 0")
         if self.costs not in ("measured", "profile"):
             raise RouterError(f"costs must be 'measured' or 'profile', got {self.costs!r}")
+        if not 0 < self.learned_fit_share < 1:
+            raise RouterError(f"learned_fit_share must be in (0, 1), got {self.learned_fit_share}")
         if self.margin_z < 0 or self.cost_samples < 1:
             raise RouterError("need margin_z >= 0 and cost_samples >= 1")
         if self.dispatcher_time_share is not None and self.dispatcher_time_share <= 0:
@@ -258,6 +266,7 @@ class LevelFit:
     cascade: Any                               # router.cascade.CascadeFit
     candidates: dict[str, Candidate]
     selected: str
+    learned_cascade: Any = None                # router.deferral.LearnedCascadeFit
 
 
 @dataclass
@@ -279,8 +288,8 @@ class ZooFit:
 def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch.Tensor,
             info: DatasetInfo, cvec: np.ndarray, macs: np.ndarray, cfg: EvalConfig,
             log: Callable[[str], None] = print) -> ZooFit:
-    """Fit oracle policies, both dispatchers, the cascade and the cheapest adequate single model
-    at every level, and select the deployed answer per level. Sees the val split only."""
+    """Fit oracle policies, both dispatchers, both cascades and the cheapest adequate single
+    model at every level, and select the deployed answer per level. Sees the val split only."""
     names = list(val.model_names)
     ref = reference_index(val, cvec)
     ref_val_acc = float(val.correct[:, ref].mean())
@@ -314,6 +323,17 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
     cands = cascade_candidates(val, cvec, max_stages=cfg.cascade_max_stages, grid=cfg.cascade_grid,
                                reference=ref)
     record["cascade_candidates"] = int(len(cands.accuracy))
+    t0 = time.perf_counter()
+    lcands = learned_candidates(val, cvec, reference=ref, max_stages=cfg.cascade_max_stages,
+                                grid=cfg.cascade_grid, fit_share=cfg.learned_fit_share,
+                                seed=cfg.seed)
+    record["learned_cascade"] = {
+        "fit_samples": int(len(lcands.fit_index)),
+        "threshold_samples": int(len(lcands.threshold_index)),
+        "candidates": int(len(lcands.cands.accuracy)),
+        "reference_threshold_accuracy": lcands.reference_accuracy,
+        "fit_seconds": time.perf_counter() - t0,
+        "heads": {n: h.state() for n, h in zip(names, lcands.heads)}}
     hold_l = disp["label"].holdout_index
     hold_s = disp["sample"].holdout_index
     levels = []
@@ -350,9 +370,13 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
         cand["dispatcher-sample"] = Candidate("dispatcher-sample", h_acc, h_cost, True)
         fit = select_cascade(cands, target, z=cfg.margin_z)
         cand["cascade"] = Candidate("cascade", fit.val_accuracy, fit.val_cost, True)
+        # learned cascade: accuracy and expected cost on the part of val its thresholds saw
+        lfit = select_learned(lcands, s, z=cfg.margin_z)
+        cand["learned-cascade"] = Candidate("learned-cascade", lfit.val_accuracy, lfit.val_cost,
+                                            True)
         chosen = select_deployable(list(cand.values()))
         levels.append(LevelFit(s, target, policies, cs, dl, bool(skip), ds, fit, cand,
-                               chosen.method))
+                               chosen.method, learned_cascade=lfit))
         log(f"  [{zoo}] s={s:g}: cheapest adequate single {names[cs]} ({cvec[cs]:.4f} ms/image); "
             f"selected on val: {chosen.method} ({chosen.fit_ms_per_image:.4f} ms/image expected)")
     record["selected"] = {f"{lv.sacrifice:g}": lv.selected for lv in levels}
@@ -583,6 +607,24 @@ def _score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: _Timer, sc: _
                                 "val_se": fit.val_se, "z": fit.z})
         deployable.append((row, ch, row["expected_ms_per_image"]))
         saved[f"{tag}cascade@{s:g}"] = _save(routers_dir, "cascade", s, casc, inp, cfg, idx)
+        lfit, c = lv.learned_cascade, lv.candidates["learned-cascade"]
+        learned = LearnedCascadeRouter.from_fit(lfit)
+        ch = learned.simulate(test.probs)
+        lstages, lths = lfit.cascade.stages, lfit.cascade.thresholds
+        timed = timer.time((zf.zoo, "learned-cascade", tuple(lstages), tuple(lths)),
+                           lambda x, r=learned: execute_cascade(
+                               r.stages, r.thresholds, x, models, infos, cfg.batch_size,
+                               scorers=r.scorers()))
+        row = sc.emit("learned-cascade", "learned", s, ch, timed, stages=lstages,
+                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
+                      selected=lv.selected == "learned-cascade",
+                      settings={**learned.describe(), "val_stage_reach": lfit.cascade.stage_reach,
+                                "val_se": lfit.cascade.val_se, "z": lfit.cascade.z,
+                                "val_target": lfit.target, "fit_samples": lfit.fit_samples,
+                                "threshold_samples": lfit.threshold_samples})
+        deployable.append((row, ch, row["expected_ms_per_image"]))
+        saved[f"{tag}learned-cascade@{s:g}"] = _save(routers_dir, "learned-cascade", s, learned,
+                                                     inp, cfg, idx)
         for row, ch, exp_ms in deployable:
             sc.emit_random(row, ch, s, exp_ms)
 
@@ -757,7 +799,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     share, budget, gap; ``*`` marks the answer selected on val."""
     keep = [r for r in rows if r["family"] in ("best-single", "cheapest-single",
                                                "oracle-executed", "ceiling", "dispatcher",
-                                               "cascade")
+                                               "cascade", "learned")
             and r.get("seconds") is not None]
     out = [f"{'zoo':<5}{'sacrifice':>9} {'method':<34} {'acc':>7} {'drop':>7} {'img/s':>9} "
            f"{'x best':>7} {'x cheap':>7} {'ovh%':>6} {'held':>5} {'gap':>6}"]

@@ -33,7 +33,7 @@ class ExecResult:
     seconds: float = 0.0          # wall-clock of the whole call
     model_seconds: float = 0.0    # time inside model forward passes
     confidence: np.ndarray | None = None  # (N,) top softmax prob of the answering model
-    stage_confidence: np.ndarray | None = None  # cascades: (N, S), NaN where not reached
+    stage_confidence: np.ndarray | None = None  # cascades: (N, S) stage scores, NaN: not reached
     wasted_seconds: float = 0.0   # cascades: model time on inputs that then went on to a later stage
 
     @property
@@ -134,17 +134,26 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
 
 def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: torch.Tensor,
                     models: Sequence[nn.Module], infos: Sequence[DatasetInfo],
-                    batch_size: int = 256) -> ExecResult:
-    """Run ``models[stages[0]]`` on all inputs, keep answers whose confidence clears the stage
+                    batch_size: int = 256,
+                    scorers: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None
+                    ) -> ExecResult:
+    """Run ``models[stages[0]]`` on all inputs, keep answers whose score clears the stage
     threshold, send the rest to the next stage; the last stage answers everything left.
 
-    Confidences are compared at table precision (``table_precision``), as when fitted.
-    ``wasted_seconds`` is the measured forward time of the non-final stages spent on the
-    inputs that went on: each batch's time times the share of its inputs that escalated.
+    A stage's score is its top softmax probability, compared at table precision
+    (``table_precision``) as when fitted, unless ``scorers`` (one per stage, None for the
+    default) gives a callable from the stage's softmax probabilities (n, C) float32 to (n,)
+    scores (a learned cascade's deferral heads, ``router.deferral``); a scorer's time is router
+    time (inside the clock, outside the models'). ``wasted_seconds`` is the measured forward
+    time of the non-final stages spent on the inputs that went on: each batch's time times the
+    share of its inputs that escalated.
     """
     if len(stages) == 0 or len(thresholds) != len(stages):
         raise RouterError(f"a cascade needs stages and one threshold per stage, got "
                           f"{list(stages)} and {list(thresholds)}")
+    if scorers is not None and len(scorers) != len(stages):
+        raise RouterError(f"give one scorer (or None) per stage: {len(stages)} stages, "
+                          f"{len(scorers)} scorers")
     clock = _Clock()
     t0 = time.perf_counter()
     n = len(images)
@@ -160,11 +169,21 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
         batch_seconds: list[float] = []
         logits = _run_model(models[m], images.index_select(0, todo), infos[m], batch_size, clock,
                             batch_seconds)
-        p, y = torch.softmax(logits, dim=1).max(dim=1)
-        stage_conf[todo.numpy(), k] = p.numpy()
+        probs = torch.softmax(logits, dim=1)
+        p, y = probs.max(dim=1)
         last = k == len(stages) - 1
-        stop = (np.ones(len(todo), dtype=bool) if last else
-                first_confident(table_precision(p)[:, None], th, fallback=-1) == 0)
+        scorer = None if scorers is None or last else scorers[k]
+        if scorer is None:
+            stage_conf[todo.numpy(), k] = p.numpy()
+            score = None if last else table_precision(p)
+        else:
+            score = np.asarray(scorer(probs.numpy()), dtype=np.float32)
+            if score.shape != (len(todo),):
+                raise RouterError(f"stage {k}'s scorer returned shape {score.shape} for "
+                                  f"{len(todo)} inputs")
+            stage_conf[todo.numpy(), k] = score
+        stop = (np.ones(len(todo), dtype=bool) if score is None else
+                first_confident(score[:, None], th, fallback=-1) == 0)
         stop_t = torch.from_numpy(stop)
         if not last:
             went_on = (~stop).astype(np.float64)

@@ -21,7 +21,8 @@ from router.base import RouterError, accuracy_lower_bound
 
 _EPS = 1e-9
 # simpler first: at an equal expected cost a single model beats any router
-SELECTION_ORDER = ("cheapest-single", "cascade", "dispatcher-sample", "dispatcher-label")
+SELECTION_ORDER = ("cheapest-single", "cascade", "learned-cascade", "dispatcher-sample",
+                   "dispatcher-label")
 
 
 @dataclass

@@ -43,13 +43,14 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         assert col in rows[0], col
     fams = {r["family"] for r in rows}
     assert fams == {"single", "best-single", "cheapest-single", "oracle", "oracle-executed",
-                    "ceiling", "dispatcher", "cascade", "random"}
+                    "ceiling", "dispatcher", "cascade", "learned", "random"}
     # no compressed variant in this run: the base zoo would equal the whole zoo, so it is left out
     assert {r["zoo"] for r in rows} == {"all"}
     for s in LEVELS:
         at = {r["method"]: r for r in rows if float(r["sacrifice"]) == float(s)}
-        for m in ["dispatcher-label", "dispatcher-sample", "cascade", "ceiling",
-                  "oracle-budget", "oracle-budget-executed", "random~cascade"]:
+        for m in ["dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade",
+                  "ceiling", "oracle-budget", "oracle-budget-executed", "random~cascade",
+                  "random~learned-cascade"]:
             assert m in at, (s, m)
         best = next(r for r in at.values() if r["family"] == "best-single")
         assert float(best["speedup_vs_best"]) == pytest.approx(1.0)
@@ -59,9 +60,10 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         # exactly one deployable answer is selected per level, and it is the one whose fit
         # expected the least cost among those meeting the target on val
         sel = [r for r in at.values() if r["selected"] == "1"]
-        assert len(sel) == 1 and sel[0]["family"] in ("cheapest-single", "dispatcher", "cascade")
+        assert len(sel) == 1 and sel[0]["family"] in ("cheapest-single", "dispatcher", "cascade",
+                                                      "learned")
         cands = [r for r in at.values() if r["family"] in ("cheapest-single", "dispatcher",
-                                                            "cascade")
+                                                            "cascade", "learned")
                  and json.loads(r["settings"]).get("val_meets_target", True)]
         assert float(sel[0]["fit_ms_per_image"]) == pytest.approx(
             min(float(r["fit_ms_per_image"]) for r in cands))
@@ -69,7 +71,7 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             if r.get("images_per_second"):
                 assert float(r["speedup_vs_cheapest_single"]) == pytest.approx(
                     float(r["images_per_second"]) / float(cheap["images_per_second"]))
-            if r["family"] != "cascade" and r.get("wasted_seconds"):
+            if r["family"] not in ("cascade", "learned") and r.get("wasted_seconds"):
                 assert float(r["wasted_seconds"]) == 0.0
         # single rows are the table's accuracy; shares sum to one
         for i, m in enumerate(names):
@@ -91,6 +93,11 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             skipped = json.loads(at[m]["settings"])["network_skipped"]
             assert (float(at[m]["router_macs"]) > 0) == (not skipped), (s, m)
         assert float(at["cascade"]["agree_with_table"]) == 1.0
+        # the learned cascade's executed answers equal its simulation from the test table
+        assert float(at["learned-cascade"]["agree_with_table"]) == 1.0
+        learned = json.loads(at["learned-cascade"]["settings"])
+        assert learned["type"] == "learned-cascade" and learned["fit_samples"] > 0
+        assert learned["threshold_samples"] > 0
         assert 0.0 <= float(at["dispatcher-sample"]["routing_accuracy"]) <= 1.0
 
 
@@ -119,7 +126,7 @@ def test_predictions_npz_and_saved_routers_reproduce_rows(evaluated_run):
     assert (preds[i] == test.labels).mean() == pytest.approx(acc)
     bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
     x = images_for_table(bundle.test, test)
-    for method in ("cascade", "dispatcher-sample", "dispatcher-label"):
+    for method in ("cascade", "learned-cascade", "dispatcher-sample", "dispatcher-label"):
         k = next(j for j, m in enumerate(methods) if m == method and sac[j] == 0.05)
         clf = RoutedClassifier.load(rd.root / "routers" / f"{method}-s0.05.pt")
         out = clf(x)
@@ -148,12 +155,18 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch):
                          dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
                          save_routers=False, costs="profile", dispatcher_time_share=None)
         res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
-        return {(r["zoo"], r["method"], r["sacrifice"]): (r["settings"], r["selected"],
-                                                         r["fit_ms_per_image"], r["val_accuracy"])
-                for r in res.rows if r["family"] in ("dispatcher", "cascade", "cheapest-single")}
+        out = {(r["zoo"], r["method"], r["sacrifice"]): (r["settings"], r["selected"],
+                                                        r["fit_ms_per_image"], r["val_accuracy"])
+               for r in res.rows if r["family"] in ("dispatcher", "cascade", "learned",
+                                                    "cheapest-single")}
+        out["learned heads"] = {z: f["learned_cascade"]["heads"]         # the deferral heads
+                                for z, f in res.fits["zoos"].items()}
+        return out
     before, after = settings(False), settings(True)
-    assert {"dispatcher-label", "dispatcher-sample", "cascade"} <= {k[1] for k in before}
-    assert sum(v[1] for v in before.values()) == 1      # one selected answer at the one level
+    assert {"dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade"} <= \
+        {k[1] for k in before}
+    assert before["learned heads"]["all"]["tiny_vgg1"]["coef"]
+    assert sum(v[1] for k, v in before.items() if k != "learned heads") == 1  # one selected
     assert after == before
 
 
@@ -211,6 +224,7 @@ def test_two_zoos_policies_and_base_routers(evaluated_run, tmp_path):
     fits = json.loads((run / "routers" / "fits.json").read_text())
     assert fits["zoos"]["base"]["models"] == ["tiny_vgg1", "tiny_vgg3"]
     assert (run / "routers" / "base" / "cascade-s0.05.pt").exists()
+    assert (run / "routers" / "base" / "learned-cascade-s0.05.pt").exists()
     clf = RoutedClassifier.load(run / "routers" / "base" / "cascade-s0.05.pt")
     assert clf.model_names == ["tiny_vgg1", "tiny_vgg3"]
     pol = Policy.load(run / "policies" / "budget-s0.05.json")

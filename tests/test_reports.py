@@ -95,17 +95,39 @@ def hand_routers() -> pd.DataFrame:
 SELECTED = {0.0: "cheapest-single:m_c", 0.01: "cascade", 0.05: "dispatcher-label"}
 
 
+def learned_rows() -> pd.DataFrame:
+    """A ``learned-cascade`` (family ``learned``) at every level of ``hand_routers``, with its
+    ``random_accuracy`` and ``gap_recovered`` recorded, and its ``random~learned-cascade`` rows:
+    accuracy 0.87 - s/4 at 2200 + 60000 s images/s; random 0.6 + s; ceiling 1.0."""
+    rows = []
+    for s in (0.0, 0.01, 0.05):
+        acc, ips, rnd = 0.87 - s / 4, 2200 + 60000 * s, 0.6 + s
+        shares = {"share_m_a": 0.6, "share_m_b": 0.2, "share_m_c": 0.2}
+        rows += [{"method": "learned-cascade", "family": "learned", "sacrifice": s,
+                  "accuracy": acc, "images_per_second": ips, "seconds": 8 / ips,
+                  "budget_held": acc >= 0.875 - s - 1e-9, "threads": 2, "random_accuracy": rnd,
+                  "gap_recovered": (acc - rnd) / (1.0 - rnd), "precision": acc - 0.01,
+                  "recall": acc - 0.02, "f1": acc - 0.03, **shares},
+                 {"method": "random~learned-cascade", "family": "random", "sacrifice": s,
+                  "accuracy": rnd, "precision": rnd, "recall": rnd, "f1": rnd, **shares}]
+    return pd.DataFrame(rows)
+
+
 def hand_routers_zoos(selected: dict[float, str] | None = None,
-                      zoos: tuple[str, ...] = ("all", "base")) -> pd.DataFrame:
+                      zoos: tuple[str, ...] = ("all", "base"),
+                      learned: bool = False) -> pd.DataFrame:
     """``hand_routers`` in the current format: a ``zoo`` column, a ``cheapest-single`` row per
     level (m_c: m_a and m_b miss every target on val), ``selected`` (one row per zoo and level),
     both speedups, ``fit_ms_per_image``, ``wasted_seconds`` and ``overhead_share``. The base
     zoo's rows are the whole zoo's with every routed row 20 % slower, and at 1 % it selects
-    the cheapest single model instead of the cascade."""
+    the cheapest single model instead of the cascade. ``learned``: with ``learned_rows`` (the
+    learned cascade costs more on val than the cascade, so the selection stays as it is)."""
     selected = dict(SELECTED if selected is None else selected)
     frames = []
     for zoo in zoos:
         r = hand_routers()
+        if learned:
+            r = pd.concat([r, learned_rows()], ignore_index=True)
         cheap = r[r.family == "best-single"].assign(method="cheapest-single:m_c",
                                                     family="cheapest-single")
         r = pd.concat([r, cheap], ignore_index=True)
@@ -117,7 +139,7 @@ def hand_routers_zoos(selected: dict[float, str] | None = None,
         r["speedup_vs_best"] = r.images_per_second / 1000.0
         r["speedup_vs_cheapest_single"] = r.images_per_second / 1000.0
         r["fit_ms_per_image"] = r.family.map({"cheapest-single": 1.0, "cascade": 0.45,
-                                              "dispatcher": 0.2})
+                                              "dispatcher": 0.2, "learned": 0.5})
         r["wasted_seconds"] = np.where(r.family == "cascade", 0.1 * r.seconds, 0.0)
         r["router_seconds"] = np.where(r.family == "dispatcher", 0.05 * r.seconds, 0.0)
         r["overhead_share"] = (r.router_seconds + r.wasted_seconds) / r.seconds
@@ -129,9 +151,13 @@ def hand_routers_zoos(selected: dict[float, str] | None = None,
     return pd.concat(frames, ignore_index=True)
 
 
-def make_run(root: Path, compression: bool = True, routers: pd.DataFrame | None = None) -> Path:
+def make_run(root: Path, compression: bool = True, routers: pd.DataFrame | None = None,
+             predictions: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]]
+             | None = None) -> Path:
     """A tiny run directory holding every file `report` reads (routers.csv: ``routers``, by
-    default ``hand_routers_zoos()``)."""
+    default ``hand_routers_zoos()``). In the current format router_predictions.npz holds every
+    row's answers (the labels) and chosen models (m_c), except the (zoo, method, sacrifice)
+    keys of ``predictions``: (answers, chosen model indices)."""
     test, val = hand_table("test"), hand_table("val")
     test.save(root / "tables")
     val.save(root / "tables")
@@ -143,9 +169,15 @@ def make_run(root: Path, compression: bool = True, routers: pd.DataFrame | None 
     write_csv(res / "routers.csv", routers.to_dict("records"))
     if "zoo" in routers.columns:     # predictions of every row, as evaluate-routers writes them
         keys = routers[["zoo", "method", "sacrifice"]].drop_duplicates()
+        preds = np.tile(LABELS, (len(keys), 1))
+        chosen = np.full_like(preds, 2)
+        for k, key in enumerate(zip(keys.zoo, keys.method, keys.sacrifice)):
+            if key in (predictions or {}):
+                preds[k], chosen[k] = predictions[key]
         np.savez(res / "router_predictions.npz", zoos=keys.zoo.to_numpy(str),
                  methods=keys.method.to_numpy(str), sacrifices=keys.sacrifice.to_numpy(float),
-                 preds=np.tile(LABELS, (len(keys), 1)))
+                 preds=preds, chosen=chosen, labels=LABELS, sample_ids=np.arange(len(LABELS)),
+                 model_names=np.array(MODELS))
     else:                            # an older run: no zoos
         np.savez(res / "router_predictions.npz", methods=np.array(["cascade"] * 3),
                  sacrifices=np.array([0.0, 0.01, 0.05]), preds=np.tile(LABELS, (3, 1)))
@@ -438,9 +470,28 @@ def test_router_tables():
     assert list(dict.fromkeys(full.zoo)) == ["all", "base"]
 
 
+# Routing disagreements by hand at 1 % (zoo all), labels 0,0,0,0,1,1,1,1:
+#   cascade chosen 0,0,1,2, 0,1,2,2; right on 0,2,4,5,6
+#   learned chosen 0,1,2,2, 0,2,2,1; right on 0,1,2,4,6,7
+# different models on samples 1,2 (shirt) and 5,7 (bag); only the learned router right on 1 and
+# 7, only the cascade on 5; sample 3 both wrong with the same model (not counted)
+CASCADE_CHOSEN = np.array([0, 0, 1, 2, 0, 1, 2, 2])
+LEARNED_CHOSEN = np.array([0, 1, 2, 2, 0, 2, 2, 1])
+CASCADE_OK = np.array([1, 0, 1, 0, 1, 1, 1, 0], dtype=bool)
+LEARNED_OK = np.array([1, 1, 1, 0, 1, 0, 1, 1], dtype=bool)
+
+
+def disagreeing_predictions(level: float = 0.01) -> dict:
+    """``make_run``'s ``predictions`` for the hand disagreement above, at ``level``."""
+    answer = lambda ok: np.where(ok, LABELS, 1 - LABELS)
+    return {("all", "cascade", level): (answer(CASCADE_OK), CASCADE_CHOSEN),
+            ("all", "learned-cascade", level): (answer(LEARNED_OK), LEARNED_CHOSEN)}
+
+
 def test_report_end_to_end(tmp_path, capsys):
     from scripts.report import main
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", routers=hand_routers_zoos(learned=True),
+                   predictions=disagreeing_predictions())
     # a hostile method name must come out escaped
     r = pd.read_csv(run / "results" / "routers.csv")
     r.loc[r.method == "random~cascade", "method"] = "<script>x</script>&"
@@ -457,12 +508,15 @@ def test_report_end_to_end(tmp_path, capsys):
         assert (index.parent / ref).is_file(), ref
     for name in ("overlap_total", "overlap_per_label", "metrics_vs_sacrifice", "time_vs_sacrifice",
                  "frontier", "model_shares", "training_curves", "confusion_best_single",
-                 "confusion_selected_router", "compression_bars", "prune_sweep", "weight_hist"):
+                 "confusion_selected_router", "compression_bars", "prune_sweep", "weight_hist",
+                 "learned_vs_cascade"):
         assert f'src="{name}.png"' in html and (index.parent / f"{name}.csv").is_file(), name
     assert (index.parent / "ladder.csv").is_file() and "McNemar" in html
     assert "cascade (cascade)" in html and "2.50x" in html and "hand CPU" in html
     assert "skipped" not in html
     assert (index.parent / "headline.csv").is_file()
+    for name in ("router_areas.csv", "routing_disagreements.csv"):
+        assert (index.parent / name).is_file() and name in html, name
 
 
 def test_ladder_table_by_hand(tmp_path):
@@ -504,7 +558,8 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 def test_reports_never_imports_torch():
     code = ("import sys, reports.build, reports.style, reports.heatmap, reports.curves, "
-            "reports.compression, reports.tables, reports.html, reports.inputs, scripts.report; "
+            "reports.compression, reports.tables, reports.html, reports.inputs, reports.learned, "
+            "scripts.report; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)

@@ -45,9 +45,14 @@ class LoadedRouter:
 
     @property
     def group(self) -> str:
-        """Routers of one group differ only in their sacrifice (cascade, dispatcher-label...)."""
-        mode = getattr(self.routed.router, "mode", None)
-        return f"{self.family}-{mode}" if mode else self.family
+        """Routers of one group differ only in their sacrifice (cascade, learned-cascade,
+        dispatcher-label...)."""
+        router = self.routed.router
+        mode = getattr(router, "mode", None)
+        if mode:
+            return f"{self.family}-{mode}"
+        return str(router.describe().get("type", self.family)) if self.family == "cascade" \
+            else self.family
 
     @property
     def title(self) -> str:
