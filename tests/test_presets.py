@@ -21,7 +21,7 @@ def test_standard_names_every_base_model_on_all_training_images():
 
 @pytest.mark.parametrize("model, width, epochs", [
     ("tiny_vgg1", 0.5, 8), ("tiny_vgg2", 0.5, 6), ("tiny_vgg3", 0.5, 6),
-    ("tiny_vgg4", 0.75, 5), ("tiny_vgg5", 0.75, 4), ("vgg19_small", 0.25, 3)])
+    ("tiny_vgg4", 0.5, 6), ("tiny_vgg5", 0.5, 6), ("vgg19_small", 0.25, 3)])
 def test_standard_recipes_are_what_the_docs_say(model, width, epochs):
     p = get_preset("standard")
     r = p.recipe(model)
