@@ -17,24 +17,10 @@ from router.deferral import DeferralHead, LearnedCascadeRouter, deferral_feature
     learned_candidates, select_learned
 from router.execute import execute_cascade
 from zoo.checkpoint import save_checkpoint
+from tests.test_router import INFO, linear_models
 from zoo.data import DatasetInfo, normalize
 
-INFO = DatasetInfo("synthetic", num_classes=4, in_channels=1, input_size=8,
-                   classes=["a", "b", "c", "d"], mean=[0.5], std=[0.25])
 INFO28 = DatasetInfo("crafted", 4, 1, 28, ["q0", "q1", "q2", "q3"], [0.3], [0.35])
-
-
-def linear_models(n: int, seed: int = 0) -> list[nn.Module]:
-    """Random linear classifiers on 8x8 images (logits well apart: no argmax near-ties)."""
-    g = torch.Generator().manual_seed(seed)
-    models = []
-    for _ in range(n):
-        lin = nn.Linear(64, 4)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(4, 64, generator=g))
-            lin.bias.copy_(torch.randn(4, generator=g))
-        models.append(nn.Sequential(nn.Flatten(), lin).eval())
-    return models
 
 
 def images(n: int, seed: int = 1, size: int = 8) -> torch.Tensor:
