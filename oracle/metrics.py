@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.tables import CostTable, PredictionTable
 from oracle.policy import LABEL_KINDS, fit_policy, per_sample_choice, reference_index
-from oracle.table import CostTable, PredictionTable
 
 DEFAULT_LEVELS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 _EPS = 1e-9

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from oracle.table import PredictionTable
+from common.tables import PredictionTable
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from oracle.io import read_json, write_json
-from oracle.table import PredictionTable, TableMismatchError
+from common.io import read_json, write_json
+from common.tables import PredictionTable, TableMismatchError
 
 LABEL_KINDS = ("overlap", "accuracy", "budget")
 KINDS = LABEL_KINDS + ("per_sample",)

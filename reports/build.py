@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from oracle.io import write_csv
+from common.io import write_csv
 from reports import style
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
 from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from oracle.table import PredictionTable
+from common.tables import PredictionTable
 from reports import style
 
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from oracle.io import atomic_write
+from common.io import atomic_write
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;

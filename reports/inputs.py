@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oracle.io import read_json
-from oracle.table import CostTable, PredictionTable
+from common.io import read_json
+from common.tables import CostTable, PredictionTable
 
 ROUTER_COLUMNS = ("method", "family", "sacrifice", "accuracy", "images_per_second")
 COMPRESSION_COLUMNS = ("variant", "base")

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from oracle.io import atomic_write  # noqa: E402
+from common.io import atomic_write  # noqa: E402
 
 DEFAULT_DPI = 110
 OVERLAP_CMAP = "viridis"           # the one colour map of every overlap map (fixed 0-100 scale)

@@ -11,14 +11,16 @@ weigh about 26 MB each, which is why embedding is not the default for the per-le
 evaluate-routers writes).
 
 ``RoutedClassifier.load(path)`` gives a callable: uint8 images in -> ``RoutedOutput`` with
-predictions, chosen models, each answer's confidence and the scores behind each choice.
+predictions, chosen models, each answer's confidence and the scores behind each choice. A
+process that already holds the zoo (the web page) passes ``model_provider=`` so the router calls
+its models instead of loading second copies of them.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +36,9 @@ from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load
 from zoo.data import DatasetInfo
 
 FORMAT = "adaptive-router-routed/1"
+# (model name, resolved checkpoint path) -> (the loaded model, its DatasetInfo or None for the
+# artifact's); raises for a model it cannot supply.
+ModelProvider = Callable[[str, Path], tuple[nn.Module, DatasetInfo | None]]
 
 
 @dataclass
@@ -90,6 +95,11 @@ class RoutedClassifier:
     def _info(self) -> DatasetInfo:
         return next(i for i in self.infos if i is not None)
 
+    @property
+    def info(self) -> DatasetInfo:
+        """What the classifier takes: channels, input size, class names (of its first model)."""
+        return self._info()
+
     # ---- persistence ------------------------------------------------------------------
     def save(self, path: str | Path, run_root: str | Path | None = None,
              embed: bool = False) -> Path:
@@ -127,8 +137,17 @@ class RoutedClassifier:
 
     @classmethod
     def load(cls, path: str | Path, run_root: str | Path | None = None,
-             verify: bool = True) -> "RoutedClassifier":
-        """Rebuild the router and load the zoo models it may choose (checksums verified)."""
+             verify: bool = True, *, model_provider: ModelProvider | None = None,
+             checksums: dict[Path, str] | None = None) -> "RoutedClassifier":
+        """Rebuild the router and load the zoo models it may choose (checksums verified).
+
+        ``model_provider(name, checkpoint)`` supplies each model referenced by checkpoint
+        instead of loading it again: a server that already holds the zoo passes its own model
+        objects, so a router adds only its own small weights (its SHA-256 is still checked
+        against the artifact's). Embedded models are built from the artifact either way.
+        ``checksums`` caches each checkpoint's SHA-256 (by resolved path) across loads, so
+        many artifacts over one zoo read each file once.
+        """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"routed classifier {path} does not exist; run "
@@ -150,15 +169,21 @@ class RoutedClassifier:
                 model.load_state_dict(c["state_dict"])
                 model.eval()
                 ckpt, embedded[i] = None, c
+                minfo = DatasetInfo.from_dict(c["data"]) if c.get("data") else None
             else:
                 ckpt = _resolve(entry, run_root)
-                if verify and entry["sha256"] and file_sha256(ckpt) != entry["sha256"]:
+                if model_provider is not None:
+                    ckpt = ckpt.resolve()
+                    model, minfo = model_provider(entry["name"], ckpt)
+                if verify and entry["sha256"] and _sha256(ckpt, checksums) != entry["sha256"]:
                     raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since "
                                      "the router was saved (sha256 differs); re-run "
                                      "`evaluate-routers`")
-                model, c = load_model(ckpt)
+                if model_provider is None:
+                    model, c = load_model(ckpt)
+                    minfo = DatasetInfo.from_dict(c["data"]) if c.get("data") else None
             models.append(model)
-            infos.append(DatasetInfo.from_dict(c["data"]) if c.get("data") else info)
+            infos.append(minfo if minfo is not None else info)
             ckpts.append(ckpt)
         clf = cls(d["name"], router, models, infos, ckpts, int(d.get("batch_size", 256)),
                   d.get("meta"))
@@ -222,6 +247,16 @@ def _needed_models(router: Router, n: int) -> set[int]:
     if isinstance(router, Dispatcher) and router.mode == "label":
         return {int(m) for m in router.label_to_model}
     return set(range(n))
+
+
+def _sha256(path: Path, cache: dict[Path, str] | None) -> str:
+    """``file_sha256(path)``, read once per resolved path when a ``cache`` is given."""
+    if cache is None:
+        return file_sha256(path)
+    key = path.resolve()
+    if key not in cache:
+        cache[key] = file_sha256(key)
+    return cache[key]
 
 
 def _resolve(entry: dict[str, str], run_root: Path) -> Path:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from oracle.io import read_csv
+from common.io import read_csv
 
 DEPLOYABLE = ("dispatcher", "cascade", "learned")
 _EPS = 1e-9

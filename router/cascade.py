@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from common.tables import PredictionTable
 from oracle.policy import reference_index
-from oracle.table import PredictionTable
 from router.base import Router, RouterError, Routing, first_confident, least_cost_meeting, \
     paired_se, table_precision
 from router.execute import execute_cascade

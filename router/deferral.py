@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from common.tables import PredictionTable
 from oracle.policy import reference_index
-from oracle.table import PredictionTable
 from router.base import Routing, RouterError, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
     select_cascade, simulate_cascade

@@ -7,6 +7,11 @@ through ``execute_routed`` with a ``ConstantRouter``, so every speedup is a rati
 measurements by the same code. ``benchmark`` wraps any of them: warm-up runs, then the median
 of timed repeats; the router's own time (routing plus grouping and gathering: everything that
 is not a model's forward pass) is measured inside the same clock.
+
+Each model runs on its own device (``zoo.device.device_of``: move it there before calling) with
+its own preprocessing (``zoo.preprocess``); inputs move to that device batch by batch unless
+they are there already, and every clock is read after ``zoo.device.synchronize``, so a GPU's
+asynchronous kernels are inside the time they are charged to.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from router.base import Router, RouterError, first_confident, table_precision
-from zoo.data import DatasetInfo, normalize
+from zoo.device import device_of, synchronize
+from zoo.preprocess import PreprocessLike, prepare
 
 
 @dataclass
@@ -89,29 +95,37 @@ class _Clock:
 
 
 @torch.inference_mode()
-def _run_model(model: nn.Module, images: torch.Tensor, info: DatasetInfo, batch_size: int,
+def _run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike, batch_size: int,
                clock: _Clock, batch_seconds: list[float] | None = None) -> torch.Tensor:
-    """Logits (n, C) float32 for uint8 images, in batches; forward time goes on the clock
-    (and each batch's time on ``batch_seconds`` when given)."""
+    """Logits (n, C) float32 on the CPU for uint8 images, in batches, each moved to the
+    model's device and preprocessed there (``zoo.preprocess.prepare``: a ``DatasetInfo``, a
+    ``Preprocess`` or a callable). Copy, preprocessing and forward pass go on the clock, read
+    after the device is synchronised (and each batch's time on ``batch_seconds``)."""
+    device = device_of(model)
     outs = []
     for s in range(0, len(images), batch_size):
         t0 = time.perf_counter()
-        outs.append(model(normalize(images[s:s + batch_size], info)).float())
+        xb = images[s:s + batch_size]
+        if xb.device != device:
+            xb = xb.to(device, non_blocking=True)
+        out = model(prepare(xb, how)).float()
+        synchronize(device)
+        outs.append(out.cpu())
         dt = time.perf_counter() - t0
         clock.model_seconds += dt
         if batch_seconds is not None:
             batch_seconds.append(dt)
-    return torch.cat(outs) if outs else torch.empty(0, info.num_classes)
+    return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
-def _check_models(models: Sequence[nn.Module], infos: Sequence[DatasetInfo], n: int) -> None:
+def _check_models(models: Sequence[nn.Module], infos: Sequence[PreprocessLike], n: int) -> None:
     if len(models) != n or len(infos) != n:
         raise RouterError(f"the router knows {n} models but got {len(models)} models and "
                           f"{len(infos)} dataset infos; pass them in the table's model order")
 
 
 def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Module],
-                   infos: Sequence[DatasetInfo], batch_size: int = 256) -> ExecResult:
+                   infos: Sequence[PreprocessLike], batch_size: int = 256) -> ExecResult:
     """Route all inputs, run each chosen model on its group in batches, restore input order."""
     _check_models(models, infos, len(router.model_names))
     clock = _Clock()
@@ -133,7 +147,7 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
 
 
 def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: torch.Tensor,
-                    models: Sequence[nn.Module], infos: Sequence[DatasetInfo],
+                    models: Sequence[nn.Module], infos: Sequence[PreprocessLike],
                     batch_size: int = 256,
                     scorers: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None
                     ) -> ExecResult:
@@ -281,7 +295,7 @@ def measure_ms_per_image(runs: Sequence[Callable[[], object]], n_images: int, *,
     return np.median(times, axis=0) * 1e3 / n_images
 
 
-def model_ms_per_image(models: Sequence[nn.Module], infos: Sequence[DatasetInfo],
+def model_ms_per_image(models: Sequence[nn.Module], infos: Sequence[PreprocessLike],
                        images: torch.Tensor, batch_size: int = 256, *, warmup: int = 1,
                        rounds: int = 3) -> np.ndarray:
     """(M,) ms per image of each model on ``images`` in batches (the executor's own loop)."""

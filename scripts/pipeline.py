@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from oracle.io import read_csv, read_json, write_csv, write_json
+from common.io import read_csv, read_json, write_csv, write_json
 
 
 @dataclass

@@ -11,13 +11,13 @@ import argparse
 import shlex
 import sys
 
-from oracle.io import write_csv
+from common.io import write_csv
 from zoo.data import DataError, prepare_data
 from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.presets import PRESETS, get_preset
 from zoo.registry import list_models
 from zoo.rundir import RunConfig, RunDir
-from zoo.train import ZooRunSettings, ladder_violations, train_zoo
+from zoo.train_zoo import ZooRunSettings, ladder_violations, train_zoo
 
 COLUMNS = ["model", "status", "width", "batch_norm", "params", "macs", "epochs", "best_epoch",
            "val_accuracy", "test_accuracy", "train_seconds"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import zoo
-from oracle.io import write_json
+from common.io import write_json
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.costs import CostSettings
 from zoo.data import normalize, prepare_data

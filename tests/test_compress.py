@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import zoo
-from oracle.io import read_csv, read_json, write_json
+from common.io import read_csv, read_json, write_json
 from zoo.checkpoint import file_sha256, load_model, save_checkpoint
 from zoo.compress import quant
 from zoo.compress.bench import Target, accuracy_targets, cost_targets
@@ -473,7 +473,7 @@ def test_second_call_reuses_variants_and_keeps_other_bases_rows(compressed_run, 
     results = compressed_run / "results" / "compression.csv"
     other = {"variant": "tiny_vgg9", "base": "tiny_vgg9", "params": "1"}
     rows = read_csv(results)
-    from oracle.io import write_csv
+    from common.io import write_csv
     write_csv(results, [other, *rows], COLUMNS + EXTRA_COLUMNS)
     before = {n: file_sha256(RunDir(compressed_run).checkpoint(f"tiny_vgg3-{n}"))
               for n in ("qat4", "struct-l1-30")}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import zoo
-from oracle.table import CostTable
+from common.tables import CostTable
 from zoo.checkpoint import register_arch_kind, save_checkpoint
 from zoo.costs import (CostSettings, count_macs, count_params, macs_model, measure_cost,
                        time_latency)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import zoo
-from oracle.table import PredictionTable
+from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.base import RouterError, table_precision
 from router.cascade import CascadeRouter, cascade_candidates, fit_cascade

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from oracle.io import read_csv
-from oracle.table import PredictionTable
+from common.io import read_csv
+from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.evaluate import images_for_table
 from scripts.bench_routers import main as bench_main
@@ -102,7 +102,7 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
 
 
 def test_dispatcher_stays_within_a_quarter_of_the_cheapest_model(evaluated_run):
-    from oracle.table import CostTable
+    from common.tables import CostTable
     rd = RunDir(evaluated_run)
     fits = json.loads((rd.root / "routers" / "fits.json").read_text())
     cheapest = min(c.macs for c in CostTable.load(rd.costs).models.values())
@@ -140,8 +140,8 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch):
     the dispatcher's measured ms/image decides whether its network is skipped, and on a busy
     machine it varied enough between the two calls to flip that decision)."""
     import shutil
-    import router.evaluate
-    monkeypatch.setattr(router.evaluate, "dispatcher_ms_per_image", lambda arch, x: 0.01)
+    import router.fitting
+    monkeypatch.setattr(router.fitting, "dispatcher_ms_per_image", lambda arch, x: 0.01)
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     from router.evaluate import EvalConfig, evaluate_run, load_run_inputs
@@ -202,7 +202,7 @@ def test_two_zoos_policies_and_base_routers(evaluated_run, tmp_path):
     over the uncompressed models; each zoo has its own reference, cheapest single model, selected
     answer, saved routers and oracle policies (with the costs they were fitted with)."""
     import shutil
-    from oracle.io import read_json, write_json
+    from common.io import read_json, write_json
     from oracle.policy import Policy
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)

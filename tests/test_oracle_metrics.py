@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.io import read_csv, write_csv
+from common.io import read_csv, write_csv
+from common.tables import CostTable, ModelCost, PredictionTable, TableMismatchError
 from oracle.metrics import (bootstrap_held, classification_metrics, evaluate_assignment,
                             paired_comparison,
                             sacrifice_sweep, sweep_columns)
-from oracle.table import CostTable, ModelCost, PredictionTable, TableMismatchError
 
 
 def make_table(labels, correct, n_classes, names, split) -> PredictionTable:

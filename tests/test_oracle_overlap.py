@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.tables import PredictionTable
 from oracle.overlap import overlap_matrices
-from oracle.table import PredictionTable
 
 
 def make_table(labels, correct, n_classes, names) -> PredictionTable:

@@ -6,9 +6,9 @@ import itertools
 import numpy as np
 import pytest
 
+from common.tables import PredictionTable, TableMismatchError
 from oracle.policy import (Policy, PolicyError, fit_policy, per_sample_choice,
                            reference_index)
-from oracle.table import PredictionTable, TableMismatchError
 
 
 def make_table(labels, correct, n_classes, names=None, split="val") -> PredictionTable:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from oracle.table import CostTable, PredictionTable, TableMismatchError
+from common.tables import CostTable, PredictionTable, TableMismatchError
 from scripts.profile_zoo import main
 from zoo.checkpoint import file_sha256, load_model, save_checkpoint
 from zoo.costs import CostSettings

@@ -12,8 +12,8 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-from oracle.io import write_csv, write_json
-from oracle.table import CostTable, ModelCost, PredictionTable
+from common.io import write_csv, write_json
+from common.tables import CostTable, ModelCost, PredictionTable
 from reports import style
 from reports.build import build_report
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import zoo
-from oracle.table import PredictionTable
+from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.base import AssignmentRouter, ConstantRouter, RouterError, first_confident, \
     least_cost_meeting, table_precision
@@ -283,6 +283,38 @@ def test_embedded_artifact_loads_without_the_run(tmp_path):
     # re-saving a loaded embedded classifier keeps the weights inside
     back.save(tmp_path / "copy.pt")
     assert (RoutedClassifier.load(tmp_path / "copy.pt")(x).preds == out.preds).all()
+
+
+def test_load_with_a_model_provider_uses_its_models(tmp_path):
+    """model_provider hands over models already loaded (a server's): the artifact calls those
+    very objects, checksums still checked (each file read once with a shared cache), and a
+    model the provider does not have is refused with the provider's error."""
+    models, ckpts = saved_models(tmp_path)
+    x, _ = crafted(40, seed=5)
+    clf = RoutedClassifier("cascade", CascadeRouter(["m0", "m1", "m2"], [0, 2], [0.3, 0.0]),
+                           models, [INFO28] * 3, ckpts)
+    out = clf(x)
+    path = clf.save(tmp_path / "routers" / "cascade.pt")
+    held = {p.resolve(): m for p, m in zip(ckpts, models)}
+    asked = []
+
+    def provider(name, checkpoint):
+        asked.append(name)
+        return held[checkpoint], None          # None: the artifact's DatasetInfo
+    sums = {}
+    back = RoutedClassifier.load(path, model_provider=provider, checksums=sums)
+    assert asked == ["m0", "m2"] and set(sums) == {ckpts[0].resolve(), ckpts[2].resolve()}
+    assert back.models[0] is models[0] and back.models[2] is models[2] and back.models[1] is None
+    assert (back(x).preds == out.preds).all()
+
+    def refuses(name, checkpoint):
+        raise ValueError(f"no {name} here")
+    with pytest.raises(ValueError, match="no m0 here"):
+        RoutedClassifier.load(path, model_provider=refuses)
+    save_checkpoint(ckpts[2], model_name="m2", arch=models[0].arch.to_dict(),
+                    state_dict=models[0].state_dict(), data=INFO28.to_dict())
+    with pytest.raises(ValueError, match="changed since the router was saved"):
+        RoutedClassifier.load(path, model_provider=provider)
 
 
 # ---- selection margin and measured costs ----------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from oracle.io import write_csv
+from common.io import write_csv
 from router.bench import bench_routers, format_bench, load_rows
 from scripts.bench_routers import main
 

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from oracle.io import read_csv
+from common.io import read_csv
 from scripts.run_all import main
 from tests.conftest import make_fake_idx_dataset
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from oracle.table import PredictionTable
+from common.tables import PredictionTable
 from zoo.checkpoint import load_model, save_checkpoint
 from zoo.data import DataError, prepare_data, read_idx
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import zoo
-from oracle.table import CostTable, ModelCost, PredictionTable
+from common.tables import CostTable, ModelCost, PredictionTable
 from router.web import Limits, TimingConfig, WebService, create_app
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.data import FASHION_MNIST_CLASSES, DatasetInfo, normalize, prepare_data
@@ -56,7 +56,7 @@ def make_web_run(root: Path, data_dir: Path, with_extras: bool = True, steps: in
                 "train_config": {}, "command": "fixture",
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "checkpoint_sha256": file_sha256(path)}
-        from oracle.io import write_json
+        from common.io import write_json
         write_json(run.card(name), card)
     if with_extras:
         CostTable({n: ModelCost(n, 100, 100, macs, 1.5, ms, 1000.0 / ms)

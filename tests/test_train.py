@@ -1,4 +1,4 @@
-"""zoo.train and train-zoo: a step lowers the loss, resume after a cut, skip, cards, ladder."""
+"""zoo.train (the loop), zoo.train_zoo and train-zoo: resume after a cut, skip, cards, ladder."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oracle.io import read_csv
+from common.io import read_csv
 from scripts.train_zoo import main as train_zoo_main
 from zoo.checkpoint import load_model
 from zoo.data import normalize, prepare_data
 from zoo.registry import model_arch
-from zoo.train import TrainConfig, fit, ladder_violations, make_optimizer, train_zoo_model
+from zoo.train import TrainConfig, fit, make_optimizer
+from zoo.train_zoo import ladder_violations, train_zoo_model
 
 TINY = dict(epochs=3, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
             schedule="cosine", patience=None)

@@ -2,44 +2,27 @@
 
 A checkpoint is a dict ``{format, model_name, arch, state_dict, parent, metrics, train_config,
 data}`` saved with ``torch.save`` and read with ``torch.load(weights_only=True)``. ``arch`` is
-JSON-able; ``arch["kind"]`` picks the builder ("vgg" for plain VGGs; compressed variants
-register their own kinds with ``register_arch_kind``).
+JSON-able; ``arch["kind"]`` picks the builder from the architecture table in
+``zoo.arch_kinds`` (plain VGGs and the compressed variants; ``register_arch_kind`` adds others).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from zoo.vgg import VGG
+from zoo.arch_kinds import build_from_arch, register_arch_kind
+
+__all__ = ["FORMAT", "atomic_torch_save", "build_from_arch", "file_sha256", "load_model",
+           "load_torch_file", "read_checkpoint", "register_arch_kind", "save_checkpoint"]
 
 FORMAT = "adaptive-router-checkpoint/1"
-ArchBuilder = Callable[[dict[str, Any]], nn.Module]
-_ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": lambda arch: VGG.from_arch(arch)}
-
-
-def register_arch_kind(kind: str, builder: ArchBuilder) -> None:
-    """Register how to build an (untrained) module for checkpoints whose arch has ``kind``."""
-    if kind in _ARCH_KINDS and _ARCH_KINDS[kind] is not builder:
-        raise ValueError(f"arch kind {kind!r} is already registered")
-    _ARCH_KINDS[kind] = builder
-
-
-def build_from_arch(arch: dict[str, Any]) -> nn.Module:
-    """Build the module an arch description names (weights not loaded)."""
-    kind = arch.get("kind", "vgg")
-    if kind not in _ARCH_KINDS:
-        importlib.import_module("zoo.compress")  # registers the compressed kinds
-    if kind not in _ARCH_KINDS:
-        raise ValueError(f"unknown arch kind {kind!r}; known: {sorted(_ARCH_KINDS)}")
-    return _ARCH_KINDS[kind](arch)
 
 
 def save_checkpoint(path: str | Path, *, model_name: str, arch: dict[str, Any],

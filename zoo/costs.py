@@ -11,7 +11,7 @@ Everything here is counted or timed, never typed in:
   in memory and normalised, under ``torch.inference_mode()``, with a per-model time budget.
 - ``peak_memory_mb``: peak resident memory added by one inference at the big batch, measured
   in a fresh subprocess (so earlier models do not pollute it).
-- ``measure_cost``: all of the above for one checkpoint -> ``oracle.table.ModelCost``.
+- ``measure_cost``: all of the above for one checkpoint -> ``common.tables.ModelCost``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from oracle.table import ModelCost
+from common.tables import ModelCost
 from zoo.checkpoint import build_from_arch, file_sha256, load_model
 
 MB = 1e6  # sizes and memory are reported in MB = 10^6 bytes

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oracle.io import atomic_write, read_json, write_csv, write_json
-from oracle.table import CostTable, ModelCost, PredictionTable, TableMismatchError
+from common.io import atomic_write, read_json, write_csv, write_json
+from common.tables import CostTable, ModelCost, PredictionTable, TableMismatchError
 from zoo.checkpoint import file_sha256, load_model
 from zoo.costs import CostSettings, machine_info, measure_cost
 from zoo.data import DatasetInfo, ImageSet, Splits, normalize, prepare_data, splits_path

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from oracle.io import read_json, write_json
+from common.io import read_json, write_json
 
 
 @dataclass

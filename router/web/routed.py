@@ -1,14 +1,13 @@
 """Routed classifiers (cascade, dispatcher) saved under ``RUN/routers/*.pt``, seen by the page.
 
-Each artifact is read once (``load_routed``): the router is rebuilt from the artifact the way
-``router.artifact.RoutedClassifier.load`` does it, but the zoo models it may call are the
-server's own, already loaded copies of the same checkpoint files (each file's SHA-256 checked
-against the artifact's, once per file). So a router adds only its own small weights: on
-runs/quick1 (18 artifacts, 14 models) ``RoutedClassifier.load`` per artifact took 62 s and
-4.7 GB resident at start, as every artifact loaded its own copies of up to 14 models. For one image an entry gives the model
-it picks, that model's answer, and why: a cascade's confidence per stage against each stage's
-threshold, a dispatcher's scores (per-label probabilities or each model's predicted chance of
-being right) against its rule.
+Each artifact is read once, by ``RoutedClassifier.load`` with a ``model_provider`` that hands
+it the server's own, already loaded copies of the checkpoint files the router may call (each
+file's SHA-256 checked against the artifact's, once per file). So a router adds only its own
+small weights: on runs/quick1 (18 artifacts, 14 models) loading every artifact with its own
+models took 62 s and 4.7 GB resident at start, as every artifact loaded its own copies of up to
+14 models. For one image an entry gives the model it picks, that model's answer, and why: a
+cascade's confidence per stage against each stage's threshold, a dispatcher's scores
+(per-label probabilities or each model's predicted chance of being right) against its rule.
 """
 from __future__ import annotations
 
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from router.artifact import ModelProvider, RoutedClassifier
+from router.web.entry import ROUTERS_HINT, StripEntry
 from router.web.images import resize_input
-from router.web.strip import ROUTERS_HINT, StripEntry
-from zoo.checkpoint import load_torch_file
 from zoo.data import DatasetInfo
 
 FAMILIES = ("cascade", "dispatcher")
@@ -62,7 +61,7 @@ class LoadedRouter:
     def verdict(self, image: torch.Tensor, by_name: dict[str, Any], label: int | None) -> StripEntry:
         """Run the routed classifier on one uint8 ``(C, H, W)`` image and explain its choice."""
         rc = self.routed
-        info = rc._info() if hasattr(rc, "_info") else next(i for i in rc.infos if i is not None)
+        info = rc.info
         x = resize_input(image, info)[None]
         t0 = time.perf_counter()
         out = rc(x)
@@ -116,11 +115,12 @@ def load_all(routers_dir: Path, run_root: Path, shared_models: SharedModels
     files = sorted(routers_dir.glob("*.pt")) if routers_dir.is_dir() else []
     routers: list[LoadedRouter] = []
     errors: list[StripEntry] = []
+    provider = server_models(shared_models)
     hashes: dict[Path, str] = {}
     for f in files:
         family = next((k for k in FAMILIES if k in f.stem), "router")
         try:
-            rc = load_routed(f, run_root, shared_models, hashes)
+            rc = RoutedClassifier.load(f, run_root, model_provider=provider, checksums=hashes)
         except Exception as e:  # a stale or foreign artifact must not stop the server
             errors.append(StripEntry(f.stem, family, "error",
                                      message=f"{f.name} cannot be loaded ({e}); {hint}"))
@@ -135,39 +135,17 @@ def load_all(routers_dir: Path, run_root: Path, shared_models: SharedModels
     return routers, errors
 
 
-def load_routed(path: Path, run_root: Path, shared: SharedModels,
-                hashes: dict[Path, str] | None = None) -> Any:
-    """A ``RoutedClassifier`` from an artifact, calling the server's models (see module doc).
-
-    Refuses (``ValueError``) an artifact that is not one, one whose checkpoint changed since it
-    was saved, or one that needs a model the server did not load."""
-    from router import artifact as art
-    from zoo.checkpoint import file_sha256
-    hashes = {} if hashes is None else hashes
-    d = load_torch_file(path, art.FORMAT, what="routed-classifier artifact",
-                        fix="re-run `evaluate-routers --run DIR` to write it again")
-    info = DatasetInfo.from_dict(d["info"])
-    router = art._router_from_payload(d["router"], d["model_names"], info)
-    needed = art._needed_models(router, len(d["model_names"]))
+def server_models(shared: SharedModels) -> ModelProvider:
+    """A ``model_provider`` for ``RoutedClassifier.load`` that hands out the server's models by
+    checkpoint file; a model the server did not load is refused (``ValueError``)."""
     by_file = {p.resolve(): (model, minfo) for p, model, minfo in shared.values()}
-    models, infos, ckpts = [], [], []
-    for i, entry in enumerate(d["models"]):
-        if i not in needed:
-            models.append(None), infos.append(None), ckpts.append(None)
-            continue
-        ckpt = art._resolve(entry, run_root).resolve()
-        if ckpt not in by_file:
-            raise ValueError(f"it needs model {entry['name']!r} ({ckpt}), which is not a finished "
+
+    def provide(name: str, checkpoint: Path) -> tuple[nn.Module, DatasetInfo | None]:
+        if checkpoint not in by_file:
+            raise ValueError(f"it needs model {name!r} ({checkpoint}), which is not a finished "
                              "model of this run")
-        if ckpt not in hashes:
-            hashes[ckpt] = file_sha256(ckpt)
-        if entry["sha256"] and hashes[ckpt] != entry["sha256"]:
-            raise ValueError(f"checkpoint {ckpt} of model {entry['name']!r} changed since the "
-                             "router was saved (sha256 differs)")
-        model, minfo = by_file[ckpt]
-        models.append(model), infos.append(minfo), ckpts.append(ckpt)
-    return art.RoutedClassifier(d["name"], router, models, infos, ckpts,
-                                int(d.get("batch_size", 256)), d.get("meta"))
+        return by_file[checkpoint]
+    return provide
 
 
 def pick_per_group(routers: list[LoadedRouter], sacrifice: float | None) -> list[LoadedRouter]:

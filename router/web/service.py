@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oracle.table import CostTable, ModelCost, PredictionTable
+from common.tables import CostTable, ModelCost, PredictionTable
 from zoo.checkpoint import load_model
 from zoo.data import DatasetInfo, ImageSet, normalize
 from zoo.rundir import RunDir

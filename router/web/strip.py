@@ -2,7 +2,8 @@
 
 Loaded once at start from the run directory:
 - routed classifiers saved by ``evaluate-routers`` under ``RUN/routers/`` (cascade and
-  dispatcher), through the router package's own load API;
+  dispatcher), through ``RoutedClassifier.load`` with the server's own models
+  (``router.web.routed``);
 - oracle policies ``RUN/policies/*.json`` (those fitted over the whole zoo; the base zoo's
   under ``RUN/policies/base/`` are not shown), written by ``evaluate-routers`` with
   ``oracle.policy.Policy.save`` and read here with ``Policy.load``, exactly as saved. The page
@@ -14,32 +15,15 @@ A missing artifact becomes an entry that names the command that makes it; the pa
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from router.web.entry import POLICIES_HINT, StripEntry
+from router.web.routed import load_all, pick_per_group
 from zoo.rundir import RunDir
-
-ROUTERS_HINT = "run `evaluate-routers --run {run}` to fit and save the routers"
-POLICIES_HINT = "run `evaluate-routers --run {run}` to fit and save the oracle policies"
-
-
-@dataclass
-class StripEntry:
-    """One router's verdict on one image (or why there is none)."""
-
-    name: str
-    family: str                   # cascade | dispatcher | oracle
-    status: str                   # ok | missing | n/a | error
-    model: str | None = None      # the zoo model it chose
-    answer: str | None = None     # that model's class name
-    answer_index: int | None = None
-    correct: bool | None = None   # only for test samples
-    why: list[dict[str, Any]] = field(default_factory=list)
-    why_text: str = ""
-    message: str = ""
 
 
 @dataclass
@@ -72,8 +56,7 @@ class RouterStrip:
              lock: threading.Lock | None = None) -> "RouterStrip":
         """``shared_models``: name -> (checkpoint path, loaded model, DatasetInfo) the server
         already holds; the routers call these same objects."""
-        from router.web import routed
-        routers, errors = routed.load_all(run_dir.root / "routers", run_dir.root, shared_models)
+        routers, errors = load_all(run_dir.root / "routers", run_dir.root, shared_models)
         policies, policy_error = load_policies(run_dir)
         classes = next((list(info.classes) for _, _, info in shared_models.values()
                         if getattr(info, "classes", None)), None)
@@ -98,7 +81,6 @@ class RouterStrip:
 
         Of each router group (cascade, dispatcher-label, dispatcher-sample) the one fitted at
         the sacrifice closest to the chosen oracle policy's is shown."""
-        from router.web.routed import pick_per_group
         by_name = {r.name: r for r in results}
         chosen = next((p for p in self.policies
                        if p.key == (policy_key or self.default_policy())), None)
@@ -187,7 +169,7 @@ def load_policies(run_dir: RunDir) -> tuple[list[LoadedPolicy], str]:
 def _one_row_table(model_names: list[str], by_name: dict[str, Any], label: int) -> Any:
     """This request's answers as a one-sample PredictionTable (what a per-sample oracle needs:
     which models are right on this very image); ``None`` when a policy model is not loaded."""
-    from oracle.table import PredictionTable
+    from common.tables import PredictionTable
     if any(m not in by_name for m in model_names):
         return None
     preds = np.array([[by_name[m].pred for m in model_names]])

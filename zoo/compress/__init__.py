@@ -1,10 +1,6 @@
 """Compressed VGG variants: structured/unstructured pruning, int8/int4 quantization, resolution.
 
-Importing this package registers the compressed arch kinds with ``zoo.checkpoint`` so
-``load_model`` rebuilds any variant from its checkpoint.
+Their arch kinds and builders are in ``zoo.compress.archs``; ``zoo.arch_kinds`` lists them in
+the architecture table, so ``load_model`` rebuilds any variant from its checkpoint. Importing
+this package registers nothing.
 """
-from zoo.compress.archs import KINDS, register_all
-
-register_all()
-
-__all__ = ["KINDS"]

@@ -1,4 +1,5 @@
-"""Arch kinds of compressed variants and their builders (registered with zoo.checkpoint).
+"""Arch kinds of compressed variants and their builders (``BUILDERS``, listed in the
+architecture table ``zoo.arch_kinds``).
 
 Every variant's arch is ``{"kind": ..., "float_arch": <plain VGG arch>, ...}``; the float
 arch has the variant's shape (MACs are counted on it). Builders return an untrained module
@@ -65,9 +66,3 @@ def build_qat4(arch: dict[str, Any]) -> nn.Module:
 
 BUILDERS = {"pruned": build_plain, "sparse": build_plain, "resized": build_resized,
             "quantized": build_quantized, "qat4-packed": build_qat4}
-
-
-def register_all() -> None:
-    from zoo.checkpoint import register_arch_kind
-    for kind, fn in BUILDERS.items():
-        register_arch_kind(kind, fn)

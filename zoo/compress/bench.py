@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from oracle.io import read_csv, write_csv
+from common.io import read_csv, write_csv
 
 COST_VARIANTS = ["int8-dynamic", "int8-static", "qat4", "struct-l1-30", "prune+int8"]
 SPEEDUP_TARGETS = {"int8-static": 2.0, "prune+int8": 2.7}          # x fp32, at the big batch

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from oracle.io import read_csv, write_csv, write_json
+from common.io import read_csv, write_csv, write_json
 from zoo.checkpoint import file_sha256, load_model, read_checkpoint, save_checkpoint
 from zoo.compress.measure import COLUMNS, EXTRA_COLUMNS, MeasureSettings, format_table, \
     histogram_edges, measure, weight_histogram

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from oracle.io import atomic_write
+from common.io import atomic_write
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,4 +1,7 @@
-"""Atomic writes for JSON, CSV rows and bytes: a crash never leaves a half-written file."""
+"""Atomic writes for JSON, CSV rows and bytes: a crash never leaves a half-written file.
+
+The neutral lowest layer: every package may import this module; it imports nothing of ours.
+"""
 from __future__ import annotations
 
 import csv

@@ -7,6 +7,8 @@ those five keys, plus ``<split>.json`` with ``split`` and metadata (dataset, spl
 checkpoint hashes, created).
 
 ``CostTable`` holds measured per-model costs plus the machine they were measured on.
+
+Numpy only, no torch: zoo writes these tables, oracle, router and reports read them.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from oracle.io import atomic_write, read_json, write_json
+from common.io import atomic_write, read_json, write_json
 
 NPZ_KEYS = ("model_names", "labels", "preds", "probs", "sample_ids")
 

@@ -1,0 +1,73 @@
+"""What evaluate-routers fits, times and writes: its configuration and the column order of
+``RUN/results/routers.csv`` (shared by the fit, score, time and write modules)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from oracle.policy import LABEL_KINDS
+from router.base import RouterError
+from router.dispatcher import DispatcherConfig
+
+DEFAULT_SACRIFICES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", "precision",
+                "recall", "f1", "seconds", "images_per_second", "speedup_vs_best",
+                "speedup_vs_cheapest_single", "router_seconds", "wasted_seconds",
+                "router_share", "overhead_share", "budget_held", "target_accuracy",
+                "accuracy_drop", "macs_per_image", "router_macs", "routing_accuracy",
+                "gap_recovered", "random_accuracy", "expected_ms_per_image", "fit_ms_per_image",
+                "val_accuracy", "agree_with_table", "timing_samples", "n_samples", "threads",
+                "repeats", "settings"]
+ZOOS = ("all", "base")
+DEPLOYABLE = ("dispatcher", "cascade", "learned")
+EPS = 1e-9
+
+
+@dataclass
+class EvalConfig:
+    """What ``evaluate_run`` fits, times and writes."""
+
+    sacrifices: Sequence[float] = DEFAULT_SACRIFICES
+    threads: int = 2
+    repeats: int = 3
+    warmup: int = 1
+    timing_samples: int | None = 2000   # None: time on the whole test split
+    batch_size: int = 256
+    oracle_kinds: Sequence[str] = LABEL_KINDS
+    label_policy: str = "budget"         # oracle policy the label dispatcher maps through
+    cascade_max_stages: int = 3
+    cascade_grid: int = 24
+    learned_fit_share: float = 0.5       # learned cascade: share of val its heads train on
+    costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
+    cost_samples: int = 1000             # val images the measured costs are timed on
+    margin_z: float = 1.0                # fits keep val accuracy - z paired SEs >= target (1-SE rule)
+    dispatcher_time_share: float | None = 0.25  # dispatcher ms <= this x fastest model's (None: off)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    seed: int = 0
+    save_routers: bool = True
+    embed_models: bool = False           # copy zoo checkpoints into each RUN/routers/*.pt
+    zoos: Sequence[str] = ZOOS           # "all": every model; "base": the uncompressed ones
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.sacrifices = [float(s) for s in self.sacrifices]
+        if not self.sacrifices or any(not 0.0 <= s <= 1.0 for s in self.sacrifices):
+            raise RouterError(f"sacrifices must be fractions in [0, 1] (0.01 = one point), got "
+                              f"{self.sacrifices}")
+        if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
+            raise RouterError("need threads >= 1, repeats >= 1, warmup >= 0")
+        if self.costs not in ("measured", "profile"):
+            raise RouterError(f"costs must be 'measured' or 'profile', got {self.costs!r}")
+        if not 0 < self.learned_fit_share < 1:
+            raise RouterError(f"learned_fit_share must be in (0, 1), got {self.learned_fit_share}")
+        if self.margin_z < 0 or self.cost_samples < 1:
+            raise RouterError("need margin_z >= 0 and cost_samples >= 1")
+        if self.dispatcher_time_share is not None and self.dispatcher_time_share <= 0:
+            raise RouterError("dispatcher_time_share must be > 0 (or None to switch the time cap off)")
+        if self.label_policy not in LABEL_KINDS:
+            raise RouterError(f"label_policy must be one of {LABEL_KINDS}, got {self.label_policy!r}")
+        if not self.zoos or any(z not in ZOOS for z in self.zoos):
+            raise RouterError(f"zoos must be some of {ZOOS}, got {list(self.zoos)}")
+        bad = [k for k in self.oracle_kinds if k not in LABEL_KINDS]
+        if bad:
+            raise RouterError(f"unknown oracle kinds {bad}; use some of {LABEL_KINDS}")

@@ -1,0 +1,172 @@
+"""evaluate-routers, part 1: fit every router of a zoo at every level from validation only.
+
+``fit_zoo`` receives the validation table and images and nothing else, so no test figure can
+reach a fit or a selection: oracle policies, both dispatchers, the cascade, the learned
+cascade and the cheapest adequate single model at each sacrifice level, then the one
+deployable answer selected on val (``router.selection``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.tables import PredictionTable
+from oracle.policy import fit_policy, reference_index
+from router.base import accuracy_lower_bound
+from router.cascade import cascade_candidates, select_cascade
+from router.deferral import learned_candidates, select_learned
+from router.dispatcher import Dispatcher, DispatcherFit, choose_threshold, \
+    dispatcher_ms_per_image, fit_dispatcher
+from router.eval_config import EPS, EvalConfig
+from router.selection import Candidate, cheapest_single, select_deployable
+from zoo.data import DatasetInfo, normalize
+
+
+# ---- fitting: validation only -------------------------------------------------------------
+
+@dataclass
+class LevelFit:
+    """Everything fitted at one sacrifice level over one zoo, from validation only."""
+
+    sacrifice: float
+    target: float                              # reference val accuracy - sacrifice
+    policies: dict[str, Any]                   # kind -> oracle.policy.Policy
+    cheapest_single: int
+    dispatcher_label: Dispatcher
+    label_skipped: bool                        # the network is not cheaper: reference alone
+    dispatcher_sample: Dispatcher
+    cascade: Any                               # router.cascade.CascadeFit
+    candidates: dict[str, Candidate]
+    selected: str
+    learned_cascade: Any = None                # router.deferral.LearnedCascadeFit
+
+
+@dataclass
+class ZooFit:
+    """The routers of one zoo (a subset of the run's models) fitted at every level."""
+
+    zoo: str
+    index: np.ndarray                          # (K,) positions of its models in the run's tables
+    names: list[str]
+    cvec: np.ndarray                           # (K,) ms per image the fits minimise
+    ref: int                                   # reference (most accurate on val), zoo index
+    ref_val_acc: float
+    disp: dict[str, DispatcherFit]
+    disp_ms: dict[str, float]
+    levels: list[LevelFit]
+    record: dict[str, Any]                     # what goes into fits.json
+
+
+def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch.Tensor,
+            info: DatasetInfo, cvec: np.ndarray, macs: np.ndarray, cfg: EvalConfig,
+            log: Callable[[str], None] = print) -> ZooFit:
+    """Fit oracle policies, both dispatchers, both cascades and the cheapest adequate single
+    model at every level, and select the deployed answer per level. Sees the val split only."""
+    names = list(val.model_names)
+    ref = reference_index(val, cvec)
+    ref_val_acc = float(val.correct[:, ref].mean())
+    budget_macs = float(macs.min()) / 4.0
+    max_ms = (None if cfg.dispatcher_time_share is None
+              else cfg.dispatcher_time_share * float(cvec.min()))
+    record: dict[str, Any] = {"reference": names[ref], "models": names,
+                              "dispatcher_max_macs": budget_macs,
+                              "dispatcher_max_ms_per_image": max_ms}
+    disp: dict[str, DispatcherFit] = {}
+    disp_ms: dict[str, float] = {}
+    time_x = normalize(val_images[:1024], info)
+    for mode in ("label", "sample"):
+        t0 = time.perf_counter()
+        disp[mode] = fit_dispatcher(mode, val_images, val, info, budget_macs, cfg.dispatcher,
+                                    max_ms=max_ms)
+        h = (min(disp[mode].history, key=lambda e: e["holdout_loss"])
+             if disp[mode].history else {})            # the epoch whose state is kept
+        d_ms = disp_ms[mode] = dispatcher_ms_per_image(disp[mode].arch, time_x)
+        record[f"dispatcher_{mode}"] = {"arch": disp[mode].arch.to_dict(), "macs": disp[mode].macs,
+                                        "ms_per_image": d_ms,
+                                        "time_cap_met": max_ms is None or d_ms <= max_ms,
+                                        "train_seconds": time.perf_counter() - t0,
+                                        "holdout": len(disp[mode].holdout_index),
+                                        "history": disp[mode].history}
+        cap = "" if max_ms is None else f", {d_ms:.4f} ms/image (cap {max_ms:.4f})"
+        log(f"  [{zoo}] dispatcher[{mode}]: {disp[mode].macs} MACs/image (cap {budget_macs:.0f} "
+            f"= 1/4 of the cheapest model){cap}, width {disp[mode].arch.width}, downsample "
+            f"{disp[mode].arch.downsample}, trained in {time.perf_counter() - t0:.1f}s, kept "
+            f"epoch {h.get('epoch', 0)} (held-out acc {h.get('holdout_accuracy', float('nan')):.3f})")
+    cands = cascade_candidates(val, cvec, max_stages=cfg.cascade_max_stages, grid=cfg.cascade_grid,
+                               reference=ref)
+    record["cascade_candidates"] = int(len(cands.accuracy))
+    t0 = time.perf_counter()
+    lcands = learned_candidates(val, cvec, reference=ref, max_stages=cfg.cascade_max_stages,
+                                grid=cfg.cascade_grid, fit_share=cfg.learned_fit_share,
+                                seed=cfg.seed)
+    record["learned_cascade"] = {
+        "fit_samples": int(len(lcands.fit_index)),
+        "threshold_samples": int(len(lcands.threshold_index)),
+        "candidates": int(len(lcands.cands.accuracy)),
+        "reference_threshold_accuracy": lcands.reference_accuracy,
+        "fit_seconds": time.perf_counter() - t0,
+        "heads": {n: h.state() for n, h in zip(names, lcands.heads)}}
+    hold_l = disp["label"].holdout_index
+    hold_s = disp["sample"].holdout_index
+    levels = []
+    for s in cfg.sacrifices:
+        target = ref_val_acc - s
+        policies = {kind: fit_policy(kind, val, cvec, s)
+                    for kind in dict.fromkeys(list(cfg.oracle_kinds) + [cfg.label_policy])}
+        cs, cs_bound = cheapest_single(val.correct, cvec, ref, target, cfg.margin_z)
+        cand = {"cheapest-single": Candidate("cheapest-single", float(val.correct[:, cs].mean()),
+                                             float(cvec[cs]), True)}
+        # dispatcher, label mode: predicted label mapped through the oracle policy (if the
+        # policy's expected cost on val plus the network's own is not below the reference's,
+        # it runs the reference alone and skips its network)
+        pol = policies[cfg.label_policy]
+        dl = Dispatcher.from_fit(disp["label"], cvec, policy=pol, fallback=ref)
+        skip = pol.cost(cvec) + disp_ms["label"] >= cvec[ref] and dl.constant_choice is None
+        if skip:
+            dl = Dispatcher("label", dl.net, dl.info, names, cvec,
+                            label_to_model=np.full(val.n_classes, ref), fallback=ref,
+                            macs=dl.network_macs)
+        ch = dl.choose(disp["label"].holdout_scores)
+        right = val.correct[hold_l, ch]
+        hold_ref = val.correct[hold_l, ref]
+        bound = float(accuracy_lower_bound(right, hold_ref, cfg.margin_z)[0])
+        cand["dispatcher-label"] = Candidate(
+            "dispatcher-label", float(right.mean()), _routed_ms(ch, cvec, dl, disp_ms["label"]),
+            bound >= float(hold_ref.mean()) - s - EPS)
+        # dispatcher, sample mode: cheapest model predicted right with chance >= tau
+        hold_correct = val.correct[hold_s]
+        tau, h_acc, h_cost = choose_threshold(disp["sample"].holdout_scores, hold_correct, cvec,
+                                              float(hold_correct[:, ref].mean()) - s, fallback=ref,
+                                              z=cfg.margin_z, router_cost=disp_ms["sample"])
+        ds = Dispatcher.from_fit(disp["sample"], cvec, threshold=tau, fallback=ref)
+        cand["dispatcher-sample"] = Candidate("dispatcher-sample", h_acc, h_cost, True)
+        fit = select_cascade(cands, target, z=cfg.margin_z)
+        cand["cascade"] = Candidate("cascade", fit.val_accuracy, fit.val_cost, True)
+        # learned cascade: accuracy and expected cost on the part of val its thresholds saw
+        lfit = select_learned(lcands, s, z=cfg.margin_z)
+        cand["learned-cascade"] = Candidate("learned-cascade", lfit.val_accuracy, lfit.val_cost,
+                                            True)
+        chosen = select_deployable(list(cand.values()))
+        levels.append(LevelFit(s, target, policies, cs, dl, bool(skip), ds, fit, cand,
+                               chosen.method, learned_cascade=lfit))
+        log(f"  [{zoo}] s={s:g}: cheapest adequate single {names[cs]} ({cvec[cs]:.4f} ms/image); "
+            f"selected on val: {chosen.method} ({chosen.fit_ms_per_image:.4f} ms/image expected)")
+    record["selected"] = {f"{lv.sacrifice:g}": lv.selected for lv in levels}
+    record["cheapest_single"] = {f"{lv.sacrifice:g}": names[lv.cheapest_single] for lv in levels}
+    return ZooFit(zoo, np.asarray(index, dtype=np.int64), names, np.asarray(cvec), ref,
+                  ref_val_acc, disp, disp_ms, levels, record)
+
+
+def _l2m(policy, n_classes: int) -> np.ndarray:
+    idx = policy.label_indices()
+    return np.array([idx.get(c, policy.reference_index) for c in range(n_classes)], dtype=np.int64)
+
+
+def _routed_ms(chosen: np.ndarray, cvec: np.ndarray, router: Dispatcher, net_ms: float) -> float:
+    """Expected ms per image a dispatcher pays: its models plus its network when it runs it."""
+    share = np.bincount(chosen, minlength=len(cvec)) / max(1, len(chosen))
+    return float(share @ cvec) + (0.0 if router.constant_choice is not None else net_ms)

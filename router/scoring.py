@@ -1,0 +1,261 @@
+"""evaluate-routers, part 2: score every fitted router of a zoo on the test split (numpy).
+
+Decisions on test come from each router (dispatchers by running their network, cascades by
+simulation at table precision); metrics come from the test table given those decisions.
+Runs that must be timed are queued on a ``router.timing.RoutingTimer``; routers to save are
+queued on ``ZooScorer.to_save`` (written by ``router.evaluate``).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from oracle.metrics import classification_metrics
+from oracle.policy import per_sample_choice
+from router.base import AssignmentRouter, ConstantRouter, Router, RouterError
+from router.cascade import CascadeRouter, simulate_cascade
+from router.deferral import LearnedCascadeRouter
+from router.eval_config import EPS, EvalConfig
+from router.execute import ExecResult, execute_cascade
+from router.fitting import ZooFit, _l2m, _routed_ms
+from router.run_inputs import RunInputs
+from router.timing import RoutingTimer
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def random_matched(chosen: np.ndarray, target_ms: float, cvec: np.ndarray, ref: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random router with the same expected cost: (assignment (N,), model shares q (M,)).
+
+    It sends inputs to models at random in the router's own answer shares; when the router
+    paid more than those shares cost (a cascade also pays for the stages an input passed
+    through), the missing cost is spent on the reference model.
+    """
+    m = len(cvec)
+    q = np.bincount(chosen, minlength=m) / max(1, len(chosen))
+    base = float(q @ cvec)
+    if target_ms > base + EPS and cvec[ref] > base + EPS:
+        lam = min(1.0, (target_ms - base) / (cvec[ref] - base))
+        q = (1 - lam) * q
+        q[ref] += lam
+    counts = np.floor(q * len(chosen)).astype(int)
+    rest = len(chosen) - counts.sum()
+    if rest > 0:
+        frac = q * len(chosen) - counts
+        counts[np.argsort(-frac, kind="stable")[:rest]] += 1
+    assign = np.repeat(np.arange(m), counts)
+    rng.shuffle(assign)
+    return assign.astype(np.int64), q
+
+
+def cascade_cost(chosen: np.ndarray, stages: Sequence[int], per_model: np.ndarray) -> float:
+    """Expected per-image cost of a cascade whose answers came from ``chosen``."""
+    stages = list(stages)
+    pos = {m: k for k, m in enumerate(stages)}
+    reached = np.array([pos[int(c)] for c in chosen])            # last stage run per input
+    return float(sum(per_model[m] * np.mean(reached >= k) for k, m in enumerate(stages)))
+
+
+class LabelOracleRouter(Router):
+    """Routes by the TRUE label through a policy's table: a bound, never deployable."""
+
+    def __init__(self, model_names: list[str], label_to_model: np.ndarray, labels: np.ndarray):
+        self.model_names = list(model_names)
+        self.l2m = np.asarray(label_to_model, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def route(self, images: torch.Tensor) -> np.ndarray:
+        if len(images) != len(self.labels):
+            raise RouterError("the label oracle holds labels for a different number of images")
+        return self.l2m[self.labels]
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "label-oracle", "deployable": False,
+                "label_to_model": [self.model_names[m] for m in self.l2m]}
+
+
+# ---- scoring on test (numpy) and the whole evaluation -------------------------------------
+
+class ZooScorer:
+    """Turns one zoo's decisions on the test split into result rows (timing filled in later)."""
+
+    def __init__(self, inp: RunInputs, zf: ZooFit, cfg: EvalConfig, rng: np.random.Generator):
+        self.inp, self.zf, self.cfg, self.rng = inp, zf, cfg, rng
+        self.test = inp.test.select_models(zf.names)
+        self.val = inp.val.select_models(zf.names)
+        self.macs = inp.macs[zf.index]
+        self.ref_test_acc = float(self.test.correct[:, zf.ref].mean())
+        self.ceiling_choice = per_sample_choice(self.test, zf.cvec, reference=zf.ref)
+        self.ceiling_acc = float(self.test.correct[np.arange(self.test.n_samples),
+                                                   self.ceiling_choice].mean())
+        self.acc_test = self.test.accuracy()
+        self.rows: list[dict[str, Any]] = []
+        self.preds: dict[tuple[str, str, float], np.ndarray] = {}
+        self.chosen: dict[tuple[str, str, float], np.ndarray] = {}
+        self.pending: list[tuple[dict[str, Any], Any]] = []
+        self.to_save: list[tuple[str, float, Router]] = []   # (method, sacrifice, router)
+
+    def emit(self, method: str, family: str, s: float, chosen: np.ndarray,
+             timed: tuple[ExecResult, Any] | None, *, expected_ms: float | None = None,
+             router_macs: int = 0, routing_accuracy: float | None = None,
+             val_accuracy: float | None = None, fit_ms: float | None = None,
+             selected: bool = False, settings: dict | None = None,
+             stages: Sequence[int] | None = None, random_of: bool = True) -> dict[str, Any]:
+        test, zf, N = self.test, self.zf, self.test.n_samples
+        preds = test.preds[np.arange(N), chosen]
+        agree = None
+        if timed is not None:
+            res = timed[0]
+            k = len(res.preds)
+            agree = float((res.preds == preds[:k]).mean()) if k else None
+            if k == N:
+                preds = res.preds
+        row: dict[str, Any] = {"method": method, "family": family, "zoo": zf.zoo, "sacrifice": s,
+                               "selected": int(selected)}
+        row.update(classification_metrics(test.labels, preds, test.n_classes))
+        share = np.bincount(chosen, minlength=len(zf.names)) / N
+        model_macs = (cascade_cost(chosen, stages, self.macs) if stages is not None
+                      else float(share @ self.macs))
+        exp_ms = expected_ms if expected_ms is not None else (
+            cascade_cost(chosen, stages, zf.cvec) if stages is not None else float(share @ zf.cvec))
+        row.update({"budget_held": bool(row["accuracy"] >= self.ref_test_acc - s - EPS),
+                    "target_accuracy": self.ref_test_acc - s,
+                    "accuracy_drop": self.ref_test_acc - row["accuracy"],
+                    "macs_per_image": model_macs + router_macs, "router_macs": router_macs,
+                    "routing_accuracy": routing_accuracy, "expected_ms_per_image": exp_ms,
+                    "fit_ms_per_image": fit_ms, "val_accuracy": val_accuracy,
+                    "agree_with_table": agree, "n_samples": N,
+                    "settings": json.dumps(settings or {}, sort_keys=True)})
+        if timed is not None:
+            self.pending.append((row, timed[1]))
+        if random_of:
+            _, q = random_matched(chosen, exp_ms, zf.cvec, zf.ref, self.rng)
+            r_acc = float(q @ self.acc_test)
+            row["random_accuracy"] = r_acc
+            gap = self.ceiling_acc - r_acc
+            row["gap_recovered"] = (row["accuracy"] - r_acc) / gap if gap > EPS else None
+        for name in self.inp.test.model_names:
+            row[f"share_{name}"] = 0.0
+        for name, sh in zip(zf.names, share):
+            row[f"share_{name}"] = float(sh)
+        self.rows.append(row)
+        key = (zf.zoo, method, s)
+        self.preds[key] = np.asarray(preds, dtype=np.int64)
+        self.chosen[key] = zf.index[chosen]          # indices into the run's whole zoo
+        return row
+
+    def emit_random(self, of: dict[str, Any], chosen: np.ndarray, s: float, exp_ms: float) -> None:
+        assign, _ = random_matched(chosen, exp_ms, self.zf.cvec, self.zf.ref, self.rng)
+        self.emit(f"random~{of['method']}", "random", s, assign, None, random_of=False,
+                  settings={"matched_to": of["method"], "expected_ms_per_image": exp_ms})
+
+
+def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, sc: ZooScorer,
+               label_scores: np.ndarray, sample_scores: np.ndarray) -> None:
+    """All rows of one zoo at every level: decisions on test, timed runs queued on ``timer``,
+    deployable routers queued on ``sc.to_save``."""
+    test, names, idx, cvec, ref = sc.test, zf.names, zf.index, zf.cvec, zf.ref
+    M, N = len(names), test.n_samples
+    singles = {m: timer.routed(("single", int(idx[m])), idx[[m]],
+                               lambda sl, m=m: ConstantRouter([names[m]], 0)) for m in range(M)}
+    ceil_timed = timer.routed((zf.zoo, "ceiling"), idx, lambda sl: AssignmentRouter(
+        names, sc.ceiling_choice[sl], "per-sample-ceiling"))
+    val_acc = sc.val.accuracy()
+    for lv in zf.levels:
+        s = lv.sacrifice
+        for m in range(M):
+            sc.emit(f"single:{names[m]}", "single", s, np.full(N, m, dtype=np.int64), singles[m],
+                    val_accuracy=float(val_acc[m]), fit_ms=float(cvec[m]))
+        sc.emit(f"best-single:{names[ref]}", "best-single", s, np.full(N, ref, dtype=np.int64),
+                singles[ref], val_accuracy=zf.ref_val_acc, fit_ms=float(cvec[ref]))
+        cs = lv.cheapest_single
+        sc.emit(f"cheapest-single:{names[cs]}", "cheapest-single", s,
+                np.full(N, cs, dtype=np.int64), singles[cs], val_accuracy=float(val_acc[cs]),
+                fit_ms=float(cvec[cs]), selected=lv.selected == "cheapest-single",
+                settings={"model": names[cs], "rule": "cheapest model whose val accuracy minus "
+                          f"{cfg.margin_z:g} paired SE meets the target"})
+        sc.emit("ceiling", "ceiling", s, sc.ceiling_choice, ceil_timed,
+                settings={"deployable": False, "rule": "cheapest right model per sample"})
+        sc.emit("ceiling-budget", "ceiling", s,
+                per_sample_choice(test, cvec, reference=ref, sacrifice=s), None,
+                settings={"deployable": False, "rule": "least-cost per-sample assignment holding s"})
+        for kind in cfg.oracle_kinds:
+            pol = lv.policies[kind]
+            l2m = _l2m(pol, test.n_classes)
+            ch = l2m[test.labels]
+            sc.emit(f"oracle-{kind}", "oracle", s, ch, None, val_accuracy=pol.meta["val_accuracy"],
+                    fit_ms=pol.meta["expected_cost"],
+                    settings={"label_to_model": [names[i] for i in l2m], "simulated": True})
+            timed = timer.routed((zf.zoo, "labels", tuple(l2m)), idx,
+                                 lambda sl, l2m=l2m: LabelOracleRouter(names, l2m, test.labels[sl]))
+            sc.emit(f"oracle-{kind}-executed", "oracle-executed", s, ch, timed,
+                    val_accuracy=pol.meta["val_accuracy"], fit_ms=pol.meta["expected_cost"],
+                    settings={"label_to_model": [names[i] for i in l2m], "deployable": False})
+        deployable: list[tuple[dict[str, Any], np.ndarray, float]] = []
+        dl, c = lv.dispatcher_label, lv.candidates["dispatcher-label"]
+        ch = dl.choose(label_scores)
+        timed = timer.routed((zf.zoo, "disp-label", tuple(dl.label_to_model)), idx,
+                             lambda sl, r=dl: r)
+        row = sc.emit("dispatcher-label", "dispatcher", s, ch, timed, router_macs=dl.macs_per_image,
+                      routing_accuracy=float((ch == lv.policies[cfg.label_policy].route(
+                          test.labels)).mean()),
+                      expected_ms=_routed_ms(ch, cvec, dl, zf.disp_ms["label"]),
+                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
+                      selected=lv.selected == "dispatcher-label",
+                      settings={**dl.describe(), "policy": cfg.label_policy,
+                                "network_skipped": dl.constant_choice is not None,
+                                "skipped_because_not_cheaper": lv.label_skipped,
+                                "val_meets_target": c.meets_target})
+        deployable.append((row, ch, row["expected_ms_per_image"]))
+        sc.to_save.append(("dispatcher-label", s, dl))
+        ds, c = lv.dispatcher_sample, lv.candidates["dispatcher-sample"]
+        ch = ds.choose(sample_scores)
+        timed = timer.routed((zf.zoo, "disp-sample", ds.threshold), idx, lambda sl, r=ds: r)
+        row = sc.emit("dispatcher-sample", "dispatcher", s, ch, timed,
+                      router_macs=ds.macs_per_image,
+                      routing_accuracy=float((ch == sc.ceiling_choice).mean()),
+                      expected_ms=_routed_ms(ch, cvec, ds, zf.disp_ms["sample"]),
+                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
+                      selected=lv.selected == "dispatcher-sample",
+                      settings={**ds.describe(), "network_skipped": ds.constant_choice is not None})
+        deployable.append((row, ch, row["expected_ms_per_image"]))
+        sc.to_save.append(("dispatcher-sample", s, ds))
+        fit, c = lv.cascade, lv.candidates["cascade"]
+        casc = CascadeRouter.from_fit(fit)
+        ch = simulate_cascade(test.confidence.astype(np.float16).astype(np.float32),
+                              fit.stages, fit.thresholds)
+        models = [inp.models[i] for i in idx]
+        infos = [inp.infos[i] for i in idx]
+        timed = timer.time((zf.zoo, "cascade", tuple(fit.stages), tuple(fit.thresholds)),
+                           lambda x, f=fit: execute_cascade(f.stages, f.thresholds, x, models,
+                                                            infos, cfg.batch_size))
+        row = sc.emit("cascade", "cascade", s, ch, timed, stages=fit.stages,
+                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
+                      selected=lv.selected == "cascade",
+                      settings={**casc.describe(), "val_stage_reach": fit.stage_reach,
+                                "val_se": fit.val_se, "z": fit.z})
+        deployable.append((row, ch, row["expected_ms_per_image"]))
+        sc.to_save.append(("cascade", s, casc))
+        lfit, c = lv.learned_cascade, lv.candidates["learned-cascade"]
+        learned = LearnedCascadeRouter.from_fit(lfit)
+        ch = learned.simulate(test.probs)
+        lstages, lths = lfit.cascade.stages, lfit.cascade.thresholds
+        timed = timer.time((zf.zoo, "learned-cascade", tuple(lstages), tuple(lths)),
+                           lambda x, r=learned: execute_cascade(
+                               r.stages, r.thresholds, x, models, infos, cfg.batch_size,
+                               scorers=r.scorers()))
+        row = sc.emit("learned-cascade", "learned", s, ch, timed, stages=lstages,
+                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
+                      selected=lv.selected == "learned-cascade",
+                      settings={**learned.describe(), "val_stage_reach": lfit.cascade.stage_reach,
+                                "val_se": lfit.cascade.val_se, "z": lfit.cascade.z,
+                                "val_target": lfit.target, "fit_samples": lfit.fit_samples,
+                                "threshold_samples": lfit.threshold_samples})
+        deployable.append((row, ch, row["expected_ms_per_image"]))
+        sc.to_save.append(("learned-cascade", s, learned))
+        for row, ch, exp_ms in deployable:
+            sc.emit_random(row, ch, s, exp_ms)

@@ -1,0 +1,140 @@
+"""Layers: imports go one way (common <- zoo, oracle <- router <- router.web; reports on tables).
+
+Every ``import`` in the library is read with ``ast`` (module level and inside functions, so a
+lazy import counts) and checked against ``ALLOWED``; ``oracle/`` and ``common/`` never import torch.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "zoo", "oracle", "router", "reports", "scripts")
+
+# layer -> the other layers it may import (its own layer is always allowed).
+ALLOWED: dict[str, set[str]] = {
+    "common": set(),                                    # neutral bottom: I/O and numpy tables
+    "zoo": {"common"},                                  # data, models, training, profiling
+    "oracle": {"common"},                               # numpy policies over the tables
+    "router": {"common", "zoo", "oracle"},              # routers fitted, executed and timed
+    "router.web": {"common", "zoo", "oracle", "router"},  # serving sits above router
+    # Figures are built from saved tables and CSVs; oracle is numpy-only and gives the
+    # reference model and the paired comparison, so reports never reach torch through it.
+    "reports": {"common", "oracle"},
+    "scripts": {"common", "zoo", "oracle", "router", "router.web", "reports"},
+}
+# (layer, module) pairs refused even though the layer table allows the direction.
+DENIED: dict[tuple[str, str], str] = {
+    ("router.web", "router.evaluate"): "the page must not depend on the evaluation harness",
+}
+
+
+def layer_of(module: str) -> str | None:
+    """``router.web.app`` -> ``router.web``; ``zoo.compress.run`` -> ``zoo``; others -> None."""
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    if parts[:2] == ["router", "web"]:
+        return "router.web"
+    return parts[0]
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import anywhere in ``tree``, lazy ones included."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join(package + ([base] if base else []))
+            if base in PACKAGES:   # ``from router import web`` names a submodule: router.web
+                out += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+            else:
+                out.append((node.lineno, base))
+    return out
+
+
+def violations(source: str, module: str, filename: str, is_package: bool = False) -> list[str]:
+    """Imports in ``source`` (the text of ``module``) that run against ``ALLOWED`` or ``DENIED``."""
+    own = layer_of(module)
+    found = []
+    for line, target in imported_modules(ast.parse(source, filename), module, is_package):
+        other = layer_of(target)
+        if own is None or other is None:
+            continue
+        why = None
+        if other != own and other not in ALLOWED[own]:
+            why = f"layer {own!r} may import only {sorted(ALLOWED[own]) or 'nothing of ours'}"
+        for (layer, denied), reason in DENIED.items():
+            if own == layer and (target == denied or target.startswith(denied + ".")):
+                why = reason
+        if why:
+            found.append(f"{filename}:{line}: imports {target} ({why})")
+    return sorted(set(found))
+
+
+def library_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_layer_is_in_the_table():
+    assert set(ALLOWED) == {layer_of(module_name(p)) for p in library_files()}
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    found = []
+    for path in library_files():
+        found += violations(path.read_text(), module_name(path), str(path.relative_to(ROOT)),
+                            is_package=path.name == "__init__.py")
+    assert not found, "imports against the layer order:\n" + "\n".join(found)
+
+
+def test_checker_flags_a_crafted_violation():
+    source = ("import numpy as np\n"
+              "from common.io import write_json\n"
+              "from zoo.data import DatasetInfo\n"
+              "def f():\n"
+              "    from router import evaluate\n"
+              "    import reports.style\n")
+    found = violations(source, "oracle.fake", "oracle/fake.py")
+    assert found == [
+        "oracle/fake.py:3: imports zoo.data (layer 'oracle' may import only ['common'])",
+        "oracle/fake.py:5: imports router.evaluate (layer 'oracle' may import only ['common'])",
+        "oracle/fake.py:6: imports reports.style (layer 'oracle' may import only ['common'])",
+    ]
+    assert violations("from zoo.data import DatasetInfo\n", "common.x", "common/x.py") == [
+        "common/x.py:1: imports zoo.data (layer 'common' may import only nothing of ours)"]
+    web = violations("from router.evaluate import DEFAULT_SACRIFICES\n", "router.web.app", "a.py")
+    assert web == ["a.py:1: imports router.evaluate "
+                   "(the page must not depend on the evaluation harness)"]
+    assert violations("from router.web import create_app\n", "router.base", "b.py") == [
+        "b.py:1: imports router.web (layer 'router' may import only "
+        "['common', 'oracle', 'zoo'])"]
+    # relative imports resolve against the module's package
+    assert violations("from .web import app\n", "router", "router/__init__.py",
+                      is_package=True) != []
+    assert violations("from ..policy import Policy\n", "oracle.sub.m", "c.py") == []
+    assert violations("from . import style\n", "reports.build", "d.py") == []
+    assert violations("from router.base import Router\n", "scripts.x", "e.py") == []
+
+
+@pytest.mark.parametrize("package", ["oracle", "common"])
+def test_package_never_imports_torch(package):
+    modules = sorted(module_name(p) for p in (ROOT / package).rglob("*.py"))
+    code = (f"import sys, {', '.join(modules)}; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
