@@ -34,11 +34,14 @@ from router.execute import execute_routed
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
     load_torch_file, read_checkpoint
 from zoo.data import DatasetInfo
+from zoo.preprocess import Preprocess, PreprocessLike
 
 FORMAT = "adaptive-router-routed/1"
 # (model name, resolved checkpoint path) -> (the loaded model, its DatasetInfo or None for the
 # artifact's); raises for a model it cannot supply.
-ModelProvider = Callable[[str, Path], tuple[nn.Module, DatasetInfo | None]]
+# A member saved without a checkpoint or rebuildable spec (a module of the user's own) gets
+# ``checkpoint=None``; it may return a ``zoo.preprocess`` preprocessing instead of an info.
+ModelProvider = Callable[[str, Path | None], tuple[nn.Module, PreprocessLike | None]]
 
 
 @dataclass
@@ -62,9 +65,14 @@ class RoutedClassifier:
     """A router plus the zoo models it routes to, callable on uint8 images."""
 
     def __init__(self, name: str, router: Router, models: Sequence[nn.Module | None],
-                 infos: Sequence[DatasetInfo | None], checkpoints: Sequence[str | Path | None],
-                 batch_size: int = 256, meta: dict[str, Any] | None = None):
+                 infos: Sequence[PreprocessLike | None], checkpoints: Sequence[str | Path | None],
+                 batch_size: int = 256, meta: dict[str, Any] | None = None,
+                 info: DatasetInfo | None = None):
+        """``infos``: each model's preprocessing (this project's ``DatasetInfo``, a
+        ``zoo.preprocess.Preprocess`` or a callable); ``info``: what the classifier takes
+        (channels, size, classes; default: the first model's ``DatasetInfo``)."""
         self.name, self.router = name, router
+        self.source_info = info
         self.model_names = list(router.model_names)
         if not (len(models) == len(infos) == len(checkpoints) == len(self.model_names)):
             raise RouterError("models, infos and checkpoints must be given for every model name "
@@ -92,13 +100,26 @@ class RoutedClassifier:
         return RoutedOutput(res.preds, res.chosen, self.model_names, res.confidence,
                             routing.scores, routing.score_names, routing.rule)
 
-    def _info(self) -> DatasetInfo:
-        return next(i for i in self.infos if i is not None)
+    def _info(self) -> DatasetInfo | None:
+        if self.source_info is not None:
+            return self.source_info
+        return next((i for i in self.infos if isinstance(i, DatasetInfo)), None)
 
     @property
-    def info(self) -> DatasetInfo:
+    def info(self) -> DatasetInfo | None:
         """What the classifier takes: channels, input size, class names (of its first model)."""
         return self._info()
+
+    def _spec(self, i: int) -> dict[str, Any] | None:
+        """How to rebuild model ``i`` without a checkpoint (``meta["specs"]``, set by the
+        library API for torchvision members), as an arch dict for ``build_from_arch``."""
+        specs = self.meta.get("specs") or []
+        spec = specs[i] if i < len(specs) else None
+        if not spec or "torchvision" not in spec:
+            return None
+        from zoo.torchvision_models import torchvision_arch_dict
+        return torchvision_arch_dict(spec["torchvision"], spec["num_classes"],
+                                     **(spec.get("kwargs") or {}))
 
     # ---- persistence ------------------------------------------------------------------
     def save(self, path: str | Path, run_root: str | Path | None = None,
@@ -118,9 +139,18 @@ class RoutedClassifier:
                                "embedded": self.embedded[i]})
                 continue
             if ckpt is None:
+                entry = {"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": "",
+                         "preprocess": _preprocess_payload(self.infos[i])}
+                spec = self._spec(i)
                 if embed and i in needed:
-                    raise RouterError(f"cannot embed model {name!r}: no checkpoint was given")
-                models.append({"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": ""})
+                    if spec is None:
+                        raise RouterError(
+                            f"cannot embed model {name!r}: it has neither a checkpoint nor a "
+                            "rebuildable spec (Member.torchvision); save without embed= and load "
+                            "with model_provider=")
+                    entry["embedded"] = {"arch": spec, "state_dict": {
+                        k: v.detach().cpu() for k, v in self.models[i].state_dict().items()}}
+                models.append(entry)
                 continue
             rel = os.path.relpath(ckpt.resolve(), run_root.resolve())
             entry = {"name": name, "checkpoint": rel, "checkpoint_abs": str(ckpt.resolve()),
@@ -128,10 +158,11 @@ class RoutedClassifier:
             if embed and i in needed:
                 entry["embedded"] = read_checkpoint(ckpt)
             models.append(entry)
+        info = self._info()
         payload = {"format": FORMAT, "name": self.name, "model_names": self.model_names,
                    "models": models, "router": _router_payload(self.router),
-                   "info": self._info().to_dict(), "batch_size": self.batch_size,
-                   "meta": self.meta}
+                   "info": None if info is None else info.to_dict(),
+                   "batch_size": self.batch_size, "meta": self.meta}
         payload["kind"] = payload["router"]["kind"]
         return atomic_torch_save(payload, path)
 
@@ -155,7 +186,7 @@ class RoutedClassifier:
         d = load_torch_file(path, FORMAT, what="routed-classifier artifact",
                             fix="re-run `evaluate-routers --run DIR` to write it again")
         run_root = Path(run_root) if run_root is not None else path.parent.parent
-        info = DatasetInfo.from_dict(d["info"])
+        info = DatasetInfo.from_dict(d["info"]) if d.get("info") else None
         router = _router_from_payload(d["router"], d["model_names"], info)
         needed = _needed_models(router, len(d["model_names"]))
         models, infos, ckpts, embedded = [], [], [], {}
@@ -169,7 +200,15 @@ class RoutedClassifier:
                 model.load_state_dict(c["state_dict"])
                 model.eval()
                 ckpt, embedded[i] = None, c
-                minfo = DatasetInfo.from_dict(c["data"]) if c.get("data") else None
+                minfo = (DatasetInfo.from_dict(c["data"]) if c.get("data")
+                         else _preprocess_from(entry.get("preprocess")))
+            elif not entry["checkpoint"]:           # a module of the user's own
+                if model_provider is None:
+                    raise RouterError(f"model {entry['name']!r} was saved without a checkpoint "
+                                      "or embedded weights: pass model_provider= to load it")
+                model, minfo = model_provider(entry["name"], None)
+                minfo = minfo if minfo is not None else _preprocess_from(entry.get("preprocess"))
+                ckpt = None
             else:
                 ckpt = _resolve(entry, run_root)
                 if model_provider is not None:
@@ -186,16 +225,20 @@ class RoutedClassifier:
             infos.append(minfo if minfo is not None else info)
             ckpts.append(ckpt)
         clf = cls(d["name"], router, models, infos, ckpts, int(d.get("batch_size", 256)),
-                  d.get("meta"))
+                  d.get("meta"), info=info)
         clf.embedded = embedded
         return clf
 
 
-def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo) -> torch.Tensor:
+def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo | None) -> torch.Tensor:
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
         raise RouterError(f"images must be uint8 (0-255), got {x.dtype}; pass raw pixels, the "
                           "classifier normalises them itself")
+    if info is None:                        # members with their own preprocessing
+        if x.ndim != 4:
+            raise RouterError(f"images must be a batch (N, C, H, W), got {tuple(x.shape)}")
+        return x
     if x.ndim == 3 and info.in_channels == 1:
         x = x.unsqueeze(1)
     want = (info.in_channels, info.input_size, info.input_size)
@@ -203,6 +246,22 @@ def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo) -> torch.Te
         raise RouterError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), got "
                           f"{tuple(x.shape)}")
     return x
+
+
+def _preprocess_payload(how: Any) -> dict[str, Any] | None:
+    if isinstance(how, Preprocess):
+        return {"type": "preprocess", **how.to_dict()}
+    if isinstance(how, DatasetInfo):
+        return {"type": "dataset-info", **how.to_dict()}
+    return None                              # a callable: the provider supplies it again
+
+
+def _preprocess_from(d: dict[str, Any] | None) -> PreprocessLike | None:
+    if not d:
+        return None
+    d = dict(d)
+    kind = d.pop("type")
+    return Preprocess.from_dict(d) if kind == "preprocess" else DatasetInfo.from_dict(d)
 
 
 def _router_payload(router: Router) -> dict[str, Any]:

@@ -118,6 +118,13 @@ def _run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike, batc
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
+def run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike,
+              batch_size: int = 256) -> torch.Tensor:
+    """Logits (n, C) float32 on the CPU of one model on uint8 ``images``, in batches, on the
+    model's device with its preprocessing (the executor's own loop)."""
+    return _run_model(model, images, how, batch_size, _Clock())
+
+
 def _check_models(models: Sequence[nn.Module], infos: Sequence[PreprocessLike], n: int) -> None:
     if len(models) != n or len(infos) != n:
         raise RouterError(f"the router knows {n} models but got {len(models)} models and "

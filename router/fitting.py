@@ -110,8 +110,6 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
         "reference_threshold_accuracy": lcands.reference_accuracy,
         "fit_seconds": time.perf_counter() - t0,
         "heads": {n: h.state() for n, h in zip(names, lcands.heads)}}
-    hold_l = disp["label"].holdout_index
-    hold_s = disp["sample"].holdout_index
     levels = []
     for s in cfg.sacrifices:
         target = ref_val_acc - s
@@ -120,30 +118,11 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
         cs, cs_bound = cheapest_single(val.correct, cvec, ref, target, cfg.margin_z)
         cand = {"cheapest-single": Candidate("cheapest-single", float(val.correct[:, cs].mean()),
                                              float(cvec[cs]), True)}
-        # dispatcher, label mode: predicted label mapped through the oracle policy (if the
-        # policy's expected cost on val plus the network's own is not below the reference's,
-        # it runs the reference alone and skips its network)
-        pol = policies[cfg.label_policy]
-        dl = Dispatcher.from_fit(disp["label"], cvec, policy=pol, fallback=ref)
-        skip = pol.cost(cvec) + disp_ms["label"] >= cvec[ref] and dl.constant_choice is None
-        if skip:
-            dl = Dispatcher("label", dl.net, dl.info, names, cvec,
-                            label_to_model=np.full(val.n_classes, ref), fallback=ref,
-                            macs=dl.network_macs)
-        ch = dl.choose(disp["label"].holdout_scores)
-        right = val.correct[hold_l, ch]
-        hold_ref = val.correct[hold_l, ref]
-        bound = float(accuracy_lower_bound(right, hold_ref, cfg.margin_z)[0])
-        cand["dispatcher-label"] = Candidate(
-            "dispatcher-label", float(right.mean()), _routed_ms(ch, cvec, dl, disp_ms["label"]),
-            bound >= float(hold_ref.mean()) - s - EPS)
-        # dispatcher, sample mode: cheapest model predicted right with chance >= tau
-        hold_correct = val.correct[hold_s]
-        tau, h_acc, h_cost = choose_threshold(disp["sample"].holdout_scores, hold_correct, cvec,
-                                              float(hold_correct[:, ref].mean()) - s, fallback=ref,
-                                              z=cfg.margin_z, router_cost=disp_ms["sample"])
-        ds = Dispatcher.from_fit(disp["sample"], cvec, threshold=tau, fallback=ref)
-        cand["dispatcher-sample"] = Candidate("dispatcher-sample", h_acc, h_cost, True)
+        dl, skip, cand["dispatcher-label"] = label_dispatcher_at(
+            disp["label"], disp_ms["label"], val, cvec, ref, policies[cfg.label_policy], s,
+            cfg.margin_z)
+        ds, cand["dispatcher-sample"] = sample_dispatcher_at(
+            disp["sample"], disp_ms["sample"], val, cvec, ref, s, cfg.margin_z)
         fit = select_cascade(cands, target, z=cfg.margin_z)
         cand["cascade"] = Candidate("cascade", fit.val_accuracy, fit.val_cost, True)
         # learned cascade: accuracy and expected cost on the part of val its thresholds saw
@@ -170,3 +149,42 @@ def _routed_ms(chosen: np.ndarray, cvec: np.ndarray, router: Dispatcher, net_ms:
     """Expected ms per image a dispatcher pays: its models plus its network when it runs it."""
     share = np.bincount(chosen, minlength=len(cvec)) / max(1, len(chosen))
     return float(share @ cvec) + (0.0 if router.constant_choice is not None else net_ms)
+
+
+def label_dispatcher_at(fit: DispatcherFit, net_ms: float, val: PredictionTable,
+                        cvec: np.ndarray, ref: int, policy: Any, sacrifice: float,
+                        z: float) -> tuple[Dispatcher, bool, Candidate]:
+    """The label-mode dispatcher at one level: its predicted label mapped through ``policy``
+    (an oracle policy fitted on val). Where the policy's expected cost on val plus the
+    network's own is not below the reference's, it runs the reference alone and skips its
+    network (``skipped``). Its candidate is scored on the dispatcher's held-out part of val.
+    Returns (dispatcher, skipped, candidate)."""
+    names = list(val.model_names)
+    dl = Dispatcher.from_fit(fit, cvec, policy=policy, fallback=ref)
+    skip = bool(policy.cost(cvec) + net_ms >= cvec[ref] and dl.constant_choice is None)
+    if skip:
+        dl = Dispatcher("label", dl.net, dl.info, names, cvec,
+                        label_to_model=np.full(val.n_classes, ref), fallback=ref,
+                        macs=dl.network_macs)
+    hold = fit.holdout_index
+    ch = dl.choose(fit.holdout_scores)
+    right = val.correct[hold, ch]
+    hold_ref = val.correct[hold, ref]
+    bound = float(accuracy_lower_bound(right, hold_ref, z)[0])
+    cand = Candidate("dispatcher-label", float(right.mean()), _routed_ms(ch, cvec, dl, net_ms),
+                     bound >= float(hold_ref.mean()) - sacrifice - EPS)
+    return dl, skip, cand
+
+
+def sample_dispatcher_at(fit: DispatcherFit, net_ms: float, val: PredictionTable,
+                         cvec: np.ndarray, ref: int, sacrifice: float,
+                         z: float) -> tuple[Dispatcher, Candidate]:
+    """The sample-mode dispatcher at one level: the cheapest model predicted right with chance
+    >= tau, tau chosen on the dispatcher's held-out part of val (its target: the reference's
+    accuracy there minus ``sacrifice``, with the margin ``z``)."""
+    hold_correct = val.correct[fit.holdout_index]
+    tau, h_acc, h_cost = choose_threshold(fit.holdout_scores, hold_correct, cvec,
+                                          float(hold_correct[:, ref].mean()) - sacrifice,
+                                          fallback=ref, z=z, router_cost=net_ms)
+    ds = Dispatcher.from_fit(fit, cvec, threshold=tau, fallback=ref)
+    return ds, Candidate("dispatcher-sample", h_acc, h_cost, True)

@@ -3,7 +3,8 @@
 A checkpoint's ``arch`` names its kind ("vgg" for a plain VGG, the default when ``kind`` is
 missing); ``build_from_arch`` looks the kind up in ``ARCH_KINDS`` and builds the module whose
 ``load_state_dict`` accepts the saved weights. The table lists every kind this repository
-makes: plain VGGs and the compressed variants (``zoo.compress.archs.BUILDERS``).
+makes: plain VGGs, the compressed variants (``zoo.compress.archs.BUILDERS``) and torchvision
+classifiers by name (``zoo.torchvision_models``).
 ``register_arch_kind`` adds a kind from outside (an extension, a test).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 from torch import nn
 
 from zoo.compress.archs import BUILDERS as COMPRESSED_BUILDERS
+from zoo.torchvision_models import build_from_torchvision_arch
 from zoo.vgg import VGG
 
 ArchBuilder = Callable[[dict[str, Any]], nn.Module]
@@ -22,7 +24,8 @@ def build_vgg(arch: dict[str, Any]) -> nn.Module:
     return VGG.from_arch(arch)
 
 
-ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": build_vgg, **COMPRESSED_BUILDERS}
+ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": build_vgg, **COMPRESSED_BUILDERS,
+                                      "torchvision": build_from_torchvision_arch}
 
 
 def register_arch_kind(kind: str, builder: ArchBuilder) -> None:

@@ -1,0 +1,489 @@
+"""Route between your own classifiers: the library API, no run directory needed.
+
+The flow, each step one function (``docs/library.md`` has a runnable example)::
+
+    members = [Member.torchvision("mobilenet_v3_small", 10, weights="mnv3.pt"),
+               Member.torchvision("resnet18", 10, weights="r18.pt")]   # each with its preprocessing
+    val, test = load_images(val_source, size=256), load_images(test_source, size=256)
+    costs = measure_costs(members, val.images[:512])                   # ms/image, on their device
+    val_table = build_table(members, val, "val")
+    fitted = fit_router("cascade", val_table, costs, sacrifice=0.01)   # sees val only
+    clf = routed_classifier(fitted, members)                           # callable on uint8 images
+    report = compare(clf, members, test, val_table, costs, 0.01)       # vs best and cheapest single
+    clf.save("routed.pt", embed=True); RoutedClassifier.load("routed.pt")
+
+The CLI stages use the same pieces: ``fit_router`` calls the functions ``evaluate-routers``
+fits with (``router.fitting``), so the same tables and costs give the same settings.
+Everything that needs the true label stays on validation: ``fit_router`` receives the val
+table (and val images for a dispatcher); test enters only ``compare``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from common.tables import PredictionTable
+from oracle.policy import LABEL_KINDS, Policy, fit_policy, reference_index
+from router.artifact import RoutedClassifier
+from router.base import ConstantRouter, Router, RouterError
+from router.cascade import CascadeRouter, fit_cascade
+from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
+from router.dispatcher import DispatcherConfig, dispatcher_ms_per_image, fit_dispatcher
+from router.execute import ExecResult, benchmark_interleaved, execute_cascade, execute_routed, \
+    model_ms_per_image, run_model
+from router.fitting import label_dispatcher_at, sample_dispatcher_at
+from router.selection import cheapest_single
+from zoo.costs import count_macs
+from zoo.data import DatasetInfo, normalize
+from zoo.device import describe_device, device_of, resolve_device
+from zoo.preprocess import Preprocess, PreprocessLike, prepare
+
+ROUTER_KINDS = ("cascade", "learned-cascade", "dispatcher-sample", "dispatcher-label")
+
+
+# ---- members -----------------------------------------------------------------------------
+
+@dataclass
+class Member:
+    """One classifier of the zoo: a module, how its inputs are prepared, and how to rebuild it.
+
+    ``preprocess``: a ``zoo.preprocess.Preprocess`` (resize, crop, mean, std; stored in
+    artifacts), a ``DatasetInfo`` (this project's normalisation) or any callable on a uint8
+    batch. ``spec``: how to rebuild the module without this object (``{"torchvision": arch,
+    "num_classes": C}``), or None (then a saved artifact embeds a TorchScript copy or needs a
+    ``model_provider`` to load).
+    """
+
+    name: str
+    model: nn.Module
+    preprocess: PreprocessLike
+    spec: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise RouterError(f"a member needs a name without '/', got {self.name!r}")
+        self.model.eval()
+
+    @classmethod
+    def torchvision(cls, arch: str, num_classes: int, *, name: str | None = None,
+                    weights: str | Path | None = None,
+                    preprocess: PreprocessLike | None = None, **kwargs: Any) -> "Member":
+        """A torchvision classifier by architecture name (``resnet18``, ``mobilenet_v3_small``,
+        ...) with ``num_classes`` outputs, random weights or a state dict file (``weights``,
+        read with ``weights_only=True``); ImageNet preprocessing unless given."""
+        from zoo.torchvision_models import build_torchvision
+        model = build_torchvision(arch, num_classes, **kwargs)
+        if weights is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            model.load_state_dict(state)
+        return cls(name or arch, model, preprocess or Preprocess.imagenet(),
+                   {"torchvision": arch, "num_classes": int(num_classes), "kwargs": kwargs})
+
+    @classmethod
+    def torchscript(cls, path: str | Path, preprocess: PreprocessLike, *,
+                    name: str | None = None) -> "Member":
+        """A TorchScript file (``torch.jit.save``) as a member."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"TorchScript file {path} does not exist")
+        return cls(name or path.stem, torch.jit.load(str(path), map_location="cpu"), preprocess)
+
+    def to(self, device: str | torch.device) -> "Member":
+        """Move the module to ``device`` (``"auto"``: CUDA where there is one); returns self."""
+        self.model.to(resolve_device(device))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.model)
+
+    @torch.inference_mode()
+    def macs_per_image(self, sample: torch.Tensor) -> int:
+        """MACs of one forward pass on one preprocessed image like ``sample[:1]`` (counted,
+        float modules only; quantized ops are not counted by torch)."""
+        x = prepare(sample[:1].to(self.device), self.preprocess)
+        return count_macs(self.model, tuple(x.shape))
+
+
+# ---- images ------------------------------------------------------------------------------
+
+@dataclass
+class ImageData:
+    """uint8 images ``(N, C, H, W)`` in memory with int64 labels ``(N,)`` and class names."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    classes: list[str]
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise RouterError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                              f"{tuple(self.images.shape)}; see load_images")
+        if len(self.images) != len(self.labels):
+            raise RouterError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def info(self) -> DatasetInfo:
+        """The data's own description (channels, size, classes, per-channel mean and std): what
+        a dispatcher network, trained from scratch on these images, normalises with."""
+        x = self.images.float().div_(255.0)
+        mean = x.mean(dim=(0, 2, 3)).tolist()
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+        return DatasetInfo(self.name, len(self.classes), int(self.images.shape[1]),
+                           int(self.images.shape[-1]), list(self.classes), mean, std, "library")
+
+
+def _to_uint8(img: Any) -> torch.Tensor:
+    """A PIL image, an HWC numpy array or a CHW tensor -> CHW uint8 tensor."""
+    if isinstance(img, torch.Tensor):
+        t = img
+        if t.dtype != torch.uint8:
+            if t.is_floating_point() and float(t.max()) <= 1.0 + 1e-6:
+                t = (t * 255.0).round()
+            t = t.clamp(0, 255).to(torch.uint8)
+        return t.unsqueeze(0) if t.ndim == 2 else t
+    if isinstance(img, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(img))
+        a = a.unsqueeze(-1) if a.ndim == 2 else a
+        return _to_uint8(a.permute(2, 0, 1))
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    return pil_to_tensor(img)
+
+
+def _fit_square(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` and centre-crop a ``size`` square (uint8 kept)."""
+    from torchvision.transforms.v2.functional import center_crop, resize
+    return center_crop(resize(t, size, antialias=True), [size, size])
+
+
+def load_images(source: Any, *, size: int | None = None, classes: Sequence[str] | None = None,
+                limit: int | None = None, name: str = "data",
+                progress: bool = False) -> ImageData:
+    """All images of ``source`` in memory as uint8, with labels.
+
+    ``source``: a pair ``(images, labels)`` (uint8 tensor or array), a dataset yielding
+    ``(image, label)`` (e.g. torchvision's ``ImageFolder``; PIL, arrays or tensors), or a
+    ``DataLoader`` yielding batches. ``size``: resize every image's shorter side to ``size`` and
+    centre-crop a square, so images of different sizes batch together (each member then applies
+    its own preprocessing); required when sizes differ. ``classes`` default to the dataset's
+    ``classes`` attribute or ``0..C-1``.
+    """
+    if isinstance(source, tuple) and len(source) == 2:
+        x, y = source
+        x = _to_uint8(torch.as_tensor(x)) if not isinstance(x, torch.Tensor) else x
+        if x.dtype != torch.uint8:
+            raise RouterError(f"images must be uint8 0-255, got {x.dtype}")
+        if size is not None:
+            x = _fit_square(x, size)
+        x, y = x[:limit], np.asarray(y)[:limit]
+        n_cls = len(classes) if classes else int(np.max(y)) + 1
+        return ImageData(x.contiguous(), y, list(classes or map(str, range(n_cls))), name)
+    items: list[torch.Tensor] = []
+    labels: list[int] = []
+    loader = isinstance(source, torch.utils.data.DataLoader)
+    it: Iterable = source
+    for entry in tqdm(it, desc="load images", disable=not progress, leave=False):
+        xs, ys = entry
+        if loader:
+            xs = [_to_uint8(t) for t in xs]
+            ys = [int(v) for v in torch.as_tensor(ys).reshape(-1)]
+        else:
+            xs, ys = [_to_uint8(xs)], [int(ys)]
+        for t, lab in zip(xs, ys):
+            items.append(_fit_square(t, size) if size is not None else t)
+            labels.append(lab)
+        if limit is not None and len(items) >= limit:
+            items, labels = items[:limit], labels[:limit]
+            break
+    if not items:
+        raise RouterError("the image source yielded no images")
+    shapes = {tuple(t.shape) for t in items}
+    if len(shapes) > 1:
+        raise RouterError(f"images have {len(shapes)} different shapes (e.g. "
+                          f"{sorted(shapes)[:2]}); pass size= to bring them to one square size")
+    if classes is None:
+        ds = getattr(source, "dataset", source)
+        classes = getattr(ds, "classes", None) or [str(c) for c in range(max(labels) + 1)]
+    return ImageData(torch.stack(items).contiguous(), np.asarray(labels), list(classes), name)
+
+
+# ---- tables and costs --------------------------------------------------------------------
+
+def build_table(members: Sequence[Member], data: ImageData, split: str = "val", *,
+                batch_size: int = 256, progress: bool = False) -> PredictionTable:
+    """Every member's predictions and probabilities on ``data`` (members in the given order)."""
+    _check_members(members)
+    preds, probs = [], []
+    for m in tqdm(members, desc=f"table {split}", disable=not progress, leave=False):
+        logits = run_model(m.model, data.images, m.preprocess, batch_size)
+        if logits.shape[1] != len(data.classes):
+            raise RouterError(f"member {m.name!r} has {logits.shape[1]} outputs but the data has "
+                              f"{len(data.classes)} classes")
+        p = torch.softmax(logits, dim=1)
+        preds.append(p.argmax(1).numpy())
+        probs.append(p.numpy().astype(np.float16))
+    return PredictionTable([m.name for m in members], data.labels, np.stack(preds, 1),
+                           np.stack(probs, 1), np.arange(len(data), dtype=np.int64), split,
+                           {"source": "router.api.build_table", "data": data.name,
+                            "classes": list(data.classes)})
+
+
+@dataclass
+class Costs:
+    """Measured milliseconds per image of each member (table order), and where."""
+
+    names: list[str]
+    ms_per_image: np.ndarray
+    device: str
+    batch_size: int
+    threads: int
+    n_images: int
+    macs: list[int] = field(default_factory=list)
+
+    def vector(self, names: Sequence[str]) -> np.ndarray:
+        """(M,) ms per image in the order of ``names`` (a table's model order)."""
+        pos = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in names if n not in pos]
+        if missing:
+            raise RouterError(f"no cost measured for {missing}; measure_costs over every member")
+        return self.ms_per_image[[pos[n] for n in names]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "ms_per_image": self.ms_per_image.tolist(),
+                "device": self.device, "batch_size": self.batch_size, "threads": self.threads,
+                "n_images": self.n_images, "macs": self.macs}
+
+
+def measure_costs(members: Sequence[Member], images: torch.Tensor, *, batch_size: int = 256,
+                  rounds: int = 3, warmup: int = 1) -> Costs:
+    """Milliseconds per image of each member on ``images`` (uint8), each on its own device
+    with its own preprocessing, timed round-robin by the executor's loop (median of rounds).
+    On a GPU the clock is read after synchronising. MACs are counted beside, never instead."""
+    _check_members(members)
+    ms = model_ms_per_image([m.model for m in members], [m.preprocess for m in members], images,
+                            batch_size, warmup=warmup, rounds=rounds)
+    devices = sorted({describe_device(m.device) for m in members})
+    macs = []
+    for m in members:
+        try:
+            macs.append(m.macs_per_image(images))
+        except Exception:                       # scripted or quantized: not countable
+            macs.append(0)
+    return Costs([m.name for m in members], ms, ", ".join(devices), batch_size,
+                 torch.get_num_threads(), len(images), macs)
+
+
+# ---- fitting (validation only) -----------------------------------------------------------
+
+@dataclass
+class FittedRouter:
+    """A router fitted at one sacrifice level, with what validation said about it."""
+
+    kind: str
+    sacrifice: float
+    router: Router
+    model_names: list[str]
+    target: float                 # the val accuracy it had to meet
+    val_accuracy: float           # on the part of val its settings were chosen on
+    expected_ms_per_image: float  # what the fit expects it to cost (costs' units)
+    meets_target: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
+               margin_z: float = 1.0, val_data: ImageData | None = None, max_stages: int = 3,
+               grid: int = 24, learned_fit_share: float = 0.5, seed: int = 0,
+               dispatcher: DispatcherConfig | None = None, dispatcher_time_share: float = 0.25,
+               label_policy: str = "budget", macs: Sequence[int] | None = None) -> FittedRouter:
+    """Fit a ``kind`` router (``ROUTER_KINDS``) on the val table at ``sacrifice`` (0.01 = one
+    point below the most accurate member on val, with ``margin_z`` paired standard errors of
+    margin). Dispatchers also need ``val_data`` (the val images, in table order) and are
+    trained here; ``macs`` (or ``costs.macs``) sets their MAC cap at 1/4 of the cheapest
+    member's. The same functions as ``evaluate-routers``: the same inputs give the same settings.
+    """
+    if kind not in ROUTER_KINDS:
+        raise RouterError(f"unknown router kind {kind!r}; use one of {ROUTER_KINDS} (oracle "
+                          "policies: fit_oracle_policy)")
+    if not 0.0 <= sacrifice <= 1.0:
+        raise RouterError(f"sacrifice is a fraction in [0, 1] (0.01 = one point), got {sacrifice}")
+    names = list(val.model_names)
+    cvec = costs.vector(names) if isinstance(costs, Costs) else np.asarray(costs, np.float64)
+    if cvec.shape != (len(names),):
+        raise RouterError(f"costs must give one ms/image per model of the table ({len(names)}), "
+                          f"got shape {cvec.shape}")
+    ref = reference_index(val, cvec)
+    target = float(val.correct[:, ref].mean()) - sacrifice
+    if kind == "cascade":
+        fit = fit_cascade(val, cvec, target, max_stages=max_stages, grid=grid, z=margin_z,
+                          reference=ref)
+        return FittedRouter(kind, sacrifice, CascadeRouter.from_fit(fit), names, target,
+                            fit.val_accuracy, fit.val_cost, True,
+                            {"stages": [names[s] for s in fit.stages],
+                             "thresholds": fit.thresholds[:-1], "stage_reach": fit.stage_reach})
+    if kind == "learned-cascade":
+        lc = learned_candidates(val, cvec, reference=ref, max_stages=max_stages, grid=grid,
+                                fit_share=learned_fit_share, seed=seed)
+        lfit = select_learned(lc, sacrifice, z=margin_z)
+        return FittedRouter(kind, sacrifice, LearnedCascadeRouter.from_fit(lfit), names,
+                            lfit.target, lfit.val_accuracy, lfit.val_cost, True,
+                            {"stages": [names[s] for s in lfit.cascade.stages],
+                             "thresholds": lfit.cascade.thresholds[:-1],
+                             "fit_samples": lfit.fit_samples,
+                             "threshold_samples": lfit.threshold_samples})
+    if val_data is None or len(val_data) != val.n_samples:
+        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
+                          f"{val.n_samples} images of the val table, in its order")
+    mode = kind.split("-", 1)[1]
+    macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
+    budget_macs = float(min(m for m in macs if m > 0)) / 4.0 if any(m > 0 for m in macs) \
+        else float("inf")
+    info = val_data.info()
+    max_ms = dispatcher_time_share * float(cvec.min()) if dispatcher_time_share else None
+    dfit = fit_dispatcher(mode, val_data.images, val, info, budget_macs,
+                          dispatcher or DispatcherConfig(seed=seed), max_ms=max_ms)
+    net_ms = dispatcher_ms_per_image(dfit.arch, normalize(val_data.images[:1024], info))
+    if mode == "label":
+        pol = fit_policy(label_policy, val, cvec, sacrifice)
+        d, skipped, cand = label_dispatcher_at(dfit, net_ms, val, cvec, ref, pol, sacrifice,
+                                               margin_z)
+        details = {"policy": label_policy, "network_skipped": skipped}
+    else:
+        d, cand = sample_dispatcher_at(dfit, net_ms, val, cvec, ref, sacrifice, margin_z)
+        details = {"threshold": d.threshold}
+    details.update(arch=dfit.arch.to_dict(), macs=dfit.macs, ms_per_image=net_ms)
+    return FittedRouter(kind, sacrifice, d, names, target, cand.val_accuracy,
+                        cand.fit_ms_per_image, cand.meets_target, details)
+
+
+def fit_oracle_policy(kind: str, val: PredictionTable, costs: Costs | np.ndarray,
+                      sacrifice: float) -> Policy:
+    """An oracle policy (label -> model, ``LABEL_KINDS``) fitted on val: a bound that routes by
+    the true label, never a deployable router."""
+    cvec = costs.vector(val.model_names) if isinstance(costs, Costs) else np.asarray(costs)
+    if kind not in LABEL_KINDS:
+        raise RouterError(f"unknown oracle policy {kind!r}; use one of {LABEL_KINDS}")
+    return fit_policy(kind, val, cvec, sacrifice)
+
+
+def routed_classifier(fitted: FittedRouter, members: Sequence[Member], *, name: str | None = None,
+                      batch_size: int = 256) -> RoutedClassifier:
+    """The fitted router and its members as one callable classifier (uint8 images in)."""
+    _check_members(members)
+    names = [m.name for m in members]
+    if names != fitted.model_names:
+        raise RouterError(f"members {names} are not the models the router was fitted over "
+                          f"{fitted.model_names} (same names, same order)")
+    return RoutedClassifier(name or f"{fitted.kind}@{fitted.sacrifice:g}", fitted.router,
+                            [m.model for m in members], [m.preprocess for m in members],
+                            [None] * len(members), batch_size,
+                            meta={"sacrifice": fitted.sacrifice, "method": fitted.kind,
+                                  "settings": fitted.router.describe(),
+                                  "specs": [m.spec for m in members]},
+                            info=getattr(fitted.router, "info", None))
+
+
+# ---- measuring against the single models -------------------------------------------------
+
+@dataclass
+class Comparison:
+    """Test accuracy and measured throughput of a routed classifier against the best single
+    member (most accurate on val) and the cheapest member whose val accuracy meets the same
+    target (same margin rule). ``rows``: one dict per method."""
+
+    sacrifice: float
+    rows: list[dict[str, Any]]
+    device: str
+    threads: int
+    timing_samples: int
+
+    def row(self, role: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["role"] == role)
+
+    def format(self) -> str:
+        out = [f"s={self.sacrifice:g} on {self.device}, {self.threads} threads, timed on "
+               f"{self.timing_samples} test images",
+               f"{'role':<16} {'method':<28} {'acc':>7} {'held':>5} {'img/s':>9} {'x best':>7} "
+               f"{'x cheap':>7}"]
+        for r in self.rows:
+            out.append(f"{r['role']:<16} {r['method']:<28} {r['accuracy']:>7.4f} "
+                       f"{str(r['budget_held']):>5} {r['images_per_second']:>9.0f} "
+                       f"{r['speedup_vs_best']:>6.2f}x {r['speedup_vs_cheapest_single']:>6.2f}x")
+        return "\n".join(out)
+
+
+def run_classifier(clf: RoutedClassifier, images: torch.Tensor) -> ExecResult:
+    """Execute a routed classifier and return the executor's result (answers and timing parts):
+    a cascade runs its stages, any other router routes and runs the chosen groups."""
+    router = clf.router
+    if isinstance(router, CascadeRouter):
+        scorers = router.scorers() if isinstance(router, LearnedCascadeRouter) else None
+        return execute_cascade(router.stages, router.thresholds, images, clf.models, clf.infos,
+                               clf.batch_size, scorers=scorers)
+    return execute_routed(router, images, clf.models, clf.infos, clf.batch_size)
+
+
+def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
+            val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
+            margin_z: float = 1.0, timing_samples: int | None = 2000, repeats: int = 3,
+            warmup: int = 1, batch_size: int = 256) -> Comparison:
+    """Score on ``test`` and time (interleaved rounds, median; router inside the clock) the
+    routed classifier, the best single member and the cheapest adequate single member. The
+    two baselines are chosen on ``val`` (never on test)."""
+    names = [m.name for m in members]
+    if names != list(val.model_names):
+        raise RouterError(f"members {names} must be the val table's models {val.model_names}")
+    cvec = costs.vector(names) if isinstance(costs, Costs) else np.asarray(costs, np.float64)
+    ref = reference_index(val, cvec)
+    ref_val = float(val.correct[:, ref].mean())
+    cs, _ = cheapest_single(val.correct, cvec, ref, ref_val - sacrifice, margin_z)
+    k = len(test) if timing_samples is None else min(len(test), int(timing_samples))
+    x = test.images[:k]
+    models, preps = [m.model for m in members], [m.preprocess for m in members]
+
+    def single(i: int):
+        return lambda xx: execute_routed(ConstantRouter([names[i]], 0), xx, [models[i]],
+                                         [preps[i]], batch_size)
+    runs = {"best-single": single(ref), "cheapest-single": single(cs),
+            "router": lambda xx: run_classifier(clf, xx)}
+    answers = {key: run(test.images) for key, run in runs.items()}      # also warms up
+    timings = benchmark_interleaved({key: (lambda r=run: r(x)) for key, run in runs.items()},
+                                    k, warmup=max(0, warmup - 1), repeats=repeats)
+    ref_test = float((answers["best-single"].preds == test.labels).mean())
+    rows = []
+    for role, method in (("best-single", names[ref]), ("cheapest-single", names[cs]),
+                         ("router", clf.name)):
+        res, tm = answers[role], timings[role]
+        acc = float((res.preds == test.labels).mean())
+        rows.append({"role": role, "method": method, "accuracy": acc,
+                     "budget_held": bool(acc >= ref_test - sacrifice - 1e-9),
+                     "target_accuracy": ref_test - sacrifice, "seconds": tm.seconds,
+                     "images_per_second": tm.images_per_second,
+                     "router_seconds": tm.router_seconds, "wasted_seconds": tm.wasted_seconds,
+                     "overhead_share": tm.overhead_share,
+                     "shares": {n: float(np.mean(res.chosen == i)) for i, n in enumerate(names)}
+                     if role == "router" else {method: 1.0}})
+    for r in rows:
+        r["speedup_vs_best"] = r["images_per_second"] / rows[0]["images_per_second"]
+        r["speedup_vs_cheapest_single"] = r["images_per_second"] / rows[1]["images_per_second"]
+    devices = sorted({describe_device(device_of(m)) for m in models})
+    return Comparison(sacrifice, rows, ", ".join(devices), torch.get_num_threads(), k)
+
+
+def _check_members(members: Sequence[Member]) -> None:
+    if not members:
+        raise RouterError("give at least one member")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise RouterError(f"member names must be unique, got {names}")
