@@ -304,7 +304,7 @@ class FittedRouter:
 
 def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
                margin_z: float = 1.0, val_data: ImageData | None = None, max_stages: int = 3,
-               grid: int = 24, learned_fit_share: float = 0.5, seed: int = 0,
+               grid: int = 24, learned_folds: int = 5, seed: int = 0,
                dispatcher: DispatcherConfig | None = None, dispatcher_time_share: float = 0.25,
                label_policy: str = "budget", macs: Sequence[int] | None = None) -> FittedRouter:
     """Fit a ``kind`` router (``ROUTER_KINDS``) on the val table at ``sacrifice`` (0.01 = one
@@ -334,7 +334,7 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
                              "thresholds": fit.thresholds[:-1], "stage_reach": fit.stage_reach})
     if kind == "learned-cascade":
         lc = learned_candidates(val, cvec, reference=ref, max_stages=max_stages, grid=grid,
-                                fit_share=learned_fit_share, seed=seed)
+                                folds=learned_folds, seed=seed)
         lfit = select_learned(lc, sacrifice, z=margin_z)
         return FittedRouter(kind, sacrifice, LearnedCascadeRouter.from_fit(lfit), names,
                             lfit.target, lfit.val_accuracy, lfit.val_cost, True,

@@ -37,7 +37,8 @@ class EvalConfig:
     label_policy: str = "budget"         # oracle policy the label dispatcher maps through
     cascade_max_stages: int = 3
     cascade_grid: int = 24
-    learned_fit_share: float = 0.5       # learned cascade: share of val its heads train on
+    learned_folds: int = 5               # learned cascade: cross-fitting folds (0: one split)
+    learned_fit_share: float = 0.5       # ... with learned_folds = 0: share of val the heads train on
     costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
     cost_samples: int = 1000             # val images the measured costs are timed on
     margin_z: float = 1.0                # fits keep val accuracy - z paired SEs >= target (1-SE rule)
@@ -58,6 +59,8 @@ class EvalConfig:
             raise RouterError("need threads >= 1, repeats >= 1, warmup >= 0")
         if self.costs not in ("measured", "profile"):
             raise RouterError(f"costs must be 'measured' or 'profile', got {self.costs!r}")
+        if self.learned_folds == 1 or self.learned_folds < 0:
+            raise RouterError(f"learned_folds must be 0 or >= 2, got {self.learned_folds}")
         if not 0 < self.learned_fit_share < 1:
             raise RouterError(f"learned_fit_share must be in (0, 1), got {self.learned_fit_share}")
         if self.margin_z < 0 or self.cost_samples < 1:

@@ -101,9 +101,10 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
     record["cascade_candidates"] = int(len(cands.accuracy))
     t0 = time.perf_counter()
     lcands = learned_candidates(val, cvec, reference=ref, max_stages=cfg.cascade_max_stages,
-                                grid=cfg.cascade_grid, fit_share=cfg.learned_fit_share,
-                                seed=cfg.seed)
+                                grid=cfg.cascade_grid, folds=cfg.learned_folds,
+                                fit_share=cfg.learned_fit_share, seed=cfg.seed)
     record["learned_cascade"] = {
+        "folds": lcands.folds,
         "fit_samples": int(len(lcands.fit_index)),
         "threshold_samples": int(len(lcands.threshold_index)),
         "candidates": int(len(lcands.cands.accuracy)),

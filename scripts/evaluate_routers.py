@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the cap of 1/4 of the cheapest model's MACs always holds)")
     p.add_argument("--dispatcher-epochs", type=int, default=30,
                    help="dispatcher training epochs at most (early stopping on the held-out part)")
+    p.add_argument("--learned-folds", type=int, default=5,
+                   help="learned cascade: cross-fitting folds for its deferral heads (0: heads on "
+                        "half of val, thresholds on the other half)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
     p.add_argument("--embed-models", action="store_true",
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(sacrifices=a.sacrifices, threads=a.threads, repeats=a.repeats,
                      warmup=a.warmup, timing_samples=a.timing_samples or None,
                      batch_size=a.batch_size, label_policy=a.label_policy,
-                     cascade_max_stages=a.cascade_max_stages, costs=a.costs,
+                     cascade_max_stages=a.cascade_max_stages, learned_folds=a.learned_folds,
+                     costs=a.costs,
                      cost_samples=a.cost_samples, margin_z=a.margin_z,
                      dispatcher_time_share=a.dispatcher_time_share or None,
                      dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,

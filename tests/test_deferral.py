@@ -103,7 +103,7 @@ def test_learned_cascade_defers_exactly_the_wrong_half():
     costs = np.array([1.0, 10.0])
     plain = fit_cascade(t, costs, target=1.0)
     assert plain.stages == [1] and plain.val_cost == 10.0
-    lc = learned_candidates(t, costs, fit_share=0.5, seed=0)
+    lc = learned_candidates(t, costs, folds=0, fit_share=0.5, seed=0)
     assert len(lc.fit_index) == len(lc.threshold_index) == 300
     assert not set(lc.fit_index) & set(lc.threshold_index)
     assert lc.reference == 1 and lc.reference_accuracy == 1.0
@@ -122,16 +122,39 @@ def test_learned_cascade_defers_exactly_the_wrong_half():
     assert select_learned(lc, 0.6).cascade.stages == [0]
 
 
+def test_cross_fitted_cascade_learns_the_rule_on_out_of_fold_scores():
+    """Cross-fitted (the default): every val sample is scored by a head that did not see it,
+    thresholds are chosen on all of val, the deployed heads are fitted on all of val; the
+    crafted rule (cheap model right exactly on classes 0-2) is learned all the same."""
+    t = crafted_table(600)
+    costs = np.array([1.0, 10.0])
+    lc = learned_candidates(t, costs, seed=0)
+    assert lc.folds == 5 and len(lc.fit_index) == len(lc.threshold_index) == 600
+    assert lc.reference_accuracy == 1.0
+    fit = select_learned(lc, 0.0, z=1.0)
+    wrong_share = float((t.preds[:, 0] > 2).mean())
+    assert fit.cascade.stages == [0, 1] and fit.val_accuracy == 1.0
+    assert fit.val_cost == pytest.approx(1.0 + 10.0 * wrong_share)
+    fresh = crafted_table(300, seed=7)
+    chosen = LearnedCascadeRouter.from_fit(fit).simulate(fresh.probs)
+    assert (chosen == np.where(fresh.preds[:, 0] <= 2, 0, 1)).all()
+    # out-of-fold: scrambling which rows the folds hold changes no deployed head
+    other = learned_candidates(t, costs, seed=1)
+    np.testing.assert_array_equal(other.heads[0].coef_, lc.heads[0].coef_)
+    with pytest.raises(RouterError, match="folds"):
+        learned_candidates(t, costs, folds=1)
+
+
 def test_fit_split_is_seeded():
     t = crafted_table(120)
-    a = learned_candidates(t, np.array([1.0, 10.0]), seed=3)
-    b = learned_candidates(t, np.array([1.0, 10.0]), seed=3)
-    c = learned_candidates(t, np.array([1.0, 10.0]), seed=4)
+    a = learned_candidates(t, np.array([1.0, 10.0]), folds=0, seed=3)
+    b = learned_candidates(t, np.array([1.0, 10.0]), folds=0, seed=3)
+    c = learned_candidates(t, np.array([1.0, 10.0]), folds=0, seed=4)
     assert (a.fit_index == b.fit_index).all() and (a.fit_index != c.fit_index).any()
     np.testing.assert_array_equal(a.heads[0].coef_, b.heads[0].coef_)
     np.testing.assert_array_equal(a.cands.accuracy, b.cands.accuracy)
     with pytest.raises(RouterError, match="fit_share"):
-        learned_candidates(t, np.array([1.0, 10.0]), fit_share=1.0)
+        learned_candidates(t, np.array([1.0, 10.0]), folds=0, fit_share=1.0)
 
 
 def test_candidate_search_checks_the_scores_shape():

@@ -238,3 +238,23 @@ def test_two_zoos_policies_and_base_routers(evaluated_run, tmp_path):
         k = [i for i, (zz, m) in enumerate(zip(z["zoos"], z["methods"]))
              if zz == "base" and m == "cascade"][0]
         assert names.index("tiny_vgg2") not in set(z["chosen"][k])
+
+
+def test_library_fit_gives_the_settings_evaluate_routers_saved(evaluated_run):
+    """router.api.fit_router on the run's val table and the costs evaluate-routers measured
+    gives exactly the stages and thresholds of the routers it saved (cascade and learned
+    cascade; the dispatchers' architecture depends on a timing, so they are left out)."""
+    from router.api import fit_router
+    rd = RunDir(evaluated_run)
+    val = PredictionTable.load(rd.tables, "val")
+    fits = json.loads((rd.root / "routers" / "fits.json").read_text())
+    costs = np.array([fits["ms_per_image"][n] for n in val.model_names])
+    for s in LEVELS:
+        for kind in ("cascade", "learned-cascade"):
+            saved = RoutedClassifier.load(rd.root / "routers" / f"{kind}-s{float(s):g}.pt").router
+            ours = fit_router(kind, val, costs, float(s), margin_z=1.0).router
+            assert ours.stages == saved.stages, (kind, s)
+            assert ours.thresholds == saved.thresholds, (kind, s)
+            if kind == "learned-cascade":
+                for a, b in zip(ours.heads, saved.heads):
+                    np.testing.assert_array_equal(a.coef_, b.coef_)
