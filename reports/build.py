@@ -15,16 +15,17 @@ import pandas as pd
 from common.io import write_csv
 from reports import style
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
-from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,
-                            TrainingCurvesDisplay)
+from reports.frontier import FrontierDisplay
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
 from reports.inputs import DEFAULT_ZOO, RunArtifacts, load_run, zoo_rows, zoos_of
 from reports.learned import (LEARNED_FAMILY, LearnedVsCascadeDisplay, areas_display,
                              disagreements_from_run, router_areas)
+from reports.sacrifice import SacrificeMetricsDisplay, SharesDisplay, TimeDisplay
 from reports.tables import (LADDER_P, RERUN_HINT, SUMMARY_SACRIFICE, ZOO_DESCRIPTIONS, Summary,
                             compression_table, headline_display, ladder_table, routers_pivot,
                             routers_table, summarize, zoo_table)
+from reports.training import TrainingCurvesDisplay
 
 
 @dataclass

@@ -172,8 +172,7 @@ def load_run(root: str | Path) -> RunArtifacts:
 
 def model_of(row: Any) -> str:
     """The model behind a single-model routers.csv row: ``single:NAME`` / ``best-single:NAME`` /
-    ``cheapest-single:NAME`` (evaluate-routers), or the ``reference`` column
-    (oracle.metrics.sacrifice_sweep)."""
+    ``cheapest-single:NAME`` (evaluate-routers), or a ``reference`` column where a row has one."""
     ref = row.get("reference") if hasattr(row, "get") else None
     if isinstance(ref, str) and ref:
         return ref

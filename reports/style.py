@@ -162,6 +162,20 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1,
     return fig, axes
 
 
+def shared_legend(fig: Any, axes: Iterable[Any], title: str | None = None) -> None:
+    """One legend for all panels, outside on the right (no duplicates)."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title=title)
+
+
 def as_frame(data: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The figure's data as a DataFrame (rows of dicts are accepted)."""
     return data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))

@@ -94,8 +94,8 @@ def write_pet(root: Path) -> Path:
 def forbid_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a, **k):
         raise AssertionError("a download was attempted with download=False")
-    monkeypatch.setattr(data, "_torchvision_download", boom)
-    monkeypatch.setattr(data, "_torchvision_download_idx", boom)
+    monkeypatch.setattr(data.fetch, "torchvision_download", boom)      # CIFAR, folders, Pet
+    monkeypatch.setattr(data.idx, "_torchvision_download_idx", boom)   # Fashion-MNIST, MNIST
 
 
 # ---- IDX: MNIST, Fashion-MNIST -----------------------------------------------------------------

@@ -17,12 +17,13 @@ from common.tables import CostTable, ModelCost, PredictionTable
 from reports import style
 from reports.build import build_report
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
-from reports.curves import (FrontierDisplay, SacrificeMetricsDisplay, SharesDisplay, TimeDisplay,
-                            TrainingCurvesDisplay, place_labels)
+from reports.frontier import FrontierDisplay, place_labels
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.inputs import load_run, normalise_router_frame
+from reports.sacrifice import SacrificeMetricsDisplay, SharesDisplay, TimeDisplay
 from reports.tables import (headline_table, ladder_table, routers_pivot, routers_table,
                             selected_row, summarize)
+from reports.training import TrainingCurvesDisplay
 
 DPI = 40
 MODELS = ["m_a", "m_b", "m_c"]          # cost order = weak -> strong in the hand table
@@ -557,7 +558,8 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_reports_never_imports_torch():
-    code = ("import sys, reports.build, reports.style, reports.heatmap, reports.curves, "
+    code = ("import sys, reports.build, reports.style, reports.heatmap, reports.frontier, "
+            "reports.sacrifice, reports.training, reports.routers_common, "
             "reports.compression, reports.tables, reports.html, reports.inputs, reports.learned, "
             "scripts.report; "
             "assert 'torch' not in sys.modules, 'torch was imported'")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from zoo.vgg import VGG, feature_shape
 
@@ -25,7 +26,9 @@ def conv_modules(model: VGG) -> list[nn.Conv2d]:
 
 @torch.no_grad()
 def fold_batchnorm(model: VGG) -> VGG:
-    """A BN-free copy whose convs absorb each following BatchNorm (eval statistics)."""
+    """A BN-free copy whose convs absorb each following BatchNorm (eval statistics), fused by
+    ``torch.nn.utils.fusion.fuse_conv_bn_weights`` (what ``fuse_conv_bn_eval`` runs; called on
+    the tensors so that ``model``'s train/eval mode is left as it is)."""
     if not model.arch.batch_norm:
         return copy.deepcopy(model)
     arch = replace(model.arch, batch_norm=False, cfg=list(model.arch.cfg))
@@ -38,9 +41,10 @@ def fold_batchnorm(model: VGG) -> VGG:
             bn = src[i + 1]
             if not isinstance(bn, nn.BatchNorm2d):
                 raise ValueError(f"features[{i + 1}] is {type(bn).__name__}, expected BatchNorm2d")
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)       # (C_out,)
-            convs[k].weight.copy_(m.weight * scale.view(-1, 1, 1, 1))
-            convs[k].bias.copy_((m.bias - bn.running_mean) * scale + bn.bias)
+            w, b = fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var,
+                                        bn.eps, bn.weight, bn.bias)
+            convs[k].weight.copy_(w)
+            convs[k].bias.copy_(b)
             k += 1
     out.classifier.load_state_dict(model.classifier.state_dict())
     return out.eval()
