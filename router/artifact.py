@@ -32,7 +32,7 @@ from router.deferral import DeferralHead, LearnedCascadeRouter
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
-    load_torch_file, read_checkpoint
+    load_torch_file, preprocess_of, read_checkpoint
 from zoo.data import DatasetInfo
 from zoo.preprocess import Preprocess, PreprocessLike
 
@@ -200,8 +200,7 @@ class RoutedClassifier:
                 model.load_state_dict(c["state_dict"])
                 model.eval()
                 ckpt, embedded[i] = None, c
-                minfo = (DatasetInfo.from_dict(c["data"]) if c.get("data")
-                         else _preprocess_from(entry.get("preprocess")))
+                minfo = preprocess_of(c) or _preprocess_from(entry.get("preprocess"))
             elif not entry["checkpoint"]:           # a module of the user's own
                 if model_provider is None:
                     raise RouterError(f"model {entry['name']!r} was saved without a checkpoint "
@@ -220,7 +219,7 @@ class RoutedClassifier:
                                      "`evaluate-routers`")
                 if model_provider is None:
                     model, c = load_model(ckpt)
-                    minfo = DatasetInfo.from_dict(c["data"]) if c.get("data") else None
+                    minfo = preprocess_of(c)
             models.append(model)
             infos.append(minfo if minfo is not None else info)
             ckpts.append(ckpt)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from common.tables import CostTable, PredictionTable
 from router.base import RouterError
-from zoo.checkpoint import load_model
+from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import DatasetInfo, ImageSet, prepare_data
 from zoo.rundir import RunDir
 
@@ -63,7 +63,7 @@ def load_run_inputs(run: str | Path, progress: bool = False) -> RunInputs:
     for m in tqdm(names, desc="load models", disable=not progress, leave=False):
         model, ckpt = load_model(rd.checkpoint(m))
         models.append(model)
-        infos.append(DatasetInfo.from_dict(ckpt["data"]) if ckpt.get("data") else bundle.info)
+        infos.append(preprocess_of(ckpt, bundle.info))
         ckpts.append(rd.checkpoint(m))
     return RunInputs(rd.root, val, test, costs, costs.vector(names, "ms_per_image"),
                      costs.vector(names, "macs"), models, infos, ckpts,

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from reports.build import build_report
-from reports.style import DEFAULT_DPI
+try:
+    from reports.build import build_report
+    from reports.style import DEFAULT_DPI
+except ImportError as e:          # the figures are an extra
+    if e.name not in ("seaborn", "matplotlib", "pandas"):
+        raise
+    raise SystemExit(f"report needs the [reports] extra ({e.name} is missing): "
+                     "pip install 'adaptive-router[reports]'") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from router.web import Limits, TimingConfig, WebService, create_app
+try:
+    from router.web import Limits, TimingConfig, WebService, create_app
+except ImportError as e:          # the page is an extra
+    if e.name not in ("flask", "werkzeug", "waitress"):
+        raise
+    raise SystemExit(f"serve needs the [web] extra ({e.name} is missing): "
+                     "pip install 'adaptive-router[web]'") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from zoo.arch_kinds import build_from_arch, register_arch_kind
+from zoo.data import DatasetInfo
+from zoo.preprocess import Preprocess, PreprocessLike
 
 __all__ = ["FORMAT", "atomic_torch_save", "build_from_arch", "file_sha256", "load_model",
-           "load_torch_file", "read_checkpoint", "register_arch_kind", "save_checkpoint"]
+           "load_torch_file", "preprocess_of", "read_checkpoint", "register_arch_kind",
+           "save_checkpoint"]
 
 FORMAT = "adaptive-router-checkpoint/1"
 
@@ -103,3 +106,15 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def preprocess_of(ckpt: dict[str, Any], default: DatasetInfo | None = None) -> PreprocessLike | None:
+    """How a checkpoint's model prepares its inputs: its own ``Preprocess`` (a model added with
+    ``add-model``: ``extra["preprocess"]``), else the dataset normalisation it was trained with
+    (``data``), else ``default``."""
+    extra = ckpt.get("extra") or {}
+    if extra.get("preprocess"):
+        return Preprocess.from_dict(extra["preprocess"])
+    if ckpt.get("data"):
+        return DatasetInfo.from_dict(ckpt["data"])
+    return default

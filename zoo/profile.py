@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from common.io import atomic_write, read_json, write_csv, write_json
 from common.tables import CostTable, ModelCost, PredictionTable, TableMismatchError
-from zoo.checkpoint import file_sha256, load_model
+from zoo.checkpoint import file_sha256, load_model, preprocess_of, read_checkpoint
 from zoo.costs import CostSettings, machine_info, measure_cost
 from zoo.data import DatasetInfo, ImageSet, Splits, normalize, prepare_data, splits_path
 from zoo.infer import predict_logits
+from zoo.preprocess import Preprocess, PreprocessLike, prepare
 from zoo.rundir import RunDir
 
 SPLITS = ("train", "val", "test")
@@ -110,15 +111,18 @@ def run_split_fingerprint(run: str | Path) -> str:
 
 # ---- predictions ---------------------------------------------------------------------------
 
-def predict_model(model: nn.Module, data: ImageSet, info: DatasetInfo, batch_size: int = 256,
-                  device: str = "cpu", progress: bool = False,
-                  desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-    """(preds (N,) int64 from float32 logits, probs (N, C) float16 softmax) of one model."""
+def predict_model(model: nn.Module, data: ImageSet, info: PreprocessLike,
+                  batch_size: int = 256, device: str = "cpu", progress: bool = False,
+                  desc: str = "predict", num_classes: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(preds (N,) int64 from float32 logits, probs (N, C) float16 softmax) of one model;
+    ``info``: its preprocessing (the dataset's ``DatasetInfo`` or its own ``Preprocess``)."""
     logits = predict_logits(model, data, info, batch_size=batch_size, device=device,
                             progress=progress, desc=desc)
-    if logits.ndim != 2 or logits.shape[1] != info.num_classes:
+    n_cls = num_classes if num_classes is not None else getattr(info, "num_classes", None)
+    if logits.ndim != 2 or (n_cls is not None and logits.shape[1] != n_cls):
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, expected "
-                         f"(N, {info.num_classes}) for dataset {info.name!r}")
+                         f"(N, {n_cls}) for this dataset")
     preds = logits.argmax(dim=1).numpy().astype(np.int64)
     probs = torch.softmax(logits, dim=1).numpy().astype(np.float16)
     return preds, probs
@@ -235,7 +239,10 @@ def profile_run(run: str | Path, config: ProfileConfig | None = None) -> Profile
             costs.models[m] = old.models[m]
             reused_costs.append(m)
             continue
-        costs.models[m] = measure_cost(m, rd.checkpoint(m), timing_images, settings,
+        own = own_preprocess(rd.checkpoint(m))
+        x = timing_images if own is None else prepare(
+            timing_set.images[:settings.throughput_batch], own)   # e.g. Resize 256 + Crop 224
+        costs.models[m] = measure_cost(m, rd.checkpoint(m), x, settings,
                                        checkpoint_sha256=hashes[m])
         measured.append(m)
         costs.save(rd.costs)  # keep progress if interrupted
@@ -267,11 +274,15 @@ def profile_run(run: str | Path, config: ProfileConfig | None = None) -> Profile
         for m, s in tqdm(todo, desc="predict", disable=not config.progress):
             if m not in loaded:
                 loaded.clear()  # one model in memory at a time
-                loaded[m] = load_model(rd.checkpoint(m), device=settings.device)[0]
+                model, ckpt = load_model(rd.checkpoint(m), device=settings.device)
+                loaded[m] = model
+                how = preprocess_of(ckpt, data.info)
+                if isinstance(how, DatasetInfo):
+                    how = data.info        # the run's own data: its current statistics
             split_data = data.split(s)
-            preds, probs = predict_model(loaded[m], split_data, data.info, config.batch_size,
+            preds, probs = predict_model(loaded[m], split_data, how, config.batch_size,
                                          settings.device, progress=config.progress,
-                                         desc=f"{m}/{s}")
+                                         desc=f"{m}/{s}", num_classes=data.info.num_classes)
             _write_cached(_cache_path(rd, m, s), hashes[m], split_data.ids.numpy(), dataset_fp,
                           preds, probs)
             per_split[s][m] = (preds, probs)
@@ -430,3 +441,10 @@ def format_summary(rows: list[dict[str, Any]], splits: Sequence[str]) -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def own_preprocess(checkpoint: str | Path) -> Preprocess | None:
+    """A model's own ``Preprocess`` (added with ``add-model``), or None for the zoo's models,
+    which take the dataset's normalisation."""
+    how = preprocess_of(read_checkpoint(checkpoint))
+    return how if isinstance(how, Preprocess) else None
