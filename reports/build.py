@@ -18,8 +18,9 @@ from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, Weigh
 from reports.frontier import FrontierDisplay
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
-from reports.inputs import DEFAULT_ZOO, RunArtifacts, load_run, zoo_rows, zoos_of
-from reports.learned import (LEARNED_FAMILY, LearnedVsCascadeDisplay, areas_display,
+from reports.inputs import DEFAULT_ZOO, RunArtifacts, read_frame, load_run, zoo_rows, zoos_of
+from reports.learned import (DEFERRAL_COLUMNS, LEARNED_FAMILY, DeferralCurvesDisplay,
+                             LearnedVsCascadeDisplay, areas_display,
                              disagreements_from_run, router_areas)
 from reports.sacrifice import SacrificeMetricsDisplay, SharesDisplay, TimeDisplay
 from reports.tables import (LADDER_P, RERUN_HINT, SUMMARY_SACRIFICE, ZOO_DESCRIPTIONS, Summary,
@@ -250,6 +251,19 @@ def _learned_section(b: _Builder, art: RunArtifacts) -> Section:
                  "x is that level's cost-matched random router, a thin line the gap between "
                  "them; the black star is the best single model, grey squares the cheapest "
                  "adequate single models (on val)", disp.plot())
+    curves_csv = art.root / "results" / "deferral_curves.csv"
+    curves = (read_frame(curves_csv, DEFERRAL_COLUMNS, "evaluate-routers")
+              if curves_csv.exists() else None)
+    if curves is None or curves.empty:
+        b.skip(sec, "Deferral curves", "results/deferral_curves.csv is absent (re-run "
+               "`evaluate-routers`)")
+        _stale(b.out, "deferral_curves.png", "deferral_curves.csv")
+    else:
+        b.figure(sec, "deferral_curves", "Why the learned cascade does or does not beat the "
+                 "cascade: test accuracy when the cheapest model answers and the share on the x "
+                 "axis goes to the reference, the deferred inputs ranked by max-softmax, by the "
+                 "learned deferral head (fitted on val) and ideally (its mistakes first, a bound "
+                 "that uses the label)", DeferralCurvesDisplay(curves).plot())
     dis, why = disagreements_from_run(art, DEFAULT_ZOO)
     if dis is None:
         b.skip(sec, "Routing disagreements by true label", why)

@@ -94,7 +94,7 @@ class RunArtifacts:
         return None
 
 
-def _read_frame(path: Path, required: tuple[str, ...], writer: str) -> pd.DataFrame | None:
+def read_frame(path: Path, required: tuple[str, ...], writer: str) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
@@ -152,17 +152,17 @@ def load_run(root: str | Path) -> RunArtifacts:
         art.val.check_compatible(art.test)
     if (root / "costs.json").exists():
         art.costs = CostTable.load(root / "costs.json")
-    art.routers = _read_frame(results / "routers.csv", ROUTER_COLUMNS, "evaluate-routers")
-    art.compression = _read_frame(results / "compression.csv", COMPRESSION_COLUMNS, "compress")
-    art.prune_sweep = _read_frame(results / "prune_sweep.csv", PRUNE_COLUMNS, "compress")
-    art.weight_hist = _read_frame(results / "weight_hist.csv", HIST_COLUMNS, "compress")
+    art.routers = read_frame(results / "routers.csv", ROUTER_COLUMNS, "evaluate-routers")
+    art.compression = read_frame(results / "compression.csv", COMPRESSION_COLUMNS, "compress")
+    art.prune_sweep = read_frame(results / "prune_sweep.csv", PRUNE_COLUMNS, "compress")
+    art.weight_hist = read_frame(results / "weight_hist.csv", HIST_COLUMNS, "compress")
     art.router_predictions = _read_router_predictions(results / "router_predictions.npz")
     zoo_dir = root / "zoo"
     if zoo_dir.is_dir():
         for d in sorted(p for p in zoo_dir.iterdir() if p.is_dir()):
             if (d / "card.json").exists():
                 art.cards[d.name] = read_json(d / "card.json")
-            hist = _read_frame(d / "history.csv", HISTORY_COLUMNS, "train-zoo")
+            hist = read_frame(d / "history.csv", HISTORY_COLUMNS, "train-zoo")
             if hist is not None and not hist.empty:
                 art.histories[d.name] = hist
     if art.routers is not None:

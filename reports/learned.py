@@ -438,6 +438,40 @@ class LearnedVsCascadeDisplay:
         return self
 
 
+DEFERRAL_COLUMNS = ("zoo", "first", "reference", "score", "deferred_share", "accuracy")
+
+
+@dataclass
+class DeferralCurvesDisplay:
+    """Test accuracy against the share of inputs the cheapest model defers to the reference,
+    ranked by max-softmax, by the learned deferral head and ideally (mistakes first), one panel
+    per zoo: where the learned curve lies on the max-softmax one, no threshold can make the
+    learned cascade beat the plain one on that first stage."""
+
+    frame: pd.DataFrame
+
+    @property
+    def data_(self) -> pd.DataFrame:
+        return self.frame[list(DEFERRAL_COLUMNS)]
+
+    def plot(self) -> "DeferralCurvesDisplay":
+        import seaborn as sns
+        zoos = list(dict.fromkeys(self.frame["zoo"]))
+        fig, axes = style.new_figure(5.0 * len(zoos), 4.2, ncols=len(zoos))
+        for ax, zoo in zip(axes[0], zoos):
+            part = self.frame[self.frame["zoo"] == zoo].assign(
+                pct=lambda d: 100 * d["accuracy"], deferred=lambda d: 100 * d["deferred_share"])
+            sns.lineplot(data=part, x="deferred", y="pct", hue="score", style="score", ax=ax,
+                         legend=ax is axes[0][0])
+            r = part.iloc[0]
+            ax.set_title(f"zoo {zoo}: {r['first']} defers to {r['reference']}", fontsize=9)
+            ax.set_xlabel("share of test inputs deferred (%)")
+            ax.set_ylabel("test accuracy (%)")
+        self.ax_, self.figure_ = axes[0][0], fig
+        return self
+
+
 __all__ = ["area_above_random", "router_areas", "areas_display", "random_accuracy_of",
            "summary_level", "pick_learned", "routing_disagreements", "disagreements_from_run",
-           "Disagreements", "LearnedVsCascadeDisplay", "AREA_COLUMNS", "DISAGREEMENT_COLUMNS"]
+           "Disagreements", "LearnedVsCascadeDisplay", "DeferralCurvesDisplay", "AREA_COLUMNS",
+           "DISAGREEMENT_COLUMNS", "DEFERRAL_COLUMNS"]

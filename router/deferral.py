@@ -277,3 +277,40 @@ class LearnedCascadeRouter(CascadeRouter):
         return {"type": "learned-cascade", "stages": [self.model_names[s] for s in self.stages],
                 "thresholds": self.thresholds[:-1],
                 "deferral": "logistic head per stage on its own probabilities"}
+
+
+DEFERRAL_SHARES = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
+
+
+def deferral_curve(score: np.ndarray, first_correct: np.ndarray, ref_correct: np.ndarray,
+                   shares: Sequence[float] = DEFERRAL_SHARES) -> np.ndarray:
+    """Accuracy of "the first model answers, the reference answers the ``share`` of inputs
+    with the lowest ``score``", for each share (ties broken by input order): how well a score
+    ranks the first model's mistakes, apart from any threshold choice. A better deferral
+    score lies above at every share; ``score = first_correct`` gives the ideal ranking."""
+    score = np.asarray(score, dtype=np.float64)
+    n = len(score)
+    order = np.argsort(score, kind="stable")                 # least sure first
+    gain = (ref_correct.astype(np.int64) - first_correct.astype(np.int64))[order]
+    cum = np.concatenate([[0], np.cumsum(gain)])
+    k = np.clip(np.round(np.asarray(shares) * n).astype(int), 0, n)
+    return (first_correct.sum() + cum[k]) / n
+
+
+def deferral_curve_rows(test: PredictionTable, first: int, reference: int,
+                        head: DeferralHead, zoo: str = "all") -> list[dict[str, Any]]:
+    """Rows of ``results/deferral_curves.csv`` on the test table: the first model's deferral
+    ranked by max-softmax, by its deferral head (fitted on val), and ideally (by what deferring
+    gains: first wrong and reference right first, both right next, first right and reference
+    wrong last; a bound that uses the label)."""
+    fc, rc = test.correct[:, first], test.correct[:, reference]
+    scores = {"max-softmax": table_precision(test.confidence[:, first]),
+              "learned head": head.score(test.probs[:, first]),
+              "ideal (label)": fc.astype(np.float64) - rc.astype(np.float64)}
+    rows = []
+    for name, sc in scores.items():
+        for share, acc in zip(DEFERRAL_SHARES, deferral_curve(sc, fc, rc)):
+            rows.append({"zoo": zoo, "first": test.model_names[first],
+                         "reference": test.model_names[reference], "score": name,
+                         "deferred_share": float(share), "accuracy": float(acc)})
+    return rows

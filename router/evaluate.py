@@ -49,6 +49,7 @@ from common.io import write_csv, write_json
 from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.base import Router
+from router.deferral import DeferralHead, deferral_curve_rows
 from router.dispatcher import dispatcher_scores
 from router.eval_config import DEFAULT_SACRIFICES, DEPLOYABLE, LEAD_COLUMNS, ZOOS, EvalConfig
 from router.execute import model_ms_per_image
@@ -135,6 +136,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                                                   zf.index)
         scorers.append(sc)
     policy_paths = write_policies(rd, zoo_fits)
+    write_deferral_curves(rd, zoo_fits, inp.test)
 
     # ---- timing: every distinct routing, round-robin, then the timed columns --------------
     log(f"  timing {len(timer.runs)} distinct routings round-robin: {cfg.repeats} rounds on "
@@ -157,6 +159,26 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     log(format_summary(rows))
     log(f"wrote {result.paths['csv']} and {result.paths['npz']} in {fits['seconds']:.0f}s")
     return result
+
+
+def write_deferral_curves(rd: RunDir, zoo_fits: Sequence[ZooFit],
+                          test: PredictionTable) -> Path:
+    """``RUN/results/deferral_curves.csv``: per zoo, the cheapest model's deferral to the
+    reference ranked by max-softmax, by its learned deferral head (fitted on val) and ideally,
+    as test accuracy against the deferred share (``router.deferral.deferral_curve``): whether
+    the learned score ranks the cheap model's mistakes any better, apart from thresholds."""
+    rows: list[dict[str, Any]] = []
+    for zf in zoo_fits:
+        first = int(np.argmin(zf.cvec))
+        if first == zf.ref:
+            continue
+        heads = zf.record.get("learned_cascade", {}).get("heads", {})
+        if zf.names[first] not in heads:
+            continue
+        head = DeferralHead.from_state(heads[zf.names[first]])
+        rows += deferral_curve_rows(test.select_models(zf.names), first, zf.ref, head, zf.zoo)
+    return write_csv(rd.results / "deferral_curves.csv", rows,
+                     ["zoo", "first", "reference", "score", "deferred_share", "accuracy"])
 
 
 def write_policies(rd: RunDir, zoo_fits: Sequence[ZooFit]) -> list[Path]:

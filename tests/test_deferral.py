@@ -245,3 +245,16 @@ def test_artifact_round_trip(tmp_path):
     assert LoadedRouter("cascade-s0", "cascade", plain).group == "cascade"
     why = page.verdict(x[0], {}, None).why
     assert [r["model"] for r in why] == ["m0", "m2"] and why[0]["threshold"] == pytest.approx(th)
+
+
+def test_deferral_curve_by_hand():
+    # 4 inputs; the first model is wrong on inputs 1 and 3, the reference right everywhere
+    fc = np.array([True, False, True, False])
+    rc = np.array([True, True, True, True])
+    from router.deferral import deferral_curve
+    ideal = deferral_curve(fc.astype(float), fc, rc, shares=[0, 0.25, 0.5, 0.75, 1.0])
+    assert ideal.tolist() == [0.5, 0.75, 1.0, 1.0, 1.0]
+    # a score that ranks both right inputs lowest wastes the first two deferrals
+    worst = deferral_curve(np.array([0.0, 0.5, 0.1, 0.9]), fc, rc,
+                           shares=[0, 0.25, 0.5, 0.75, 1.0])
+    assert worst.tolist() == [0.5, 0.5, 0.5, 0.75, 1.0]

@@ -258,3 +258,20 @@ def test_library_fit_gives_the_settings_evaluate_routers_saved(evaluated_run):
             if kind == "learned-cascade":
                 for a, b in zip(ours.heads, saved.heads):
                     np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_deferral_curves_run_from_the_cheap_model_to_the_reference(evaluated_run):
+    rd = RunDir(evaluated_run)
+    rows = read_csv(rd.results / "deferral_curves.csv")
+    test = PredictionTable.load(rd.tables, "test")
+    acc = dict(zip(test.model_names, test.accuracy()))
+    assert {r["score"] for r in rows} == {"max-softmax", "learned head", "ideal (label)"}
+    for r in rows:
+        share = float(r["deferred_share"])
+        if share == 0.0:
+            assert float(r["accuracy"]) == pytest.approx(acc[r["first"]])
+        if share == 1.0:
+            assert float(r["accuracy"]) == pytest.approx(acc[r["reference"]])
+    ideal = [float(r["accuracy"]) for r in rows if r["score"] == "ideal (label)"]
+    soft = [float(r["accuracy"]) for r in rows if r["score"] == "max-softmax"]
+    assert all(i >= s - 1e-12 for i, s in zip(ideal, soft))      # nothing beats the label

@@ -179,6 +179,10 @@ def make_run(root: Path, compression: bool = True, routers: pd.DataFrame | None 
                  methods=keys.method.to_numpy(str), sacrifices=keys.sacrifice.to_numpy(float),
                  preds=preds, chosen=chosen, labels=LABELS, sample_ids=np.arange(len(LABELS)),
                  model_names=np.array(MODELS))
+        write_csv(res / "deferral_curves.csv", [
+            {"zoo": "all", "first": MODELS[0], "reference": MODELS[-1], "score": sc,
+             "deferred_share": q, "accuracy": 0.5 + 0.4 * q}
+            for sc in ("max-softmax", "learned head", "ideal (label)") for q in (0.0, 0.5, 1.0)])
     else:                            # an older run: no zoos
         np.savez(res / "router_predictions.npz", methods=np.array(["cascade"] * 3),
                  sacrifices=np.array([0.0, 0.01, 0.05]), preds=np.tile(LABELS, (3, 1)))
@@ -510,7 +514,7 @@ def test_report_end_to_end(tmp_path, capsys):
     for name in ("overlap_total", "overlap_per_label", "metrics_vs_sacrifice", "time_vs_sacrifice",
                  "frontier", "model_shares", "training_curves", "confusion_best_single",
                  "confusion_selected_router", "compression_bars", "prune_sweep", "weight_hist",
-                 "learned_vs_cascade"):
+                 "learned_vs_cascade", "deferral_curves"):
         assert f'src="{name}.png"' in html and (index.parent / f"{name}.csv").is_file(), name
     assert (index.parent / "ladder.csv").is_file() and "McNemar" in html
     assert "cascade (cascade)" in html and "2.50x" in html and "hand CPU" in html
@@ -566,3 +570,14 @@ def test_reports_never_imports_torch():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_deferral_curves_display_one_panel_per_zoo():
+    from reports.learned import DeferralCurvesDisplay
+    rows = [{"zoo": z, "first": "a", "reference": "b", "score": sc, "deferred_share": q,
+             "accuracy": 0.8 + 0.1 * q + (0.05 * q if sc == "ideal (label)" else 0.0)}
+            for z in ("all", "base") for sc in ("max-softmax", "learned head", "ideal (label)")
+            for q in (0.0, 0.5, 1.0)]
+    disp = DeferralCurvesDisplay(pd.DataFrame(rows)).plot()
+    assert len(disp.figure_.axes) == 2 and len(disp.data_) == 18
+    assert "zoo base" in disp.figure_.axes[1].get_title()
