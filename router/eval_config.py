@@ -17,7 +17,7 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "accuracy_drop", "macs_per_image", "router_macs", "routing_accuracy",
                 "gap_recovered", "random_accuracy", "expected_ms_per_image", "fit_ms_per_image",
                 "val_accuracy", "agree_with_table", "timing_samples", "n_samples", "threads",
-                "repeats", "settings"]
+                "repeats", "device", "settings"]
 ZOOS = ("all", "base")
 DEPLOYABLE = ("dispatcher", "cascade", "learned")
 EPS = 1e-9
@@ -29,6 +29,7 @@ class EvalConfig:
 
     sacrifices: Sequence[float] = DEFAULT_SACRIFICES
     threads: int = 2
+    device: str = "cpu"                  # zoo models run here ("cuda", "auto"); int8 ones stay on the CPU
     repeats: int = 3
     warmup: int = 1
     timing_samples: int | None = 2000   # None: time on the whole test split

@@ -81,7 +81,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     cfg = config or EvalConfig()
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    inp = inputs or load_run_inputs(run, progress=cfg.progress)
+    inp = inputs or load_run_inputs(run, progress=cfg.progress, device=cfg.device)
     names_all = inp.test.model_names
     profile_cvec = inp.cvec
     if cfg.costs == "measured":
@@ -94,11 +94,14 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     else:
         cvec_all = profile_cvec
     zoos = zoo_indices(inp, cfg.zoos)
+    used = sorted(set(inp.devices)) or ["cpu"]
+    device_note = used[0] if len(used) == 1 else "; ".join(
+        f"{d}: {sum(x == d for x in inp.devices)} models" for d in used)
     timer = RoutingTimer(inp.test_images, inp.models, inp.infos, cfg)
     rd = RunDir(inp.root)
     log(f"evaluate-routers: {len(names_all)} models, {inp.val.n_samples} val / "
         f"{inp.test.n_samples} test images, zoos {', '.join(f'{z} ({len(i)})' for z, i in zoos.items())}, "
-        f"threads {cfg.threads}, timing on {timer.k} test images x {cfg.repeats} interleaved "
+        f"threads {cfg.threads}, models on {device_note}, timing on {timer.k} test images x {cfg.repeats} interleaved "
         f"repeats after {cfg.warmup} warm-up")
     log("  costs (" + ("measured here on %d val images" % min(cfg.cost_samples, inp.val.n_samples)
                        if cfg.costs == "measured" else "costs.json") + ", ms/image): "
@@ -147,6 +150,9 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     chosen_out: dict[tuple[str, str, float], np.ndarray] = {}
     for sc in scorers:
         fill_timings(sc.rows, sc.pending, timings)
+        for row in sc.rows:
+            if row.get("seconds") is not None:
+                row["device"] = device_note
         rows += sc.rows
         preds_out.update(sc.preds)
         chosen_out.update(sc.chosen)

@@ -2,7 +2,7 @@
 and which models make up each zoo (``all``, ``base``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from common.tables import CostTable, PredictionTable
 from router.base import RouterError
 from zoo.checkpoint import load_model, preprocess_of
+from zoo.device import describe_device, place, resolve_device
 from zoo.data import DatasetInfo, ImageSet, prepare_data
 from zoo.rundir import RunDir
 
@@ -34,6 +35,7 @@ class RunInputs:
     val_images: torch.Tensor         # (N_val, C, H, W) uint8, val table order
     test_images: torch.Tensor        # (N_test, C, H, W) uint8, test table order
     info: DatasetInfo
+    devices: list[str] = field(default_factory=list)   # (M,) where each model runs
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -50,8 +52,10 @@ def images_for_table(split: ImageSet, table: PredictionTable) -> torch.Tensor:
     return split.images.index_select(0, idx)
 
 
-def load_run_inputs(run: str | Path, progress: bool = False) -> RunInputs:
-    """Tables (checked against the run's checkpoints), costs, models and aligned images."""
+def load_run_inputs(run: str | Path, progress: bool = False,
+                    device: str | torch.device = "cpu") -> RunInputs:
+    """Tables (checked against the run's checkpoints), costs, models (on ``device``; quantized
+    ones stay on the CPU, ``zoo.device.place``) and aligned images (on the CPU)."""
     from zoo.profile import load_tables
     rd = RunDir(run)
     tables = load_tables(rd.root, ("val", "test"))
@@ -59,16 +63,18 @@ def load_run_inputs(run: str | Path, progress: bool = False) -> RunInputs:
     costs = CostTable.load(rd.costs)
     names = val.model_names
     bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
-    models, infos, ckpts = [], [], []
+    dev = resolve_device(device)
+    models, infos, ckpts, devices = [], [], [], []
     for m in tqdm(names, desc="load models", disable=not progress, leave=False):
         model, ckpt = load_model(rd.checkpoint(m))
+        devices.append(describe_device(place(model, dev)))
         models.append(model)
         infos.append(preprocess_of(ckpt, bundle.info))
         ckpts.append(rd.checkpoint(m))
     return RunInputs(rd.root, val, test, costs, costs.vector(names, "ms_per_image"),
                      costs.vector(names, "macs"), models, infos, ckpts,
                      images_for_table(bundle.val, val), images_for_table(bundle.test, test),
-                     bundle.info)
+                     bundle.info, devices)
 
 
 def zoo_indices(inp: RunInputs, zoos: Sequence[str]) -> dict[str, np.ndarray]:

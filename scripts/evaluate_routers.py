@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sacrifices", type=float, nargs="+", default=list(DEFAULT_SACRIFICES),
                    help="accuracy sacrifice levels as fractions (0.01 = one point)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, fixed and recorded")
+    p.add_argument("--device", default="cpu",
+                   help="where the zoo models run and are timed: cpu, cuda, cuda:1 or auto "
+                        "(int8 models stay on the CPU; the device column says where)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after warm-up")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method")
     p.add_argument("--timing-samples", type=int, default=2000,
@@ -55,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    cfg = EvalConfig(sacrifices=a.sacrifices, threads=a.threads, repeats=a.repeats,
+    cfg = EvalConfig(sacrifices=a.sacrifices, threads=a.threads, device=a.device,
+                     repeats=a.repeats,
                      warmup=a.warmup, timing_samples=a.timing_samples or None,
                      batch_size=a.batch_size, label_policy=a.label_policy,
                      cascade_max_stages=a.cascade_max_stages, learned_folds=a.learned_folds,

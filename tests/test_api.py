@@ -196,3 +196,14 @@ def test_gpu_members_give_cpu_answers():
     costs = measure_costs(gpu_members, x, rounds=1, warmup=1)
     assert costs.device.startswith("cuda")
     assert prepare(x[:2].cuda(), pre).device.type == "cuda"
+
+
+def test_place_keeps_int8_models_on_the_cpu():
+    from zoo.device import is_quantized, place
+    float_model = nn.Sequential(nn.Linear(4, 4))
+    int8 = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(4, 4)), {nn.Linear},
+                                                  dtype=torch.qint8)
+    assert is_quantized(int8) and not is_quantized(float_model)
+    meta = torch.device("meta")            # any non-CPU device: no GPU needed
+    assert place(int8, meta).type == "cpu"
+    assert place(float_model, meta) == meta and next(float_model.parameters()).is_meta

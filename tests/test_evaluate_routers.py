@@ -260,6 +260,12 @@ def test_library_fit_gives_the_settings_evaluate_routers_saved(evaluated_run):
                     np.testing.assert_array_equal(a.coef_, b.coef_)
 
 
+def test_timed_rows_say_where_they_ran(evaluated_run):
+    rows = read_csv(RunDir(evaluated_run).results / "routers.csv")
+    timed = [r for r in rows if r["seconds"] not in ("", None)]
+    assert timed and {r["device"] for r in timed} == {"cpu"}
+
+
 def test_deferral_curves_run_from_the_cheap_model_to_the_reference(evaluated_run):
     rd = RunDir(evaluated_run)
     rows = read_csv(rd.results / "deferral_curves.csv")

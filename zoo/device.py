@@ -44,3 +44,19 @@ def describe_device(device: torch.device) -> str:
         idx = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
     return str(device)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether the model holds quantized modules (int8 kernels: CPU only here)."""
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+               for m in model.modules())
+
+
+def place(model: nn.Module, device: torch.device) -> torch.device:
+    """Move a model to ``device`` and return where it runs: quantized models stay on the CPU
+    (their int8 kernels exist only there), so a GPU evaluation times them on the CPU and says
+    so."""
+    if device.type != "cpu" and is_quantized(model):
+        return torch.device("cpu")
+    model.to(device)
+    return device
