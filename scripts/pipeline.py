@@ -4,6 +4,10 @@ Every stage skips work that is already current; on top of that ``run_pipeline`` 
 finished stage in ``RUN/stages/<stage>.json`` with the argument list it ran with, so a second
 call does no work at all. When a stage does run, every later stamp is dropped so that the later
 stages see its new output.
+
+Under torchrun (``dist`` of several ranks) the stages in ``SHARED_STAGES`` run on every rank and
+share their work; the others, the stamps and ``stages.csv`` belong to rank 0 while the other
+ranks wait for it.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from common.io import read_csv, read_json, write_csv, write_json
+from zoo.distributed import Dist
 
 
 @dataclass
@@ -120,6 +125,8 @@ def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[st
 
 
 STAGE_COLUMNS = ["stage", "seconds", "started", "finished", "preset"]
+# stages whose main() shares its work over the ranks when launched by torchrun
+SHARED_STAGES = ("train-zoo", "profile-zoo")
 
 
 def _now() -> str:
@@ -140,9 +147,16 @@ def _stamp_path(run: Path, stage: str) -> Path:
 def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] | None = None,
                  device_args: list[str] | None = None, stages: list[str] | None = None,
                  log: Callable[[str], None] = print, *, amp: str | None = None,
-                 threads: int | None = None) -> list[StageOutcome]:
-    """Run the stages in order, skipping stamped ones whose arguments are unchanged."""
+                 threads: int | None = None, dist: Dist | None = None) -> list[StageOutcome]:
+    """Run the stages in order, skipping stamped ones whose arguments are unchanged.
+
+    ``dist`` (torchrun): call on every rank; rank 0 decides what is skipped and logs.
+    """
     run = Path(run)
+    main_rank = dist is None or dist.is_main
+    if not main_rank:
+        def log(line: str) -> None:     # rank 0 tells the story
+            return None
     data_args, device_args = data_args or [], device_args or []
     wanted = [s for s, _ in STAGES if stages is None or s in stages]
     outcomes: list[StageOutcome] = []
@@ -152,7 +166,10 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
             continue
         argv = stage_argv(preset, stage, run, data_args, device_args, amp=amp, threads=threads)
         stamp = _stamp_path(run, stage)
-        if not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv:
+        skip = not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv
+        if dist is not None:
+            skip = dist.broadcast_object(skip)
+        if skip:
             log(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")
             outcomes.append(StageOutcome(stage, False, 0.0))
             continue
@@ -160,16 +177,25 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
         started = _now()
         start = time.perf_counter()
         module = importlib.import_module(module_name)
-        code = module.main(argv)
+        if dist is None:
+            code = module.main(argv)
+        else:   # a shared stage on every rank, any other on rank 0 while the rest wait
+            try:
+                code = module.main(argv) if main_rank or stage in SHARED_STAGES else 0
+            except Exception as e:
+                code = f"{type(e).__name__}: {e}"
+            code = next((c for c in dist.gather_objects(code) if c not in (None, 0)), 0)
         if code not in (None, 0):
             raise RuntimeError(f"stage {stage} failed with exit code {code}; fix the cause and "
                                "run the same command again: finished work is kept")
         seconds = time.perf_counter() - start
         finished = _now()
-        write_json(stamp, {"argv": argv, "seconds": round(seconds, 1), "started": started,
-                           "finished": finished})
-        append_stage_row(run, {"stage": stage, "seconds": round(seconds, 1), "started": started,
-                               "finished": finished, "preset": preset.name})
+        if main_rank:
+            write_json(stamp, {"argv": argv, "seconds": round(seconds, 1), "started": started,
+                               "finished": finished})
+            append_stage_row(run, {"stage": stage, "seconds": round(seconds, 1),
+                                   "started": started, "finished": finished,
+                                   "preset": preset.name})
         log(f"[{i + 1}/{len(STAGES)}] {stage}: finished in {seconds:.0f} s")
         outcomes.append(StageOutcome(stage, True, seconds))
         invalidate = True  # later stages must see this stage's new output

@@ -2,13 +2,21 @@
 
 Writes RUN/costs.json, RUN/tables/<split>.{npz,json} and RUN/results/zoo_profile.csv, reusing
 whatever is still current; prints one row per model, cheapest first.
+
+Under torchrun (``torchrun --nproc-per-node N -m scripts.profile_zoo -- --run DIR ...``) the
+predictions behind the tables are spread over the ranks (zoo.profile_parallel); rank 0 then
+assembles the tables and times every model alone, in one process.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Sequence
 
 from zoo.costs import CostSettings
+from zoo.distributed import init_distributed, launched_by_torchrun
+from zoo.profile_parallel import predict_sharded
+from zoo.rundir import RunDir
 from zoo.profile import SPLITS, ProfileConfig, format_summary, profile_run
 
 
@@ -40,7 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                             memory=args.memory)
     config = ProfileConfig(splits=tuple(args.splits), models=args.models, batch_size=args.batch,
                            force=args.force, progress=not args.no_progress, costs=settings)
-    result = profile_run(args.run, config)
+    dist = init_distributed(args.device) if launched_by_torchrun() else None
+    try:
+        if dist is not None:
+            shares = predict_sharded(args.run, config, dist)
+            if not dist.is_main:
+                return 0
+            print(f"predictions on {dist.world_size} ranks: " + "; ".join(
+                f"rank {r}: {len(d)}" for r, d in shares.items())
+                + " model/split tables; costs timed by rank 0 alone, in one process")
+            if config.force:     # predictions were just redone; redo the costs too
+                RunDir(args.run).costs.unlink(missing_ok=True)
+            config = replace(config, force=False)
+        result = profile_run(args.run, config)
+    finally:
+        if dist is not None:
+            dist.close()
     m = result.costs.machine
     print(f"{len(result.rows)} models, cheapest first (ms per image at batch {args.batch}); "
           f"measured {len(result.measured)}, reused {len(result.reused_costs)} costs; "

@@ -1,5 +1,8 @@
 """`run-all`: the whole study in one command: train-zoo, compress, profile-zoo,
-evaluate-routers, report; resumable, and a second call does no work again."""
+evaluate-routers, report; resumable, and a second call does no work again.
+
+Under torchrun (``torchrun --standalone --nproc-per-node N -m scripts.run_all -- --preset ...``)
+train-zoo and profile-zoo share their work over the ranks; the other stages run on rank 0."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +10,7 @@ import sys
 from pathlib import Path
 
 from scripts.pipeline import PRESETS, STAGES, run_pipeline, summary_lines
+from zoo.distributed import init_distributed, launched_by_torchrun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_download:
         data_args.append("--no-download")
     device_args = ["--device", args.device] if args.device else []
-    print(f"run-all: preset {preset.name} ({preset.expected}) into {run}")
     if args.threads is not None and args.threads < 1:
         print(f"run-all: --threads {args.threads}: use at least 1", file=sys.stderr)
         return 2
-    run_pipeline(run, preset, data_args, device_args, args.stages, amp=args.amp,
-                 threads=args.threads)
+    dist = init_distributed(args.device or "cpu") if launched_by_torchrun() else None
+    if dist is None or dist.is_main:
+        print(f"run-all: preset {preset.name} ({preset.expected}) into {run}"
+              + (f" on {dist.world_size} ranks ({dist.backend})" if dist else ""))
+    try:
+        run_pipeline(run, preset, data_args, device_args, args.stages, amp=args.amp,
+                     threads=args.threads, dist=dist)
+    finally:
+        if dist is not None:
+            dist.close()
+    if dist is not None and not dist.is_main:
+        return 0
     print("\n== summary ==")
     for line in summary_lines(run):
         print(line)

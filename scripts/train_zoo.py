@@ -3,7 +3,12 @@
     train-zoo --run runs/quick [--preset quick|full] [--models tiny_vgg1 ...] [--epochs N]
               [--dataset fashion-mnist] [--data-dir D] [--no-download] [--limit-train N]
               [--limit-eval N] [--seed S] [--device cpu|cuda] [--threads N] [--width W]
-              [--amp off|bf16|auto]
+              [--amp off|bf16|auto] [--ddp-macs M] [--ddp-models NAME ...]
+
+Under ``torchrun --nproc-per-node N -m scripts.train_zoo -- --run ...`` the ranks share the work:
+models below ``--ddp-macs`` million MACs per input are spread across the ranks, the others (and
+those named by ``--ddp-models``) train with DDP on every rank; rank 0 writes train_zoo.csv
+(``zoo.distributed``). The ``--`` keeps torchrun from reading ``--run`` as its own option.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import sys
 from common.io import write_csv
 from zoo.data import DataError, prepare_data
 from zoo.amp import AMP_CHOICES, resolve_amp
-from zoo.presets import PRESETS, get_preset
+from zoo.distributed import DDP_MIN_MACS, Dist, init_distributed, launched_by_torchrun
+from zoo.presets import PRESETS, Preset, get_preset
 from zoo.registry import list_models
 from zoo.rundir import RunConfig, RunDir
 from zoo.train_zoo import ZooRunSettings, ladder_violations, train_zoo
@@ -45,6 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "AVX512-BF16 or AMX; evaluation stays float32); auto: bf16 only where the "
                    "CPU (or GPU) has it natively; default off")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--ddp-macs", type=float, default=DDP_MIN_MACS / 1e6,
+                   help="under torchrun: models with at least this many million MACs per input "
+                   "train with DDP on every rank, the others are spread across the ranks "
+                   f"(default {DDP_MIN_MACS / 1e6:.0f}: vgg19_small at full width; 0: every "
+                   "model DDP; inf: none)")
+    p.add_argument("--ddp-models", nargs="+", default=None,
+                   help="under torchrun: these models train with DDP whatever their MACs")
     return p.parse_args(argv)
 
 
@@ -61,30 +74,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())}",
               file=sys.stderr)
         return 2
+    dist = init_distributed(args.device) if launched_by_torchrun() else None
+    try:
+        return _run(args, argv, preset, dist)
+    finally:
+        if dist is not None:
+            dist.close()
+
+
+def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist | None) -> int:
     rd = RunDir(args.run)
     limit_train = args.limit_train if args.limit_train is not None else preset.limit_train
     limit_eval = args.limit_eval if args.limit_eval is not None else preset.limit_eval
-    try:
+    main_rank = dist is None or dist.is_main
+
+    def data():
         config = rd.ensure_config(RunConfig(
             dataset=args.dataset or preset.dataset, data_dir=args.data_dir, seed=args.seed,
             limit_train=limit_train, limit_eval=limit_eval, download=not args.no_download,
             preset=args.preset))
-        bundle = prepare_data(rd.root, **config.data_kwargs())
+        return config, prepare_data(rd.root, **config.data_kwargs())
+    try:   # under torchrun rank 0 writes the config and splits (and downloads) first
+        config, bundle = data() if dist is None else dist.main_first(data)
     except (DataError, ValueError) as e:
         print(f"train-zoo: {e}", file=sys.stderr)
         return 2
-    print(f"data: {config.dataset} train {len(bundle.train)} / val {len(bundle.val)} / test "
-          f"{len(bundle.test)}, split {bundle.splits.fingerprint}")
+    if main_rank:
+        print(f"data: {config.dataset} train {len(bundle.train)} / val {len(bundle.val)} / test "
+              f"{len(bundle.test)}, split {bundle.splits.fingerprint}")
     settings = ZooRunSettings(preset=args.preset, models=args.models, epochs=args.epochs,
                               width=args.width, lr=args.lr, seed=args.seed, device=args.device,
                               threads=args.threads, amp=resolve_amp(args.amp, args.device),
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, ddp_min_macs=args.ddp_macs * 1e6,
+                              ddp_models=args.ddp_models)
     command = shlex.join(["train-zoo", *argv])
     try:
-        rows = train_zoo(rd.root, bundle, settings, command=command)
+        rows = train_zoo(rd.root, bundle, settings, command=command, dist=dist)
     except ValueError as e:
         print(f"train-zoo: {e}", file=sys.stderr)
         return 2
+    if not main_rank:      # rank 0 writes the table and checks the ladder
+        return 0
     write_csv(rd.results / "train_zoo.csv", rows, COLUMNS)
 
     print(f"\n{'model':<12} {'status':<8} {'params':>10} {'MMACs':>8} {'epochs':>6} "

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from tqdm.auto import tqdm
 from common.io import write_csv
 from zoo.checkpoint import atomic_torch_save, load_torch_file
 from zoo.data import DatasetInfo, ImageSet, normalize
+
+if TYPE_CHECKING:   # zoo.distributed imports this module
+    from zoo.distributed import DataParallel
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                    "seconds"]
@@ -315,14 +318,24 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         config: TrainConfig, *, state_path: str | Path | None = None,
         history_path: str | Path | None = None, progress: bool = True, desc: str = "",
-        on_epoch_end: EpochCallback | None = None, log_epochs: bool | None = None) -> FitResult:
+        on_epoch_end: EpochCallback | None = None, log_epochs: bool | None = None,
+        data_parallel: DataParallel | None = None) -> FitResult:
     """Train ``model`` in place; restore the lowest-val-loss weights; resume from ``state_path``.
 
     ``on_epoch_end(epoch, row)`` runs after each epoch's state is saved (1-based epoch).
     ``log_epochs`` prints one line per epoch (default: when ``progress``).
+    ``data_parallel`` (``zoo.distributed.DataParallel``, under torchrun) trains on every rank:
+    ``config.batch_size`` is the global batch, of which each rank takes its part; evaluation is
+    sharded and summed over the ranks; only rank 0 writes history and state, and shows progress.
     """
+    dp = data_parallel
     log_epochs = progress if log_epochs is None else log_epochs
+    if dp is not None and not dp.is_main:
+        progress = log_epochs = False
+    writes = dp is None or dp.is_main
     config.validate()
+    if dp is not None:
+        dp.check(config)
     if len(train) == 0:
         raise ValueError("the training set is empty; check --limit-train and the dataset")
     if config.threads is not None:
@@ -334,7 +347,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
     model.to(device=device, memory_format=memory_format)
     state_path = Path(state_path) if state_path is not None else None
 
-    n_steps = steps_per_epoch(len(train), config)
+    n_steps = (steps_per_epoch(len(train), config) if dp is None
+               else dp.steps_per_epoch(len(train), config))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, n_steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -354,16 +368,20 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         best_weights = state["best_weights"]
         bad_epochs, stopped = int(state["bad_epochs"]), bool(state["stopped"])
     resumed_from = start_epoch
+    # under DDP: train through the wrapper (gradients averaged); ``model`` keeps the weights
+    train_model = model if dp is None else dp.wrap(model)
+    evaluate_on = evaluate if dp is None else dp.evaluate
 
     for epoch in range(start_epoch, config.epochs):
         if stopped:
             break
         t0 = time.perf_counter()
-        # Seeds depend on (seed, epoch) so a resumed run draws what an unbroken one would.
-        torch.manual_seed(config.seed * 100_003 + epoch)
+        # Seeds depend on (seed, epoch) so a resumed run draws what an unbroken one would
+        # (under DDP each rank's dropout has its own stream; the order and augmentation do not).
+        torch.manual_seed(config.seed * 100_003 + epoch + (0 if dp is None else dp.seed_offset))
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=gen)
-        model.train()
+        train_model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
                    disable=not progress, leave=False)
@@ -374,24 +392,31 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
                 xb = augment_batch(xb, gen, flip=config.flip)
             if config.erase > 0:
                 xb = random_erase(xb, gen, config.erase)
+            yb = train.labels[idx]
+            if dp is not None:      # the global batch was drawn and augmented whole: take a part
+                part = dp.local_part(len(idx))
+                xb, yb = xb[part], yb[part]
             x = normalize(xb.to(device, non_blocking=True), info)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = train.labels[idx].to(device, non_blocking=True)
+            y = yb.to(device, non_blocking=True)
             with autocast_context(device, config.amp):
-                logits = model(x)
+                logits = train_model(x)
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if dp is None else loss * dp.loss_weight(len(y), len(idx))).backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
+            seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        if dp is not None:
+            loss_sum, correct, seen = dp.sum_over_ranks(loss_sum, correct, seen)
         lr = optimizer.param_groups[0]["lr"]
-        metrics = evaluate(model, val, info, config.eval_batch_size, device, config.channels_last)
+        metrics = evaluate_on(model, val, info, config.eval_batch_size, device,
+                              config.channels_last)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "lr": lr,
                "seconds": time.perf_counter() - t0}
@@ -405,9 +430,9 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         else:
             bad_epochs += 1
             stopped = config.patience is not None and bad_epochs >= config.patience
-        if history_path is not None:
+        if history_path is not None and writes:
             write_csv(history_path, history, HISTORY_COLUMNS)
-        if state_path is not None:
+        if state_path is not None and writes:
             _save_state(state_path, {
                 "format": STATE_FORMAT, "config": config.identity(), "epoch": epoch + 1,
                 "model": _cpu_state_dict(model), "optimizer": optimizer.state_dict(),
@@ -420,6 +445,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
+    if dp is not None:
+        dp.unwrap(model)
     if config.keep == "last" and history:
         last = history[-1]
         best = {"loss": last["val_loss"], "accuracy": last["val_accuracy"], "epoch": last["epoch"]}

@@ -5,11 +5,15 @@ file, checkpoint.pt, then card.json, which marks it finished) or skips one alrea
 with the same settings. ``train_zoo`` does that for each model a preset names and returns one
 ``train_zoo.csv`` row per base model (``zoo_row``); ``ladder_violations`` says where a costlier
 model is not more accurate than a cheaper one. The training loop itself is ``zoo.train``.
+
+Under torchrun (``dist``, a ``zoo.distributed.Dist`` of several ranks) ``train_zoo`` spreads the
+models over the ranks and trains the large ones with DDP on all of them (the rule is
+``zoo.distributed.parallel_modes``); every card records the world size and the global batch.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +23,8 @@ from common.io import read_json, write_json
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.costs import count_macs
 from zoo.data import DatasetInfo
+from zoo.distributed import (DDP_MIN_MACS, DataParallel, Dist, assign_to_ranks, parallel_modes,
+                             per_rank_batch, training_images)
 from zoo.presets import flip_makes_sense, get_preset
 from zoo.registry import model_arch
 from zoo.rundir import RunDir
@@ -52,13 +58,19 @@ def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfi
 def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any,
                     config: TrainConfig, *, command: str, progress: bool = True,
                     on_epoch_end: EpochCallback | None = None,
-                    log_epochs: bool = True) -> ZooModelResult:
+                    log_epochs: bool = True, data_parallel: DataParallel | None = None,
+                    placement: dict[str, Any] | None = None) -> ZooModelResult:
     """Train ``model_name`` (built from ``arch``, a ``VGGArch``) into ``RUN/zoo/<model>/``.
 
     Writes history.csv and a resumable ``train_state.pt`` each epoch, then checkpoint.pt and,
     last, card.json (which marks the model finished); removes the state file. A finished model
     whose card matches ``arch``, ``config`` and the split is skipped; a card that does not
     match is an error (a different model must not silently replace one other steps used).
+
+    ``data_parallel``: train with DDP on every rank (called on all of them); rank 0 writes the
+    files and every rank returns its card. ``placement`` goes into the card's ``parallel``
+    (how the run was launched); the card also records ``world_size`` (processes that trained
+    this model) and ``global_batch``.
     """
     rd = RunDir(run_dir)
     arch_dict = arch.to_dict()
@@ -76,14 +88,22 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
     status = "resumed" if state_path.exists() else "trained"
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     model = VGG(arch)
+    dp = data_parallel
     result = fit(model, bundle.train, bundle.val, bundle.info, config, state_path=state_path,
                  history_path=rd.history(model_name), progress=progress, desc=model_name,
-                 on_epoch_end=on_epoch_end, log_epochs=log_epochs)
+                 on_epoch_end=on_epoch_end, log_epochs=log_epochs, data_parallel=dp)
     device = config.device
-    val = evaluate(model, bundle.val, bundle.info, config.eval_batch_size, device,
-                   config.channels_last)
-    test = evaluate(model, bundle.test, bundle.info, config.eval_batch_size, device,
-                    config.channels_last)
+    evaluate_on = evaluate if dp is None else dp.evaluate
+    val = evaluate_on(model, bundle.val, bundle.info, config.eval_batch_size, device,
+                      config.channels_last)
+    test = evaluate_on(model, bundle.test, bundle.info, config.eval_batch_size, device,
+                       config.channels_last)
+    world = 1 if dp is None else dp.world_size
+    parallel = {"mode": "single" if dp is None else "ddp", "world_size": world,
+                "global_batch": config.batch_size,
+                "per_rank_batch": per_rank_batch(config.batch_size, world), **(placement or {})}
+    if dp is not None and not dp.is_main:     # rank 0 writes; the others take its card
+        return ZooModelResult(model_name, status, dp.dist.broadcast_object(None))
     model.to("cpu", memory_format=torch.contiguous_format)
     params = sum(p.numel() for p in model.parameters())
     metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_top5": val["top5"],
@@ -95,7 +115,7 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
                     state_dict=model.state_dict(), parent=None, metrics=metrics,
                     train_config=config.to_dict(), data=bundle.info.to_dict(),
                     extra={"split_fingerprint": fingerprint, "command": command,
-                           "threads": torch.get_num_threads()})
+                           "threads": torch.get_num_threads(), "parallel": parallel})
     card = {"model_name": model_name, "arch": arch_dict, "parent": None, "variant": None,
             "dataset": bundle.info.to_dict(), "split_fingerprint": fingerprint,
             "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
@@ -104,9 +124,12 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "checkpoint_sha256": file_sha256(ckpt_path),
             "metrics": metrics, "threads": torch.get_num_threads(),
-            "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test)}
+            "n_train": len(bundle.train), "n_val": len(bundle.val), "n_test": len(bundle.test),
+            "world_size": world, "global_batch": config.batch_size, "parallel": parallel}
     write_json(card_path, card)
     state_path.unlink(missing_ok=True)
+    if dp is not None:
+        dp.dist.broadcast_object(card)
     return ZooModelResult(model_name, status, card)
 
 
@@ -138,18 +161,35 @@ class ZooRunSettings:
     threads: int | None = None
     amp: str | None = None               # None: the preset's ("off")
     progress: bool = True
+    # under torchrun (zoo.distributed.parallel_modes): DDP from this many MACs per input, and
+    # for these models whatever their MACs; the others are spread across the ranks
+    ddp_min_macs: float = DDP_MIN_MACS
+    ddp_models: list[str] | None = None
 
 
-def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, command: str,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train (or resume, or skip) every requested model; return one summary row per base model
-    of the run (status trained / resumed / skipped, or "earlier" for one finished by an earlier
-    call and not named in this one), in the preset's order, cheapest first."""
+@dataclass
+class ZooJob:
+    """One model of a ``train_zoo`` call: how it is built and trained."""
+
+    index: int                            # 1-based place in the call's list
+    name: str
+    arch: VGGArch
+    config: TrainConfig
+    width: float
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"width {self.width}, {'BN, ' if self.arch.batch_norm else ''}{c.epochs} epochs, "
+                f"lr {c.lr}, {c.optimizer}/{c.schedule}"
+                f"{', bf16 autocast' if c.amp == 'bf16' else ''}")
+
+
+def zoo_jobs(bundle: Any, settings: ZooRunSettings) -> list[ZooJob]:
+    """The requested models (default: the preset's) with their architectures and configs."""
     preset = get_preset(settings.preset)
-    models = settings.models or preset.models
     info = bundle.info
-    rows = []
-    for i, name in enumerate(models):
+    jobs = []
+    for i, name in enumerate(settings.models or preset.models):
         recipe = preset.recipe(name, epochs=settings.epochs, width=settings.width, lr=settings.lr)
         arch = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
                           input_size=info.input_size, width=recipe.width)
@@ -160,16 +200,32 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
                                      threads=settings.threads, amp=settings.amp)
         if config.augment and not flip_makes_sense(info.name):
             config.flip = False
-        log(f"[{i + 1}/{len(models)}] {name}: width {recipe.width}, "
-            f"{'BN, ' if recipe.batch_norm else ''}{config.epochs} epochs, lr {config.lr}, "
-            f"{config.optimizer}/{config.schedule}"
-            f"{', bf16 autocast' if config.amp == 'bf16' else ''}")
-        res = train_zoo_model(run_dir, name, arch, bundle, config, command=command,
-                              progress=settings.progress)
-        card = res.card
-        rows.append(zoo_row(name, res.status, card, info, width=recipe.width))
-        log(f"[{i + 1}/{len(models)}] {name}: {res.status}; val {100 * card['val_accuracy']:.2f}% "
-            f"test {100 * card['test_accuracy']:.2f}% in {card['train_seconds']:.0f} s")
+        jobs.append(ZooJob(i + 1, name, arch, config, recipe.width))
+    return jobs
+
+
+def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, command: str,
+              log: Callable[[str], None] = print, dist: Dist | None = None
+              ) -> list[dict[str, Any]]:
+    """Train (or resume, or skip) every requested model; return one summary row per base model
+    of the run (status trained / resumed / skipped, or "earlier" for one finished by an earlier
+    call and not named in this one), in the preset's order, cheapest first.
+
+    ``dist`` of several ranks (torchrun): see ``train_zoo_parallel``; call it on every rank.
+    """
+    preset = get_preset(settings.preset)
+    info = bundle.info
+    jobs = zoo_jobs(bundle, settings)
+    if dist is not None and dist.enabled:
+        rows = train_zoo_parallel(run_dir, bundle, jobs, settings, dist, command=command,
+                                  log=log)
+    else:
+        rows = []
+        for job in jobs:
+            log(f"[{job.index}/{len(jobs)}] {job.name}: {job.describe()}")
+            res = train_zoo_model(run_dir, job.name, job.arch, bundle, job.config,
+                                  command=command, progress=settings.progress)
+            rows.append(_logged_row(job, len(jobs), res, info, log))
     # base models the run finished in an earlier call that this one did not name: the table
     # and the ladder cover the run's whole zoo (compressed variants, with a parent, are not here)
     rd = RunDir(run_dir)
@@ -183,6 +239,84 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
     order = {m: i for i, m in enumerate(preset.models)}
     rows.sort(key=lambda r: order.get(r["model"], len(order)))   # stable: others keep theirs
     return rows
+
+
+def _logged_row(job: ZooJob, n_jobs: int, res: ZooModelResult, info: DatasetInfo,
+                log: Callable[[str], None], prefix: str = "") -> dict[str, Any]:
+    card = res.card
+    log(f"{prefix}[{job.index}/{n_jobs}] {job.name}: {res.status}; val "
+        f"{100 * card['val_accuracy']:.2f}% test {100 * card['test_accuracy']:.2f}% in "
+        f"{card['train_seconds']:.0f} s")
+    return zoo_row(job.name, res.status, card, info, width=job.width)
+
+
+def train_zoo_parallel(run_dir: str | Path, bundle: Any, jobs: list[ZooJob],
+                       settings: ZooRunSettings, dist: Dist, *, command: str,
+                       log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train ``jobs`` on all ranks of ``dist``; every rank returns the rows (in ``jobs`` order).
+
+    First the models across ranks: ``assign_to_ranks`` gives each rank its share by estimated
+    work (MACs x training images; a finished model counts 0), which it trains alone; then every
+    rank waits for the others (errors are gathered and raised on every rank). Then each DDP
+    model in turn on all ranks. The rule: ``parallel_modes`` with ``settings.ddp_min_macs`` and
+    ``settings.ddp_models``.
+    """
+    info = bundle.info
+    shape = (1, info.in_channels, info.input_size, info.input_size)
+    macs = {j.name: count_macs(VGG(j.arch), shape) for j in jobs}
+    modes = parallel_modes(macs, dist.world_size, ddp_min_macs=settings.ddp_min_macs,
+                           ddp_models=settings.ddp_models or ())
+    across = [j for j in jobs if modes[j.name] == "across"]
+    owner = None
+    if dist.is_main:   # decided on rank 0 before any rank writes a card, then told to all
+        finished = set(RunDir(run_dir).finished_models())
+        owner = assign_to_ranks({j.name: 0.0 if j.name in finished else
+                                 macs[j.name] * training_images(j.config, len(bundle.train))
+                                 for j in across}, dist.world_size)
+    owner = dist.broadcast_object(owner)
+    launch = {"launch_world_size": dist.world_size, "backend": dist.backend}
+    prefix = f"[rank {dist.rank}] "
+    if dist.is_main:
+        shares = "; ".join(f"rank {r}: {', '.join(m for m in owner if owner[m] == r) or '-'}"
+                           for r in range(dist.world_size))
+        ddp = [j.name for j in jobs if modes[j.name] == "ddp"]
+        log(f"torchrun: {dist.world_size} ranks ({dist.backend}); models across ranks: "
+            f"{shares or '-'}; DDP on every rank: {', '.join(ddp) or '-'}")
+    rows: dict[str, dict[str, Any]] = {}
+    error = None
+    for job in across:
+        if owner[job.name] != dist.rank:
+            continue
+        config = replace(job.config, device=dist.device)
+        log(f"{prefix}[{job.index}/{len(jobs)}] {job.name}: {job.describe()}")
+        try:
+            res = train_zoo_model(run_dir, job.name, job.arch, bundle, config, command=command,
+                                  progress=settings.progress and dist.is_main,
+                                  placement={"mode": "across", "rank": dist.rank, **launch})
+        except Exception as e:   # the others must hear of it, not wait for this rank forever
+            error = f"{job.name} on rank {dist.rank}: {type(e).__name__}: {e}"
+            break
+        rows[job.name] = _logged_row(job, len(jobs), res, info, log, prefix)
+    gathered = dist.gather_objects((rows, error))        # every rank's share done: the barrier
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise ValueError("; ".join(errors))
+    for part, _ in gathered:
+        rows.update(part)
+    for job in jobs:
+        if modes[job.name] != "ddp":
+            continue
+        config = replace(job.config, device=dist.device)
+        if dist.is_main:
+            log(f"[{job.index}/{len(jobs)}] {job.name}: {job.describe()}; DDP on "
+                f"{dist.world_size} ranks, global batch {config.batch_size}")
+        res = train_zoo_model(run_dir, job.name, job.arch, bundle, config, command=command,
+                              progress=settings.progress, log_epochs=True,
+                              data_parallel=DataParallel(dist),
+                              placement={"mode": "ddp", **launch})
+        rows[job.name] = (_logged_row(job, len(jobs), res, info, log) if dist.is_main
+                          else zoo_row(job.name, res.status, res.card, info, width=job.width))
+    return [rows[j.name] for j in jobs]
 
 
 def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo,
