@@ -22,6 +22,7 @@ from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.distributed import DDP_MIN_MACS, Dist, init_distributed, launched_by_torchrun
 from zoo.presets import PRESETS, Preset, get_preset
 from zoo.registry import list_models
+from zoo.torchvision_models import torchvision_archs
 from zoo.rundir import RunConfig, RunDir
 from zoo.train_zoo import ZooRunSettings, ladder_violations, train_zoo
 
@@ -69,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     preset = get_preset(args.preset)
-    unknown = [m for m in (args.models or []) if m not in list_models()]
+    tv = set(torchvision_archs())
+    unknown = [m for m in (args.models or []) if m not in list_models() and m not in tv]
     if unknown:
-        print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())}",
+        print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())} and "
+              "torchvision's classifiers (e.g. resnet18, mobilenet_v3_small)",
               file=sys.stderr)
         return 2
     dist = init_distributed(args.device) if launched_by_torchrun() else None

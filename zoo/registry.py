@@ -6,6 +6,7 @@ from typing import Callable
 
 from torch import nn
 
+from zoo.torchvision_models import TorchvisionArch, torchvision_archs, torchvision_zoo_arch
 from zoo.vgg import CFGS, VGG, VGGArch, scale_cfg
 
 Builder = Callable[..., VGGArch]
@@ -28,10 +29,15 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def model_arch(name: str, *, num_classes: int, in_channels: int, input_size: int,
-               width: float = 1.0) -> VGGArch:
-    """The architecture description a registered name builds."""
+               width: float = 1.0) -> VGGArch | TorchvisionArch:
+    """The architecture description a registered name builds; a torchvision classifier name
+    (``resnet18``, ``mobilenet_v3_small``, ...) gives a ``TorchvisionArch`` (width ignored)."""
+    if name not in _REGISTRY and name in torchvision_archs():
+        return torchvision_zoo_arch(name, num_classes=num_classes, in_channels=in_channels,
+                                    input_size=input_size)
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())} and "
+                       "torchvision's classifiers (torchvision.models.list_models())")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels,
                            input_size=input_size, width=width)
 
@@ -39,8 +45,19 @@ def model_arch(name: str, *, num_classes: int, in_channels: int, input_size: int
 def create_model(name: str, *, num_classes: int, in_channels: int, input_size: int,
                  width: float = 1.0) -> nn.Module:
     """Build a freshly initialised registered model."""
-    return VGG(model_arch(name, num_classes=num_classes, in_channels=in_channels,
-                          input_size=input_size, width=width))
+    return build_arch(model_arch(name, num_classes=num_classes, in_channels=in_channels,
+                                 input_size=input_size, width=width))
+
+
+def build_arch(arch: VGGArch | TorchvisionArch) -> nn.Module:
+    """An untrained module from a zoo architecture (a VGG or a torchvision classifier)."""
+    return arch.build() if isinstance(arch, TorchvisionArch) else VGG(arch)
+
+
+def arch_from_dict(d: dict, input_size: int = 224) -> VGGArch | TorchvisionArch:
+    """A card's ``arch`` back as a zoo architecture."""
+    return (TorchvisionArch.from_dict(d, input_size) if d.get("kind") == "torchvision"
+            else VGGArch.from_dict(d))
 
 
 def _tiny(depth: int) -> Builder:

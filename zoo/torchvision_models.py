@@ -10,6 +10,7 @@ convolution and max-pool would leave almost nothing to classify.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -90,3 +91,46 @@ def build_from_torchvision_arch(arch: dict[str, Any]) -> nn.Module:
     extra = {k: v for k, v in arch.items() if k not in ("kind", "name", "num_classes")}
     return build_torchvision(arch["name"], arch["num_classes"], **extra)
 
+
+
+@dataclass
+class TorchvisionArch:
+    """A torchvision classifier as a zoo architecture (``train-zoo --models resnet18``): what a
+    checkpoint's ``arch`` records. ``batch_norm``/``dropout`` are the recipe's fields, kept for
+    the orchestration's sake; torchvision's own architecture decides both."""
+
+    name: str
+    num_classes: int
+    in_channels: int = 3
+    small_input: bool = False
+    input_size: int = 224
+    batch_norm: bool = True
+    dropout: float | None = None
+    kind: str = "torchvision"
+
+    def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.in_channels != 3:
+            extra["in_channels"] = self.in_channels
+        if self.small_input:
+            extra["small_input"] = True
+        return torchvision_arch_dict(self.name, self.num_classes, **extra)
+
+    def build(self) -> nn.Module:
+        return build_from_torchvision_arch(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], input_size: int = 224) -> "TorchvisionArch":
+        return cls(d["name"], int(d["num_classes"]), int(d.get("in_channels", 3)),
+                   bool(d.get("small_input", False)), input_size)
+
+
+def torchvision_zoo_arch(name: str, *, num_classes: int, in_channels: int,
+                         input_size: int) -> TorchvisionArch:
+    """A torchvision model trained from scratch on the run's own data at its own size: the
+    first convolution takes the data's channels, and ResNets below 96 px get the small-input
+    stem (3x3 conv, no max-pool) so a 28 px image is not pooled away."""
+    small = input_size < 96 and name.startswith(("resnet", "wide_resnet", "resnext"))
+    arch = TorchvisionArch(name, num_classes, in_channels, small, input_size)
+    arch.build()                                   # fails early with the known names
+    return arch

@@ -26,10 +26,11 @@ from zoo.data import DatasetInfo
 from zoo.distributed import (DDP_MIN_MACS, DataParallel, Dist, assign_to_ranks, parallel_modes,
                              per_rank_batch, training_images)
 from zoo.presets import flip_makes_sense, get_preset
-from zoo.registry import model_arch
+from zoo.registry import arch_from_dict, build_arch, model_arch
+from zoo.torchvision_models import TorchvisionArch
 from zoo.rundir import RunDir
 from zoo.train import EpochCallback, TrainConfig, evaluate, fit, identity_diffs
-from zoo.vgg import VGG, VGGArch
+from zoo.vgg import VGGArch
 
 
 # ---- one zoo model into a run directory -------------------------------------------------------
@@ -60,7 +61,8 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
                     on_epoch_end: EpochCallback | None = None,
                     log_epochs: bool = True, data_parallel: DataParallel | None = None,
                     placement: dict[str, Any] | None = None) -> ZooModelResult:
-    """Train ``model_name`` (built from ``arch``, a ``VGGArch``) into ``RUN/zoo/<model>/``.
+    """Train ``model_name`` (built from ``arch``: a ``VGGArch`` or a torchvision classifier's
+    ``TorchvisionArch``) into ``RUN/zoo/<model>/``.
 
     Writes history.csv and a resumable ``train_state.pt`` each epoch, then checkpoint.pt and,
     last, card.json (which marks the model finished); removes the state file. A finished model
@@ -87,7 +89,7 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
     state_path = rd.model_dir(model_name) / "train_state.pt"
     status = "resumed" if state_path.exists() else "trained"
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-    model = VGG(arch)
+    model = build_arch(arch)
     dp = data_parallel
     result = fit(model, bundle.train, bundle.val, bundle.info, config, state_path=state_path,
                  history_path=rd.history(model_name), progress=progress, desc=model_name,
@@ -173,13 +175,16 @@ class ZooJob:
 
     index: int                            # 1-based place in the call's list
     name: str
-    arch: VGGArch
+    arch: VGGArch | TorchvisionArch
     config: TrainConfig
     width: float
 
     def describe(self) -> str:
         c = self.config
-        return (f"width {self.width}, {'BN, ' if self.arch.batch_norm else ''}{c.epochs} epochs, "
+        shape = (f"torchvision {self.arch.name}{', small-input stem' if self.arch.small_input else ''}, "
+                 if isinstance(self.arch, TorchvisionArch) else
+                 f"width {self.width}, {'BN, ' if self.arch.batch_norm else ''}")
+        return (f"{shape}{c.epochs} epochs, "
                 f"lr {c.lr}, {c.optimizer}/{c.schedule}"
                 f"{', bf16 autocast' if c.amp == 'bf16' else ''}")
 
@@ -263,7 +268,7 @@ def train_zoo_parallel(run_dir: str | Path, bundle: Any, jobs: list[ZooJob],
     """
     info = bundle.info
     shape = (1, info.in_channels, info.input_size, info.input_size)
-    macs = {j.name: count_macs(VGG(j.arch), shape) for j in jobs}
+    macs = {j.name: count_macs(build_arch(j.arch), shape) for j in jobs}
     modes = parallel_modes(macs, dist.world_size, ddp_min_macs=settings.ddp_min_macs,
                            ddp_models=settings.ddp_models or ())
     across = [j for j in jobs if modes[j.name] == "across"]
@@ -324,9 +329,11 @@ def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo,
     """One row of ``train_zoo.csv`` from a model's card (MACs counted for one input). ``width``
     is the one asked for; None reads it off the first conv against the registry's width-1
     model (cards do not record it; rounding of channel counts can show, e.g. 0.3 as 0.2969)."""
-    arch = VGGArch.from_dict(card["arch"])
-    macs = count_macs(VGG(arch), (1, info.in_channels, info.input_size, info.input_size))
-    if width is None:
+    arch = arch_from_dict(card["arch"], info.input_size)
+    macs = count_macs(build_arch(arch), (1, info.in_channels, info.input_size, info.input_size))
+    if isinstance(arch, TorchvisionArch):
+        width = 1.0
+    elif width is None:
         full = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
                           input_size=info.input_size, width=1.0)
         width = round(arch.cfg[0] / full.cfg[0], 4)
