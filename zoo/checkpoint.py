@@ -8,8 +8,6 @@ JSON-able; ``arch["kind"]`` picks the builder from the architecture table in
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.io import atomic_write
 from zoo.arch_kinds import build_from_arch, register_arch_kind
 from zoo.data import DatasetInfo
 from zoo.preprocess import Preprocess, PreprocessLike
@@ -51,18 +50,7 @@ def save_checkpoint(path: str | Path, *, model_name: str, arch: dict[str, Any],
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch_file(path: str | Path, fmt: str, *, what: str, fix: str) -> dict[str, Any]:
