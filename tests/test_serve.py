@@ -578,19 +578,18 @@ def test_concurrent_requests_agree(service):
 
 
 def test_concurrent_requests_over_a_real_threaded_server(service):
-    """The server ``serve`` runs (werkzeug, one thread per request) on a loopback socket: good
-    and bad requests at once all get their own right answer, and it serves on afterwards."""
+    """The server ``serve`` runs (waitress, a pool of request threads in front of the batcher)
+    on a loopback socket: good and bad requests at once all get their own right answer, and it
+    serves on afterwards."""
     import json
     import urllib.error
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    from werkzeug.serving import make_server
+    from router.web.server import BackgroundServer
 
-    server = make_server("127.0.0.1", 0, create_app(service, LIMITS), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
+    server = BackgroundServer(create_app(service, LIMITS), http_threads=8).start()
+    base = server.url
     good = png_bytes(Image.fromarray(np.random.default_rng(6).integers(0, 255, (30, 40),
                                                                           np.uint8)))
 
@@ -627,17 +626,36 @@ def test_concurrent_requests_over_a_real_threaded_server(service):
                                [m["probs"] for m in want["models"]], atol=1e-6)
         assert call(0)[0] == 200
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
+        server.stop()
 
 
 def test_serve_main_binds_loopback_by_default(web_run, monkeypatch):
+    """Waitress (the production server) on 127.0.0.1:8000 unless told otherwise; Flask's
+    development server, threaded, only with --server flask."""
+    import waitress
     from flask import Flask
     from scripts import serve
     seen = {}
-    monkeypatch.setattr(Flask, "run", lambda self, **kw: seen.update(kw))
+
+    class FakeServer:
+        effective_port = 8000
+
+        def __init__(self, app, **kw):
+            seen.update(kw)
+
+        def run(self):
+            pass
+
+        def close(self):
+            pass
+    monkeypatch.setattr(waitress, "create_server", FakeServer)
     assert serve.main(["--run", str(web_run), "--repeats", "1"]) == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threaded"] is True
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000 and seen["threads"] > 1
+    flask_seen = {}
+    monkeypatch.setattr(Flask, "run", lambda self, **kw: flask_seen.update(kw))
+    assert serve.main(["--run", str(web_run), "--repeats", "1", "--server", "flask"]) == 0
+    assert flask_seen["host"] == "127.0.0.1" and flask_seen["port"] == 8000
+    assert flask_seen["threaded"] is True
 
 
 def test_serve_main_refuses_empty_or_missing_run(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,9 +14,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 from PIL import Image
-from werkzeug.serving import make_server
 
 from router.web import Limits, TimingConfig, WebService, create_app
+from router.web.server import BackgroundServer
 from test_serve import MODELS, add_routers, make_web_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,15 +29,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 
 @contextmanager
 def running_server(service: WebService, limits: Limits | None = None) -> Iterator[str]:
-    """Serve the app on 127.0.0.1 on a free port in a thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, create_app(service, limits), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """Serve the app on 127.0.0.1 on a free port in a thread, on waitress as `serve` does;
+    yield its base URL."""
+    server = BackgroundServer(create_app(service, limits), http_threads=8).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield server.url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
+        server.stop()
 
 
 @contextmanager

@@ -60,25 +60,32 @@ class LoadedRouter:
 
     def verdict(self, image: torch.Tensor, by_name: dict[str, Any], label: int | None) -> StripEntry:
         """Run the routed classifier on one uint8 ``(C, H, W)`` image and explain its choice."""
+        return self.verdicts([image], [label])[0]
+
+    def verdicts(self, images: list[torch.Tensor], labels: list[int | None]) -> list[StripEntry]:
+        """One routed call on a batch of uint8 ``(C, H, W)`` images; an entry per image."""
         rc = self.routed
         info = rc.info
-        x = resize_input(image, info)[None]
+        x = torch.stack([resize_input(image, info) for image in images])
         t0 = time.perf_counter()
         out = rc(x)
         ms = (time.perf_counter() - t0) * 1000.0
-        model = out.chosen_names[0]
-        pred = int(out.preds[0])
         classes = info.classes or []
-        why = self._why(out)
-        text = (f"{out.rule}. The whole routed call took {ms:.2f} ms for this one image "
-                "(router plus the models it ran).")
-        return StripEntry(self.title, self.family, "ok", model=model,
-                          answer=classes[pred] if pred < len(classes) else str(pred),
-                          answer_index=pred, correct=None if label is None else pred == label,
-                          why=why, why_text=text)
+        took = (f"{ms:.2f} ms for this one image" if len(x) == 1 else
+                f"{ms:.2f} ms for a batch of {len(x)} images, this one among them")
+        entries = []
+        for i, label in enumerate(labels):
+            pred = int(out.preds[i])
+            text = f"{out.rule}. The whole routed call took {took} (router plus the models it ran)."
+            entries.append(StripEntry(self.title, self.family, "ok", model=out.chosen_names[i],
+                                      answer=classes[pred] if pred < len(classes) else str(pred),
+                                      answer_index=pred,
+                                      correct=None if label is None else pred == label,
+                                      why=self._why(out, i), why_text=text))
+        return entries
 
-    def _why(self, out: Any) -> list[dict[str, Any]]:
-        scores = out.scores[0] if out.scores is not None else np.array([])
+    def _why(self, out: Any, i: int = 0) -> list[dict[str, Any]]:
+        scores = out.scores[i] if out.scores is not None else np.array([])
         names = list(out.score_names)
         router = self.routed.router
         if self.family == "cascade":

@@ -2,14 +2,14 @@
 
 ``WebService.load(run)`` reads every finished model of ``RUN/zoo`` once (``load_model``), its
 card, the measured costs (``RUN/costs.json``) and the baseline (the most accurate single model
-on val), the test split for picking samples, and the router strip. ``predict`` runs every
-model on one image under a lock (so concurrent requests neither race nor disturb each other's
-timings) and returns plain dicts that the page and the JSON endpoint share.
+on val), the test split for picking samples, and the router strip. ``predict_batch`` runs every
+model on a batch of images (one batch per model) and returns the cards that the page and the
+JSON endpoint share. The app calls it from the batcher's worker (``router.web.serving``), the
+one thread that runs models, so requests neither race nor disturb each other's timings.
 """
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,6 +82,7 @@ class ModelResult:
     is_baseline: bool = False
     correct: bool | None = None
     probs: list[float] = field(default_factory=list)
+    batch_size: int = 1   # images in the batch this card's time was measured on
 
 
 class WebService:
@@ -98,7 +99,6 @@ class WebService:
         self.timing = timing
         self.costs_machine = costs_machine or {}
         self.strip = strip
-        self._lock = threading.Lock()
 
     # ---- loading ---------------------------------------------------------------------
     @classmethod
@@ -130,11 +130,8 @@ class WebService:
             from router.web.strip import RouterStrip
             shared = {m.name: (run_dir.checkpoint(m.name), m.model, m.info) for m in models}
             strip = RouterStrip.load(run_dir, shared)
-        service = cls(run_dir.root, models, baseline, samples, note, timing,
-                      costs.machine if costs else None, strip)
-        if strip is not None:
-            strip.lock = service._lock  # routers share the server's models: one lock for all
-        return service
+        return cls(run_dir.root, models, baseline, samples, note, timing,
+                   costs.machine if costs else None, strip)
 
     # ---- per request -----------------------------------------------------------------
     def native_model(self) -> LoadedModel:
@@ -149,38 +146,51 @@ class WebService:
         return [m.name for m in self.models]
 
     def predict(self, inputs: dict[str, torch.Tensor], label: int | None = None) -> list[ModelResult]:
-        """Run every model on its uint8 ``(C, H, W)`` input; one lock around all inference."""
-        results = []
-        with self._lock:
-            torch.set_num_threads(self.timing.threads)
-            for m in self.models:
-                x = normalize(inputs[m.name].unsqueeze(0), m.info)
-                results.append(self._run_one(m, x))
-        self._fill_relative(results, label)
-        return results
+        """Every model on its uint8 ``(C, H, W)`` input (one image: ``predict_batch``)."""
+        return self.predict_batch([inputs], [label])[0]
+
+    def predict_batch(self, inputs: list[dict[str, torch.Tensor]],
+                      labels: list[int | None]) -> list[list[ModelResult]]:
+        """Cards for K images: each model runs once on the stacked batch (``repeats`` times,
+        timed), so a card's ``ms_this_image`` is the median batch time over K. Not locked: call
+        it from one thread at a time (the app's batcher worker) for undisturbed timings."""
+        torch.set_num_threads(self.timing.threads)
+        per_image: list[list[ModelResult]] = [[] for _ in inputs]
+        for m in self.models:
+            x = normalize(torch.stack([d[m.name] for d in inputs]), m.info)
+            for k, r in enumerate(self._run_one(m, x)):
+                per_image[k].append(r)
+        for results, label in zip(per_image, labels):
+            self._fill_relative(results, label)
+        return per_image
 
     @torch.inference_mode()
-    def _run_one(self, m: LoadedModel, x: torch.Tensor) -> ModelResult:
+    def _run_one(self, m: LoadedModel, x: torch.Tensor) -> list[ModelResult]:
+        """One card per image of the batch ``x`` (normalised, ``(K, C, H, W)``)."""
         times = []
         logits = None
         for _ in range(max(1, self.timing.repeats)):
             t0 = time.perf_counter()
             logits = m.model(x)
             times.append((time.perf_counter() - t0) * 1000.0)
-        probs = torch.softmax(logits.float(), dim=1)[0]
-        top = torch.topk(probs, k=min(3, len(probs)))
-        classes = m.info.classes or [str(i) for i in range(len(probs))]
-        top3 = [{"class_index": int(i), "class": classes[int(i)], "prob": float(p)}
-                for p, i in zip(top.values, top.indices)]
+        ms = float(statistics.median(times)) / len(x)
+        all_probs = torch.softmax(logits.float(), dim=1)
+        classes = m.info.classes or [str(i) for i in range(all_probs.shape[1])]
         card = m.card
-        return ModelResult(
-            name=m.name, variant=card.get("variant"), parent=card.get("parent"), top3=top3,
-            pred=top3[0]["class_index"], pred_class=top3[0]["class"], confidence=top3[0]["prob"],
-            ms_this_image=float(statistics.median(times)), size_mb=m.size_mb, params=m.params,
-            macs=int(m.cost.macs) if m.cost else None,
-            ms_per_image_batched=m.cost.ms_per_image if m.cost else None,
-            val_accuracy=card.get("val_accuracy"), test_accuracy=card.get("test_accuracy"),
-            probs=[float(p) for p in probs])
+        out = []
+        for probs in all_probs:
+            top = torch.topk(probs, k=min(3, len(probs)))
+            top3 = [{"class_index": int(i), "class": classes[int(i)], "prob": float(p)}
+                    for p, i in zip(top.values, top.indices)]
+            out.append(ModelResult(
+                name=m.name, variant=card.get("variant"), parent=card.get("parent"), top3=top3,
+                pred=top3[0]["class_index"], pred_class=top3[0]["class"],
+                confidence=top3[0]["prob"], ms_this_image=ms, size_mb=m.size_mb,
+                params=m.params, macs=int(m.cost.macs) if m.cost else None,
+                ms_per_image_batched=m.cost.ms_per_image if m.cost else None,
+                val_accuracy=card.get("val_accuracy"), test_accuracy=card.get("test_accuracy"),
+                probs=[float(p) for p in probs], batch_size=len(x)))
+        return out
 
     def _fill_relative(self, results: list[ModelResult], label: int | None) -> None:
         base = next((r for r in results if self.baseline and r.name == self.baseline.name), None)

@@ -14,7 +14,6 @@ A missing artifact becomes an entry that names the command that makes it; the pa
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,25 +41,25 @@ class RouterStrip:
 
     def __init__(self, run: Path, routers: list[Any], router_errors: list[StripEntry],
                  policies: list[LoadedPolicy], policy_error: str = "",
-                 lock: threading.Lock | None = None, classes: list[str] | None = None):
+                 classes: list[str] | None = None):
         self.run = run
         self.routers = routers
         self.router_errors = router_errors
         self.policies = policies
         self.policy_error = policy_error
-        self.lock = lock or threading.Lock()  # the service's inference lock (shared models)
         self.classes = list(classes or [])    # class names, for the oracle's label table
 
     @classmethod
-    def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any, Any]],
-             lock: threading.Lock | None = None) -> "RouterStrip":
+    def load(cls, run_dir: RunDir, shared_models: dict[str, tuple[Path, Any, Any]]
+             ) -> "RouterStrip":
         """``shared_models``: name -> (checkpoint path, loaded model, DatasetInfo) the server
-        already holds; the routers call these same objects."""
+        already holds; the routers call these same objects (from the batcher's worker: the
+        one thread that runs models, so no lock)."""
         routers, errors = load_all(run_dir.root / "routers", run_dir.root, shared_models)
         policies, policy_error = load_policies(run_dir)
         classes = next((list(info.classes) for _, _, info in shared_models.values()
                         if getattr(info, "classes", None)), None)
-        return cls(run_dir.root, routers, errors, policies, policy_error, lock, classes)
+        return cls(run_dir.root, routers, errors, policies, policy_error, classes)
 
     # ---- choosing the oracle policy --------------------------------------------------
     def policy_options(self) -> list[tuple[str, str]]:
@@ -81,20 +80,40 @@ class RouterStrip:
 
         Of each router group (cascade, dispatcher-label, dispatcher-sample) the one fitted at
         the sacrifice closest to the chosen oracle policy's is shown."""
-        by_name = {r.name: r for r in results}
-        chosen = next((p for p in self.policies
-                       if p.key == (policy_key or self.default_policy())), None)
-        sacrifice = float(chosen.policy.sacrifice) if chosen else None
-        out: list[StripEntry] = []
-        for router in pick_per_group(self.routers, sacrifice):
+        return self.entries_batch([image], [results], [label], [policy_key])[0]
+
+    def entries_batch(self, images: list[Any], results: list[list[Any]],
+                      labels: list[int | None], policy_keys: list[str | None]
+                      ) -> list[list[StripEntry]]:
+        """``entries`` for K images at once: each router runs once, on the images that show
+        it (those whose policy's sacrifice picks it), as one batch."""
+        shown: list[list[Any]] = []
+        users: dict[str, list[int]] = {}
+        for k, key in enumerate(policy_keys):
+            chosen = next((p for p in self.policies
+                           if p.key == (key or self.default_policy())), None)
+            sacrifice = float(chosen.policy.sacrifice) if chosen else None
+            shown.append(pick_per_group(self.routers, sacrifice))
+            for router in shown[-1]:
+                users.setdefault(router.key, []).append(k)
+        verdicts: dict[tuple[str, int], StripEntry] = {}
+        for router in self.routers:
+            ks = users.get(router.key)
+            if not ks:
+                continue
             try:
-                with self.lock:
-                    out.append(router.verdict(image, by_name, label))
+                got = router.verdicts([images[k] for k in ks], [labels[k] for k in ks])
             except Exception as e:  # one broken router must not take the page down
-                out.append(StripEntry(router.title, router.family, "error",
-                                      message=f"{router.key}: {type(e).__name__}: {e}"))
-        out += self.router_errors
-        out.append(self._oracle_entry(by_name, label, policy_key))
+                got = [StripEntry(router.title, router.family, "error",
+                                  message=f"{router.key}: {type(e).__name__}: {e}")] * len(ks)
+            verdicts.update({(router.key, k): v for k, v in zip(ks, got)})
+        out = []
+        for k in range(len(images)):
+            by_name = {r.name: r for r in results[k]}
+            entries = [verdicts[(router.key, k)] for router in shown[k]]
+            entries += self.router_errors
+            entries.append(self._oracle_entry(by_name, labels[k], policy_keys[k]))
+            out.append(entries)
         return out
 
     def _oracle_entry(self, by_name: dict[str, Any], label: int | None,
