@@ -78,3 +78,19 @@ def test_add_model_errors_name_the_fix(run_with_resnet, tmp_path):
                   "--name", "r18-wrong"])
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         add_main(["--run", str(tmp_path / "nowhere"), "--arch", "resnet18"])
+
+
+def test_the_page_runs_an_added_member_through_its_own_preprocessing(run_with_resnet):
+    from router.web.service import TimingConfig, WebService
+    run, _ = run_with_resnet
+    service = WebService.load(run, TimingConfig(threads=1, repeats=1), load_samples=False,
+                              load_routers=False)
+    rd = RunDir(run)
+    bundle = prepare_data(run, **rd.load_config().data_kwargs())
+    x = bundle.test.images[:3]
+    cards = service.predict_batch([{m.name: img for m in service.models} for img in x],
+                                  [None] * 3)
+    model, ckpt = load_model(rd.checkpoint("resnet18"))
+    with torch.inference_mode():
+        direct = model(preprocess_of(ckpt)(x)).argmax(1).tolist()
+    assert [next(c.pred for c in cs if c.name == "resnet18") for cs in cards] == direct

@@ -45,10 +45,11 @@ class ServedMethod:
 
 
 def single_method(name: str, model: torch.nn.Module, info: Any,
-                  batch_size: int = 256) -> ServedMethod:
-    """One zoo model on the whole batch."""
+                  batch_size: int = 256, how: Any = None) -> ServedMethod:
+    """One zoo model on the whole batch (``how``: its own preprocessing; default ``info``'s)."""
     def run(x: torch.Tensor) -> tuple[np.ndarray, list[str], np.ndarray]:
-        probs = torch.softmax(run_model(model, x, info, batch_size), dim=1)
+        probs = torch.softmax(run_model(model, x, info if how is None else how, batch_size),
+                              dim=1)
         conf, preds = probs.max(dim=1)
         return preds.numpy(), [name] * len(x), conf.numpy()
     return ServedMethod(f"single:{name}", "single", info, run, [name])

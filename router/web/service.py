@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from common.tables import CostTable, ModelCost, PredictionTable
-from zoo.checkpoint import load_model
-from zoo.data import DatasetInfo, ImageSet, normalize
+from zoo.checkpoint import load_model, preprocess_of
+from zoo.data import DatasetInfo, ImageSet
+from zoo.preprocess import Preprocess, prepare
 from zoo.rundir import RunDir
 
 
@@ -35,6 +36,12 @@ class LoadedModel:
     card: dict[str, Any]
     size_mb: float
     cost: ModelCost | None = None
+    preprocess: Any = None          # its own zoo.preprocess.Preprocess (add-model); None: info's
+
+    @property
+    def how(self) -> Any:
+        """What prepares its input (``zoo.preprocess.prepare``): its own or the dataset's."""
+        return self.preprocess if self.preprocess is not None else self.info
 
     @property
     def params(self) -> int:
@@ -119,16 +126,17 @@ class WebService:
         models.sort(key=lambda m: _cost_key(m))
         torch.set_num_threads(timing.threads)
         for m in models:  # warm-up: first calls allocate and pick kernels
-            x = torch.zeros(1, m.info.in_channels, m.info.input_size, m.info.input_size)
+            x = torch.zeros(1, m.info.in_channels, m.info.input_size, m.info.input_size,
+                            dtype=torch.uint8)
             with torch.inference_mode():
                 for _ in range(2):
-                    m.model(x)
+                    m.model(prepare(x, m.how))
         baseline = pick_baseline(run_dir, models)
         samples, note = _load_samples(run_dir) if load_samples else (None, "samples not loaded")
         strip = None
         if load_routers:
             from router.web.strip import RouterStrip
-            shared = {m.name: (run_dir.checkpoint(m.name), m.model, m.info) for m in models}
+            shared = {m.name: (run_dir.checkpoint(m.name), m.model, m.how) for m in models}
             strip = RouterStrip.load(run_dir, shared)
         return cls(run_dir.root, models, baseline, samples, note, timing,
                    costs.machine if costs else None, strip)
@@ -157,7 +165,7 @@ class WebService:
         torch.set_num_threads(self.timing.threads)
         per_image: list[list[ModelResult]] = [[] for _ in inputs]
         for m in self.models:
-            x = normalize(torch.stack([d[m.name] for d in inputs]), m.info)
+            x = prepare(torch.stack([d[m.name] for d in inputs]), m.how)
             for k, r in enumerate(self._run_one(m, x)):
                 per_image[k].append(r)
         for results, label in zip(per_image, labels):
@@ -232,7 +240,9 @@ def _load_one(run_dir: RunDir, name: str, costs: CostTable | None) -> LoadedMode
     info = DatasetInfo.from_dict(data)
     cost = costs.models.get(name) if costs else None
     size_mb = cost.size_mb if cost else run_dir.checkpoint(name).stat().st_size / 2**20
-    return LoadedModel(name, model, info, card, float(size_mb), cost)
+    own = preprocess_of(ckpt)
+    return LoadedModel(name, model, info, card, float(size_mb), cost,
+                       own if isinstance(own, Preprocess) else None)
 
 
 def _cost_key(m: LoadedModel) -> tuple:

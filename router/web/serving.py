@@ -52,7 +52,8 @@ class ServingEngine:
         self.config = (config or BatchConfig()).check()
         self.level = float(level)
         self.methods: dict[str, ServedMethod] = {
-            f"single:{m.name}": single_method(m.name, m.model, m.info) for m in service.models}
+            f"single:{m.name}": single_method(m.name, m.model, m.info, how=m.how)
+            for m in service.models}
         for r in (service.strip.routers if service.strip else []):
             rm = router_method(r.key, r.routed)
             self.methods[rm.key] = rm
