@@ -3,6 +3,10 @@
 Example: ``compress --run runs/quick --base vgg19_small --variants struct-l1-30 int8-static``.
 Without a trained base in the run (or with ``--weights FILE``, a torchvision state dict) it
 measures the cost-only columns on a torchvision-shape model at ``--input-size``.
+
+Under ``torchrun --standalone --nproc-per-node N -m scripts.compress -- --run ...`` the variants
+are built across the ranks (each rank its share, into the variants' own folders); rank 0 then
+measures every variant alone, in one process, and writes the tables (``zoo.compress.run``).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import sys
 from zoo.compress.measure import MeasureSettings
 from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.compress.run import PRESETS, CompressConfig, run_compress
+from zoo.distributed import init_distributed, launched_by_torchrun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,11 +100,15 @@ def main(argv: list[str] | None = None) -> int:
                                 budget_s=args.budget_s, memory=not args.no_memory),
         progress=not args.no_progress,
         command=shlex.join(["compress", *(sys.argv[1:] if argv is None else argv)]))
+    dist = init_distributed(args.device) if launched_by_torchrun() else None
     try:
-        run_compress(cfg)
+        run_compress(cfg, dist=dist)
     except (FileNotFoundError, ValueError) as e:
         print(f"compress: {e}", file=sys.stderr)
         return 2
+    finally:
+        if dist is not None:
+            dist.close()
     return 0
 
 

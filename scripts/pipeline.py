@@ -126,7 +126,7 @@ def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[st
 
 STAGE_COLUMNS = ["stage", "seconds", "started", "finished", "preset"]
 # stages whose main() shares its work over the ranks when launched by torchrun
-SHARED_STAGES = ("train-zoo", "profile-zoo")
+SHARED_STAGES = ("train-zoo", "compress", "profile-zoo")
 
 
 def _now() -> str:

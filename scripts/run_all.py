@@ -2,7 +2,8 @@
 evaluate-routers, report; resumable, and a second call does no work again.
 
 Under torchrun (``torchrun --standalone --nproc-per-node N -m scripts.run_all -- --preset ...``)
-train-zoo and profile-zoo share their work over the ranks; the other stages run on rank 0."""
+train-zoo, compress and profile-zoo share their work over the ranks (timings stay on rank 0,
+in one process); evaluate-routers and report run on rank 0."""
 from __future__ import annotations
 
 import argparse

@@ -89,3 +89,28 @@ def ddp_train_zoo_model(rank: int, world: int, store: Path, run: Path, data_dir:
         (out / f"status-{cut_after}-{rank}.json").write_text(json.dumps(status))
     finally:
         dist.close()
+
+
+def compress_config(run: Path, variants: list[str]) -> Any:
+    """A fast ``compress`` of tiny_vgg3: one fine-tune epoch on 128 images, timings cut short."""
+    from zoo.compress.measure import MeasureSettings
+    from zoo.compress.run import CompressConfig
+    return CompressConfig(run=str(run), base="tiny_vgg3", variants=list(variants),
+                          finetune_epochs=1, limit_train=128, calib_images=64, threads=1,
+                          measure=MeasureSettings(threads=1, latency_runs=2, batch_repeats=1,
+                                                  budget_s=0.2, memory=False),
+                          progress=False, command="test")
+
+
+def compress_on_ranks(rank: int, world: int, store: Path, run: Path, out: Path,
+                      variants: list[str], tag: str) -> None:
+    """``run_compress`` on every rank; each rank saves what it built and what it logged."""
+    from zoo.compress.run import run_compress
+    dist = join(rank, world, store)
+    try:
+        lines: list[str] = []
+        res = run_compress(compress_config(run, variants), log=lines.append, dist=dist)
+        (out / f"compress-{tag}-{rank}.json").write_text(json.dumps(
+            {"built": res.built, "skipped": res.skipped, "rows": len(res.rows), "log": lines}))
+    finally:
+        dist.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,75 @@ def test_resume_under_two_ranks_continues_from_the_last_epoch(tmp_path, fake_fmn
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), k
 
 
+# ---- compress: the variants across ranks -------------------------------------------------------
+
+# struct-l1-30 and prune+int8 share one pruned model (one group); res-20 and int8-dynamic alone
+COMPRESS_VARIANTS = ["struct-l1-30", "int8-dynamic", "prune+int8", "res-20"]
+# figures of one process's clock and load, never equal between two runs
+TIMING_COLUMNS = {"latency_ms_b1", "latency_ms_b64", "speedup_b1", "speedup_b64",
+                  "peak_memory_mb", "cpu_percent", "images_per_second_b64"}
+
+
+def test_compress_groups_and_work():
+    from zoo.compress.run import group_work, variant_groups
+    from zoo.compress.variants import parse_variant
+    specs = [parse_variant(v) for v in [*COMPRESS_VARIANTS, "struct-l2-30", "qat8"]]
+    groups = [[s.name for s in g] for g in variant_groups(specs)]
+    assert groups == [["struct-l1-30", "prune+int8"], ["int8-dynamic"], ["res-20"],
+                      ["struct-l2-30"], ["qat8"]]     # prune+int8 prunes l1 30% deep, as struct
+    cfg = W.compress_config(Path("run"), COMPRESS_VARIANTS)
+    cfg.finetune_epochs, cfg.qat_epochs = 3, 1
+    work = [group_work(g, cfg) for g in variant_groups(specs)]
+    assert work == pytest.approx([3.2, 0.1, 3.1, 3.1, 1.1])   # the shared fine-tune counted once
+
+
+def compress_rows(run: Path) -> dict[str, dict[str, str]]:
+    return {r["variant"]: r for r in read_csv(run / "results" / "compression.csv")}
+
+
+def test_compress_on_two_ranks_builds_each_variant_once_like_one_process(tmp_path,
+                                                                         fake_fmnist_dir):
+    from tests.test_compress import make_tiny_run
+    from zoo.compress.run import run_compress
+    run = make_tiny_run(tmp_path / "run", fake_fmnist_dir)
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    spawn(W.compress_on_ranks, tmp_path / "store1", run, tmp_path, COMPRESS_VARIANTS, "a")
+    got = [json.loads((tmp_path / f"compress-a-{r}.json").read_text()) for r in (0, 1)]
+    names = [f"tiny_vgg3-{v}" for v in COMPRESS_VARIANTS]
+    for name in names:      # built exactly once, by one rank
+        assert sum(line.endswith(f"compress: building {name}") for g in got
+                   for line in g["log"]) == 1, name
+    assert got[0]["built"] == COMPRESS_VARIANTS and got[0]["skipped"] == []
+    assert got[0]["rows"] == 1 + len(COMPRESS_VARIANTS) and got[1]["rows"] == 0
+    assert got[1]["built"] and set(got[1]["built"]) < set(COMPRESS_VARIANTS)
+    cards = {n: json.loads((run / "zoo" / n / "card.json").read_text()) for n in names}
+    assert {c["parallel"]["rank"] for c in cards.values()} == {0, 1}
+    assert cards["tiny_vgg3-struct-l1-30"]["parallel"]["rank"] == \
+        cards["tiny_vgg3-prune+int8"]["parallel"]["rank"]
+    settings = json.loads((run / "results" / "compression_settings.json").read_text())
+    assert settings["parallel"]["world_size"] == 2
+    assert "rank 0 alone" in settings["parallel"]["measured_by"]
+    # the table lists each variant once and equals one process's, timings aside
+    run_compress(W.compress_config(one, COMPRESS_VARIANTS), log=lambda line: None)
+    rows, ref = compress_rows(run), compress_rows(one)
+    assert list(rows) == list(ref) == ["tiny_vgg3", *COMPRESS_VARIANTS]
+    for v in ref:
+        for col, want in ref[v].items():
+            if col not in TIMING_COLUMNS:
+                assert rows[v][col] == want, (v, col)
+    for n in names:
+        a, b = (json.loads((r / "zoo" / n / "card.json").read_text()) for r in (run, one))
+        assert a["checkpoint_sha256"] != "" and a["test_accuracy"] == b["test_accuracy"]
+        assert "parallel" not in b                       # one process: the card as before
+    # a second launch finds every variant finished: nothing is built again
+    spawn(W.compress_on_ranks, tmp_path / "store2", run, tmp_path, COMPRESS_VARIANTS, "b")
+    again = [json.loads((tmp_path / f"compress-b-{r}.json").read_text()) for r in (0, 1)]
+    assert again[0]["built"] == [] and again[0]["skipped"] == COMPRESS_VARIANTS
+    assert not any("building" in line for g in again for line in g["log"])
+    assert list(compress_rows(run)) == ["tiny_vgg3", *COMPRESS_VARIANTS]
+
+
 # ---- torchrun -m scripts.train_zoo ------------------------------------------------------------
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 120,
@@ -235,6 +305,25 @@ def test_run_all_under_torchrun_runs_each_stage_once_and_then_skips(tmp_path, fa
     stages = read_csv(run / "results" / "stages.csv")
     assert [r["stage"] for r in stages] == ["train-zoo", "compress", "profile-zoo",
                                             "evaluate-routers", "report"]   # rank 0 alone
+    built = json.loads((run / "results" / "compression_settings.json").read_text())["parallel"]
+    assert set(built["built_by_rank"].values()) == {0, 1}      # compress shared by both ranks
     again = torchrun(args, module="scripts.run_all", timeout=300)
     assert again.returncode == 0 and again.stdout.count("done already, skipped") == 5
     assert len(read_csv(run / "results" / "stages.csv")) == 5
+
+
+@pytest.mark.slow
+def test_torchrun_compress_builds_across_ranks_then_skips_everything(tmp_path, fake_fmnist_dir):
+    from tests.test_compress import FAST, make_tiny_run
+    run = make_tiny_run(tmp_path / "run", fake_fmnist_dir)
+    args = ["--run", str(run), "--base", "tiny_vgg3", "--variants", *COMPRESS_VARIANTS, *FAST]
+    done = torchrun(args, module="scripts.compress", timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for v in COMPRESS_VARIANTS:
+        assert done.stdout.count(f"compress: building tiny_vgg3-{v}\n") == 1, done.stdout
+    assert "measured by rank 0 alone, in one process" in done.stdout
+    assert list(compress_rows(run)) == ["tiny_vgg3", *COMPRESS_VARIANTS]
+    again = torchrun(args, module="scripts.compress", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "building" not in again.stdout and again.stdout.count("done already") == 4
+    assert list(compress_rows(run)) == ["tiny_vgg3", *COMPRESS_VARIANTS]

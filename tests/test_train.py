@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -358,3 +359,76 @@ def test_train_zoo_trains_a_torchvision_classifier(tmp_path, fake_fmnist_dir):
     r18 = model_arch("resnet18", num_classes=10, in_channels=1, input_size=28)
     assert r18.small_input and r18.to_dict()["in_channels"] == 1
     assert not model_arch("resnet18", num_classes=10, in_channels=3, input_size=224).small_input
+
+
+# ---- on a GPU the dataset moves to the device once ---------------------------------------------
+
+def test_on_device_moves_images_and_labels_as_a_whole():
+    from zoo.data import ImageSet
+    from zoo.train import data_stays_on, on_device
+    s = ImageSet(torch.zeros((6, 1, 4, 4), dtype=torch.uint8), torch.arange(6))
+    assert on_device(s, "cpu") is s                    # already there: no copy
+    m = on_device(s, "meta")                           # a device that holds no data
+    assert m.images.device.type == m.labels.device.type == "meta"
+    assert (m.images.shape, m.images.dtype, m.labels.dtype) == (s.images.shape, torch.uint8,
+                                                                 torch.int64)
+    assert m.ids is s.ids and on_device(m, "meta") is m
+    assert data_stays_on(torch.device("cuda")) and not data_stays_on(torch.device("cpu"))
+
+
+def _count_to_calls(monkeypatch, bundle, batches: int, *, gpu_path: bool) -> int:
+    """``Tensor.to`` calls during a 2-epoch fit with ``batches`` batches per epoch (augment and
+    erase on); ``gpu_path``: the code path GPUs take, run here on the CPU."""
+    import zoo.train
+    from zoo.vgg import VGG
+    monkeypatch.setattr(zoo.train, "data_stays_on", lambda device: gpu_path)
+    calls = []
+    real = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        calls.append(self.dtype)
+        return real(self, *args, **kwargs)
+    torch.manual_seed(0)
+    model = VGG(_arch(bundle))
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "batch_size": 8, "augment": True, "erase": 0.5,
+                         "max_batches_per_epoch": batches})
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "to", to)
+        res = fit(model, bundle.train, bundle.val, bundle.info, cfg, progress=False)
+    assert len(res.history) == 2 and all(math.isfinite(r["train_loss"]) for r in res.history)
+    return len(calls)
+
+
+def test_gpu_path_copies_the_dataset_once_per_fit_not_per_batch(monkeypatch, bundle):
+    # GPU path: the same number of copies for 2 and 8 batches per epoch (none per batch)
+    assert _count_to_calls(monkeypatch, bundle, 2, gpu_path=True) == \
+        _count_to_calls(monkeypatch, bundle, 8, gpu_path=True)
+    # the CPU path sends every batch (images and labels) to the device: the count can differ
+    cpu = [_count_to_calls(monkeypatch, bundle, n, gpu_path=False) for n in (2, 8)]
+    assert cpu[1] - cpu[0] >= 2 * 2 * (8 - 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_sends_no_batch_from_the_host(bundle, monkeypatch):
+    from zoo.vgg import VGG
+    host_to_gpu = []
+    real = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type == "cuda":
+            host_to_gpu.append(tuple(self.shape))
+        return out
+    counts = []
+    for batches in (2, 6):
+        host_to_gpu.clear()
+        torch.manual_seed(0)
+        cfg = TrainConfig(**{**TINY, "epochs": 2, "batch_size": 8, "augment": True,
+                             "erase": 0.5, "device": "cuda", "max_batches_per_epoch": batches})
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "to", to)
+            fit(VGG(_arch(bundle)), bundle.train, bundle.val, bundle.info, cfg, progress=False)
+        counts.append(len(host_to_gpu))
+        assert tuple(bundle.train.images.shape) in host_to_gpu      # the whole set, once
+        assert host_to_gpu.count(tuple(bundle.train.images.shape)) == 1
+    assert counts[0] == counts[1]

@@ -3,9 +3,11 @@
 (Training a whole zoo into a run directory, with cards and the ladder, is ``zoo.train_zoo``.)
 
 Data stays as uint8 tensors; each batch is augmented (optional random crop with padding and
-horizontal flip, optional random erasing), normalised with ``zoo.data.normalize`` and sent to the device. The learning
-rate changes every step (cosine with optional linear warm-up, or one-cycle). After every epoch
-``fit`` rewrites ``history.csv`` and a resumable state file (model, optimizer, scheduler,
+horizontal flip, optional random erasing), normalised with ``zoo.data.normalize`` and sent to the device.
+On a GPU (any device but the CPU) the whole uint8 train and val sets move to the device once per
+``fit`` (``on_device``) and batches are indexed and augmented there: no per-batch host-to-device
+copy. The learning rate changes every step (cosine with optional linear warm-up, or
+one-cycle). After every epoch ``fit`` rewrites ``history.csv`` and a resumable state file (model, optimizer, scheduler,
 epoch, history, best weights), both atomically; a later call with the same ``state_path``
 continues from the last finished epoch. At the end ``fit`` restores the weights with the lowest
 validation loss (``keep="best"``) or keeps those of the last epoch (``keep="last"``: for a
@@ -160,12 +162,43 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# ---- data on the device ----------------------------------------------------------------------
+
+def data_stays_on(device: torch.device) -> bool:
+    """Whether ``fit`` and ``evaluate`` keep the whole dataset on ``device`` (every device but
+    the CPU, where batches are plain slices of the host tensors already)."""
+    return torch.device(device).type != "cpu"
+
+
+def on_device(images: ImageSet, device: str | torch.device) -> ImageSet:
+    """``images`` with its uint8 images and labels on ``device``, copied once as a whole (ids
+    stay on the host); ``images`` itself when they are there already."""
+    device = torch.device(device)
+
+    def there(t: torch.Tensor) -> bool:
+        return t.device.type == device.type and device.index in (None, t.device.index)
+    if there(images.images) and there(images.labels):
+        return images
+    return ImageSet(images.images.to(device), images.labels.to(device), images.ids)
+
+
+def normalizer(info: DatasetInfo, device: str | torch.device) -> Callable[[torch.Tensor],
+                                                                           torch.Tensor]:
+    """``zoo.data.normalize`` with the mean and std put on ``device`` once, not per batch."""
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return lambda images: (images.float().div_(255.0) - mean) / std
+
+
 # ---- evaluation ------------------------------------------------------------------------------
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: ImageSet, info: DatasetInfo, batch_size: int = 512,
              device: str | torch.device = "cpu", channels_last: bool = False) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy (fractions) over ``images``, in eval mode."""
+    """Mean cross-entropy, top-1 and top-5 accuracy (fractions) over ``images``, in eval mode.
+
+    On a GPU the whole split moves to the device once (a no-op for ``fit``'s val set, already
+    there), then every batch is a slice of it."""
     was_training = model.training
     model.eval()
     n = len(images)
@@ -174,11 +207,19 @@ def evaluate(model: nn.Module, images: ImageSet, info: DatasetInfo, batch_size: 
         return {"loss": float("nan"), "accuracy": float("nan"), "top5": float("nan")}
     k = min(5, info.num_classes)
     loss_sum, correct, correct5 = 0.0, 0, 0
+    resident = data_stays_on(torch.device(device))
+    if resident:
+        images = on_device(images, device)
+        norm = normalizer(info, device)
+    else:
+        norm = lambda xb: normalize(xb, info)  # noqa: E731
     for s in range(0, n, batch_size):
-        x = normalize(images.images[s:s + batch_size].to(device), info)
+        xb, y = images.images[s:s + batch_size], images.labels[s:s + batch_size]
+        if not resident:
+            xb, y = xb.to(device), y.to(device)
+        x = norm(xb)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = images.labels[s:s + batch_size].to(device)
         logits = model(x).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(k, dim=1).indices  # (B, k)
@@ -192,17 +233,20 @@ def evaluate(model: nn.Module, images: ImageSet, info: DatasetInfo, batch_size: 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2,
                   flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding (and random horizontal flip) of uint8 ``(B, C, H, W)``."""
+    """Random crop with zero padding (and random horizontal flip) of uint8 ``(B, C, H, W)``.
+
+    Draws are made on ``generator``'s device (``fit`` gives a GPU batch a GPU generator)."""
     b, c, h, w = x.shape
+    g = generator.device
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=g)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=g)
+    rows = (oy[:, None] + torch.arange(h, device=g))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=g))[:, None, :]  # (B, 1, W)
     if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
+        flipped = torch.rand(b, generator=generator, device=g) < 0.5
         cols = torch.where(flipped[:, None, None], cols.flip(-1), cols)
-    bidx = torch.arange(b)[:, None, None]
+    bidx = torch.arange(b, device=g)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[bidx, rows, cols]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
 
@@ -214,25 +258,27 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, p: float, *,
 
     Each image is erased with probability ``p``: one rectangle of ``area`` (a fraction of the
     image) and ``aspect`` (height / width, drawn log-uniformly), clipped to the image, is filled
-    with uniform random pixel values. Returns a new tensor; ``x`` is left as it is.
+    with uniform random pixel values. Returns a new tensor; ``x`` is left as it is. Draws are
+    made on ``generator``'s device, which must be ``x``'s.
     """
     b, c, h, w = x.shape
     if p <= 0 or b == 0:
         return x
-    chosen = torch.rand(b, generator=generator) < p
-    frac = area[0] + (area[1] - area[0]) * torch.rand(b, generator=generator)
+    g = generator.device
+    chosen = torch.rand(b, generator=generator, device=g) < p
+    frac = area[0] + (area[1] - area[0]) * torch.rand(b, generator=generator, device=g)
     log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, generator=generator))
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, generator=generator, device=g))
     eh = (torch.sqrt(frac * h * w * ratio).round().long()).clamp(1, h)   # (B,)
     ew = (torch.sqrt(frac * h * w / ratio).round().long()).clamp(1, w)
-    y0 = (torch.rand(b, generator=generator) * (h - eh + 1)).long()
-    x0 = (torch.rand(b, generator=generator) * (w - ew + 1)).long()
-    rows = torch.arange(h)[None, :]
-    cols = torch.arange(w)[None, :]
+    y0 = (torch.rand(b, generator=generator, device=g) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, generator=generator, device=g) * (w - ew + 1)).long()
+    rows = torch.arange(h, device=g)[None, :]
+    cols = torch.arange(w, device=g)[None, :]
     in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])        # (B, H)
     in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])        # (B, W)
     mask = (in_rows[:, :, None] & in_cols[:, None, :]) & chosen[:, None, None]   # (B, H, W)
-    noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8)
+    noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8, device=g)
     return torch.where(mask[:, None], noise, x)
 
 
@@ -346,6 +392,14 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     state_path = Path(state_path) if state_path is not None else None
+    # GPU: the whole uint8 train and val sets move to the device here, once; every batch is then
+    # indexed, augmented and normalised there (no per-batch host-to-device copy)
+    resident = data_stays_on(device)
+    if resident:
+        train, val = on_device(train, device), on_device(val, device)
+        norm = normalizer(info, device)
+    else:
+        norm = lambda xb: normalize(xb, info)  # noqa: E731
 
     n_steps = (steps_per_epoch(len(train), config) if dp is None
                else dp.steps_per_epoch(len(train), config))
@@ -381,6 +435,9 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         torch.manual_seed(config.seed * 100_003 + epoch + (0 if dp is None else dp.seed_offset))
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=gen)
+        if resident:   # the same order on every device, moved once per epoch; the augmentation
+            order = order.to(device)                           # draws on the device itself
+            gen = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch)
         train_model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
@@ -396,10 +453,12 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
             if dp is not None:      # the global batch was drawn and augmented whole: take a part
                 part = dp.local_part(len(idx))
                 xb, yb = xb[part], yb[part]
-            x = normalize(xb.to(device, non_blocking=True), info)
+            if not resident:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            x = norm(xb)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = yb.to(device, non_blocking=True)
+            y = yb
             with autocast_context(device, config.amp):
                 logits = train_model(x)
                 loss = criterion(logits, y)

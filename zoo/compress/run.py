@@ -14,6 +14,13 @@ at ``input_size`` with random or user-supplied weights; variants are saved under
 ``RUN/cost_only/`` (no cards: they are not zoo members) and calibrated on random inputs, with
 no fine-tuning or QAT training; accuracy columns stay empty. Its tables carry a ``_cost_only``
 suffix (``results/compression_cost_only.csv``, ...) so they never overwrite a trained base's.
+
+Under torchrun (``dist`` of several ranks) the variants still to build are spread over the
+ranks the way ``train-zoo`` spreads models (``zoo.distributed.assign_to_ranks``; a ``struct``
+variant and ``prune+int8`` with the same pruning stay together: they share one fine-tuned
+pruned model). Each rank writes the variants it builds into their own folders; after a barrier
+rank 0 alone reads every variant back from disk, measures them all in one process (every
+timing is one worker's) and writes the tables, exactly as one process does.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ from zoo.compress.sweep import SWEEP_COLUMNS, prune_sweep
 from zoo.compress.unstructured import write_sparse_file
 from zoo.compress.variants import CompressContext, Variant, VariantSpec, make_variant, \
     parse_variant, put_pruned
-from zoo.data import DatasetInfo, prepare_data
+from zoo.data import DatasetInfo, ImageSet, prepare_data
+from zoo.distributed import Dist, assign_to_ranks
 from zoo.registry import model_arch
 from zoo.rundir import RunDir
 from zoo.vgg import VGG
@@ -202,19 +210,37 @@ def _load_base(cfg: CompressConfig, rd: RunDir) -> tuple[VGG, dict[str, Any], bo
 
 def _card(name: str, base: str, v: Variant, info: DatasetInfo, fingerprint: str,
           val_acc: float, test_acc: float, params: int, ckpt_path: Path,
-          command: str) -> dict[str, Any]:
-    return {"model_name": name, "arch": v.arch, "parent": base, "variant": v.spec.name,
+          command: str, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+    card = {"model_name": name, "arch": v.arch, "parent": base, "variant": v.spec.name,
             "dataset": info.to_dict(), "split_fingerprint": fingerprint,
             "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
             "train_seconds": v.seconds, "train_config": v.train_config, "command": command,
             "created": _now(), "checkpoint_sha256": file_sha256(ckpt_path),
             "compression": v.extra}
+    if placement is not None:     # under torchrun: which rank built it (as train-zoo's cards)
+        card["parallel"] = placement
+    return card
 
 
-def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
-    """Build (or reuse), save and measure every variant; write the tables."""
-    from zoo.costs import count_params
-    from zoo.train import evaluate
+@dataclass
+class _Setup:
+    """What every variant of one ``compress`` call is built from and measured against."""
+
+    rd: RunDir
+    specs: list[VariantSpec]
+    base: VGG
+    cost_only: bool
+    bundle: Any                    # zoo.data's bundle; None in cost-only mode
+    info: DatasetInfo | None
+    ctx: CompressContext
+    test: ImageSet | None
+    out_root: Path
+    base_path: Path
+    base_id: str
+
+
+def _setup(cfg: CompressConfig) -> _Setup:
+    """Parse the variants, load the base and the data; cost-only: save the base file once."""
     rd = RunDir(cfg.run)
     specs: list[VariantSpec] = [parse_variant(v, cfg.ratio, cfg.norm, cfg.layers)
                                 for v in cfg.variants]
@@ -255,62 +281,104 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
     else:
         base_path = rd.checkpoint(cfg.base)
         base_id = file_sha256(base_path)
+    return _Setup(rd, specs, base, cost_only, bundle, info, ctx, test, out_root, base_path,
+                  base_id)
+
+
+def _variant_current(cfg: CompressConfig, s: _Setup, spec: VariantSpec) -> bool:
+    """Whether ``spec`` is saved (card too, unless cost-only) with the recipe asked for now."""
+    d = s.out_root / f"{cfg.base}-{spec.name}"
+    if not (d / "checkpoint.pt").exists() or not (s.cost_only or (d / "card.json").exists()):
+        return False
+    recipe = variant_recipe(spec, cfg, s.base_id)
+    return read_checkpoint(d / "checkpoint.pt").get("extra", {}).get("recipe") == recipe
+
+
+def _ensure_variant(cfg: CompressConfig, s: _Setup, spec: VariantSpec, log,
+                    placement: dict[str, Any] | None = None
+                    ) -> tuple[Any, dict[str, Any], Path, Path | None, bool]:
+    """Build ``spec`` into ``<out_root>/<base>-<variant>/`` (checkpoint, then card), or load it
+    back when saved with the same recipe. Returns (the model as saved, its arch, checkpoint
+    path, sparse-weights file or None, reused). ``placement`` goes into a new card."""
+    from zoo.costs import count_params
+    from zoo.train import evaluate
+    ctx, info, out_root = s.ctx, s.info, s.out_root
+    name = f"{cfg.base}-{spec.name}"
+    ckpt_path = out_root / name / "checkpoint.pt"
+    recipe = variant_recipe(spec, cfg, s.base_id)
+    done = ckpt_path.exists() and (s.cost_only or (out_root / name / "card.json").exists())
+    sparse_path = out_root / name / "sparse_weights.pt" if spec.method == "unstruct" else None
+    if done:
+        model, ck = load_model(ckpt_path)
+        if ck.get("extra", {}).get("recipe") != recipe:
+            log(f"compress: {name} was built with other settings or another base; "
+                "rebuilding it")
+            done = False
+    if done:
+        arch = ck["arch"]
+        log(f"compress: {name} done already, reusing it")
+        if spec.method == "struct":
+            put_pruned(ctx, spec, model, ck.get("train_config", {}), ck.get("extra", {}))
+        if sparse_path is not None and not sparse_path.exists():
+            write_sparse_file(model, sparse_path)
+        return model, arch, ckpt_path, sparse_path, True
+    log(f"compress: building {name}")
+    ctx.work_dir = None if s.cost_only else _work_dir(s.rd.root, name, recipe)
+    v = make_variant(s.base, spec, ctx)
+    v.extra["recipe"] = recipe
+    if sparse_path is not None and sparse_path.exists():
+        sparse_path.unlink()  # the old variant's; rewritten below
+    save_checkpoint(ckpt_path, model_name=name, arch=v.arch, state_dict=v.state_dict,
+                    parent=cfg.base, train_config=v.train_config,
+                    data=info.to_dict() if info else {}, extra=v.extra,
+                    metrics={"compress_seconds": v.seconds})
+    if sparse_path is not None:
+        write_sparse_file(v.model, sparse_path)
+    model, ck = load_model(ckpt_path)  # measure what was saved, not what is in memory
+    if not s.cost_only:
+        val_acc = evaluate(model, s.bundle.val, info)["accuracy"]
+        test_acc = evaluate(model, s.test, info)["accuracy"]
+        params = count_params(model)[0]
+        write_json(out_root / name / "card.json",
+                   _card(name, cfg.base, v, info, s.bundle.splits.fingerprint, val_acc,
+                         test_acc, params, ckpt_path, cfg.command, placement))
+    if ctx.work_dir is not None:      # saved with its card: the states are spent
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return model, v.arch, ckpt_path, sparse_path, False
+
+
+def run_compress(cfg: CompressConfig, log=print, dist: Dist | None = None) -> CompressResult:
+    """Build (or reuse), save and measure every variant; write the tables.
+
+    ``dist`` of several ranks (torchrun): call on every rank; see ``run_compress_parallel``.
+    """
+    if dist is not None and dist.enabled:
+        return run_compress_parallel(cfg, dist, log)
+    return _measure_and_write(cfg, _setup(cfg), log)
+
+
+def _measure_and_write(cfg: CompressConfig, s: _Setup, log,
+                       parallel: dict[str, Any] | None = None) -> CompressResult:
+    """Measure the base, build or reuse each variant and measure it; write the tables.
+    ``parallel``: how a torchrun launch built the variants (recorded in the settings file)."""
+    from zoo.costs import count_params
+    base, info, test, fa = s.base, s.info, s.test, s.base.arch
     ms = cfg.measure
     ms.threads = cfg.threads
     log(f"compress: measuring base {cfg.base}")
     base_row = measure(base, variant=cfg.base, base=cfg.base, model_name=cfg.base,
-                       arch=fa.to_dict(), checkpoint=base_path, settings=ms, test=test, info=info)
+                       arch=fa.to_dict(), checkpoint=s.base_path, settings=ms, test=test,
+                       info=info)
     folded_params = count_params(fold_batchnorm(base))[0]  # what pruning is measured against
     edges = histogram_edges(base)
     hist = weight_histogram(base, cfg.base, edges)
     rows, built, skipped = [base_row], [], []
     base_shape = (fa.in_channels, fa.input_size, fa.input_size)  # every variant gets base inputs
 
-    for spec in tqdm(specs, desc="variants", disable=not cfg.progress):
+    for spec in tqdm(s.specs, desc="variants", disable=not cfg.progress):
         name = f"{cfg.base}-{spec.name}"
-        ckpt_path = out_root / name / "checkpoint.pt"
-        recipe = variant_recipe(spec, cfg, base_id)
-        done = ckpt_path.exists() and (cost_only or (out_root / name / "card.json").exists())
-        sparse_path = out_root / name / "sparse_weights.pt" if spec.method == "unstruct" else None
-        if done:
-            model, ck = load_model(ckpt_path)
-            if ck.get("extra", {}).get("recipe") != recipe:
-                log(f"compress: {name} was built with other settings or another base; "
-                    "rebuilding it")
-                done = False
-        if done:
-            arch = ck["arch"]
-            skipped.append(spec.name)
-            log(f"compress: {name} done already, reusing it")
-            if spec.method == "struct":
-                put_pruned(ctx, spec, model, ck.get("train_config", {}), ck.get("extra", {}))
-            if sparse_path is not None and not sparse_path.exists():
-                write_sparse_file(model, sparse_path)
-        else:
-            log(f"compress: building {name}")
-            ctx.work_dir = None if cost_only else _work_dir(rd.root, name, recipe)
-            v = make_variant(base, spec, ctx)
-            v.extra["recipe"] = recipe
-            if sparse_path is not None and sparse_path.exists():
-                sparse_path.unlink()  # the old variant's; rewritten below
-            save_checkpoint(ckpt_path, model_name=name, arch=v.arch, state_dict=v.state_dict,
-                            parent=cfg.base, train_config=v.train_config,
-                            data=info.to_dict() if info else {}, extra=v.extra,
-                            metrics={"compress_seconds": v.seconds})
-            if sparse_path is not None:
-                write_sparse_file(v.model, sparse_path)
-            model, ck = load_model(ckpt_path)  # measure what was saved, not what is in memory
-            arch = v.arch
-            if not cost_only:
-                val_acc = evaluate(model, bundle.val, info)["accuracy"]
-                test_acc = evaluate(model, test, info)["accuracy"]
-                params = count_params(model)[0]
-                write_json(out_root / name / "card.json",
-                           _card(name, cfg.base, v, info, bundle.splits.fingerprint, val_acc,
-                                 test_acc, params, ckpt_path, cfg.command))
-            built.append(spec.name)
-            if ctx.work_dir is not None:      # saved with its card: the states are spent
-                shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        model, arch, ckpt_path, sparse_path, reused = _ensure_variant(cfg, s, spec, log)
+        (skipped if reused else built).append(spec.name)
         row = measure(model, variant=spec.name, base=cfg.base, model_name=name, arch=arch,
                       checkpoint=ckpt_path, settings=ms, test=test, info=info,
                       input_shape=base_shape, base_row=base_row, sparse_file=sparse_path,
@@ -319,7 +387,7 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
         hist += weight_histogram(model, spec.name, edges)
         del model
 
-    paths = result_paths(rd.results, cost_only)
+    paths = result_paths(s.rd.results, s.cost_only)
     write_csv(paths["compression"], merge_rows(paths["compression"], rows, cfg.base),
               COLUMNS + EXTRA_COLUMNS)
     write_csv(paths["weight_hist"], hist, ["variant", "bin_left", "bin_right", "count"])
@@ -329,11 +397,100 @@ def run_compress(cfg: CompressConfig, log=print) -> CompressResult:
                                  norm=cfg.norm or "l1", layers=cfg.layers or "deep",
                                  progress=cfg.progress)
         write_csv(paths["prune_sweep"], sweep_rows, SWEEP_COLUMNS)
-    write_json(paths["settings"],
-               {"base": cfg.base, "cost_only": cost_only, "threads": cfg.threads,
+    settings = {"base": cfg.base, "cost_only": s.cost_only, "threads": cfg.threads,
                 "measure": asdict(ms), "torch": torch.__version__, "created": _now(),
                 "command": cfg.command, "finetune_epochs": cfg.finetune_epochs,
                 "finetune_lr": cfg.finetune_lr, "qat_lr": cfg.qat_lr,
-                "qat_epochs": qat_epochs(cfg), "limit_train": cfg.limit_train, "weights": cfg.weights})
+                "qat_epochs": qat_epochs(cfg), "limit_train": cfg.limit_train,
+                "weights": cfg.weights}
+    if parallel is not None:
+        settings["parallel"] = parallel
+    write_json(paths["settings"], settings)
     log(format_table(rows))
-    return CompressResult(rows, sweep_rows, built, skipped, cost_only)
+    return CompressResult(rows, sweep_rows, built, skipped, s.cost_only)
+
+
+# ---- under torchrun: the variants across ranks ------------------------------------------------
+
+def variant_groups(specs: list[VariantSpec]) -> list[list[VariantSpec]]:
+    """The variants in groups built by one process, in the given order: ``struct`` variants
+    and ``prune+int8`` with the same pruning (ratio, norm, layers) share one fine-tuned pruned
+    model (``CompressContext.cache``), so they stay together; every other variant is alone."""
+    groups: dict[Any, list[VariantSpec]] = {}
+    for spec in specs:
+        key = (("struct",) + spec.prune_key if spec.method in ("struct", "prune+int8")
+               else spec.name)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+def group_work(group: list[VariantSpec], cfg: CompressConfig) -> float:
+    """A group's estimated work in training epochs over the fine-tune images (the pruning
+    fine-tune a group shares counted once; a post-training quantization 0.1), to balance ranks."""
+    work = 0.1 * len(group)
+    if any(s.method in ("struct", "prune+int8") for s in group):
+        work += cfg.finetune_epochs
+    for s in group:
+        if s.method in ("unstruct", "res"):
+            work += cfg.finetune_epochs
+        elif s.method in ("qat8", "qat4"):
+            work += qat_epochs(cfg)
+    return work
+
+
+def run_compress_parallel(cfg: CompressConfig, dist: Dist, log=print) -> CompressResult:
+    """``run_compress`` on every rank of ``dist``: the variants not yet built are spread over
+    the ranks (``variant_groups`` weighted by ``group_work``, ``assign_to_ranks``; decided on
+    rank 0 before any rank writes), each rank builds its share into the variants' own folders,
+    then every rank waits for the others (errors are gathered and raised on every rank). Rank 0
+    then runs the one-process pass: it reads every variant back from disk, measures them all
+    alone (every timing is one worker's) and writes the tables; it returns that result, with
+    ``built`` naming what any rank built. The other ranks return their own ``built`` only."""
+    s = dist.main_first(lambda: _setup(cfg))   # rank 0 first: a cost-only base file
+    if str(cfg.device).startswith("cuda"):
+        s.ctx.device = dist.device            # this rank's own GPU
+    s.ctx.progress = cfg.progress and dist.is_main
+    groups = variant_groups(s.specs)
+
+    def plan() -> dict[str, float]:
+        return {g[0].name: group_work(g, cfg) for g in groups
+                if not all(_variant_current(cfg, s, spec) for spec in g)}
+    work = dist.broadcast_object(plan() if dist.is_main else None)
+    owner = assign_to_ranks(work, dist.world_size)
+    if dist.is_main:
+        shares = "; ".join(
+            f"rank {r}: " + (", ".join(sp.name for g in groups if owner.get(g[0].name) == r
+                                       for sp in g) or "-") for r in range(dist.world_size))
+        log(f"compress: {len(work)} of {len(groups)} variant groups to build on "
+            f"{dist.world_size} ranks ({dist.backend}); {shares}")
+    placement = {"mode": "across", "rank": dist.rank, "launch_world_size": dist.world_size,
+                 "backend": dist.backend}
+    prefix = f"[rank {dist.rank}] "
+    built: list[str] = []
+    error = None
+    for group in groups:
+        if owner.get(group[0].name) != dist.rank:
+            continue
+        try:
+            for spec in group:
+                *_, reused = _ensure_variant(cfg, s, spec, lambda m: log(prefix + m), placement)
+                if not reused:
+                    built.append(spec.name)
+        except Exception as e:   # the others must hear of it, not wait for this rank forever
+            error = f"{group[0].name} on rank {dist.rank}: {type(e).__name__}: {e}"
+            break
+    gathered = dist.gather_objects((built, error))      # every rank's share done: the barrier
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise ValueError("; ".join(errors))
+    if not dist.is_main:
+        return CompressResult([], [], built, [], s.cost_only)
+    built_by = {n: r for r, (names, _) in enumerate(gathered) for n in names}
+    log(f"compress: variants built on {dist.world_size} ranks; every figure of the table is "
+        "measured by rank 0 alone, in one process, from the saved files")
+    res = _measure_and_write(cfg, s, log, parallel={
+        "world_size": dist.world_size, "backend": dist.backend, "built_by_rank": built_by,
+        "measured_by": "rank 0 alone, in one process, after every rank finished"})
+    res.built = [sp.name for sp in s.specs if sp.name in built_by or sp.name in res.built]
+    res.skipped = [sp.name for sp in s.specs if sp.name not in res.built]
+    return res
