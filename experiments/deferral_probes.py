@@ -1,0 +1,225 @@
+"""Probes behind the README's "learned router" paragraph (issue 21): ideas measured and NOT
+shipped, kept so their figures can be re-made. Not part of the library; nothing here selects
+on test (heads and fine-tunes fit on train, curves are read on val; the ensembling cascade is
+selected on val like the shipped cascade, and its test accuracy is only reported).
+
+    python experiments/deferral_probes.py --run runs/standard ensemble
+    python experiments/deferral_probes.py --run runs/standard train-head
+    python experiments/deferral_probes.py --run runs/standard finetune --lam 1 --hard wrong
+
+``ensemble``: a cascade whose stage k answers with the mean probabilities of stages 1..k and
+stops on that mean's top probability, against the plain cascade, both selected on val with
+the 1-SE margin; expected speedup over the best single model from the run's measured
+images/s. ``train-head``: logistic deferral heads for the cheapest model fitted on the *train*
+split (9x more samples than val) on its probability features, its penultimate activations,
+or both; deferral curves to the best model on val. ``finetune``: the cheapest model
+fine-tuned 2 epochs with a deferral-aware loss (cross-entropy on train samples it gets
+right, cross-entropy to the uniform distribution on the ones it gets wrong, after Enomoto and
+Eda 2021); its val accuracy and deferral curve.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from router.base import least_cost_meeting, paired_se, table_precision  # noqa: E402
+from router.cascade import threshold_grid  # noqa: E402
+from router.deferral import deferral_curve, deferral_features  # noqa: E402
+
+SHARES = (0.05, 0.1, 0.2, 0.3)
+
+
+def load_tables(run: Path):
+    out = {}
+    for split in ("val", "test"):
+        z = np.load(run / "tables" / f"{split}.npz")
+        out[split] = ([str(n) for n in z["model_names"]], z["labels"], table_precision(z["probs"]))
+    return out
+
+
+def measured_ms(run: Path, names: list[str]) -> np.ndarray:
+    import pandas as pd
+    d = pd.read_csv(run / "results" / "routers.csv")
+    single = d[d.method.str.startswith("single:") & (d.zoo == "all") & (d.sacrifice == 0)]
+    ips = dict(zip(single.method.str[len("single:"):], single.images_per_second))
+    return np.array([1000.0 / ips[n] for n in names])
+
+
+def _stage_probs(P, chain, j, ensemble):
+    return P[:, list(chain[:j + 1])].mean(axis=1) if ensemble else P[:, chain[j]]
+
+
+def _candidates(P, y, chain, cost, ref_right, ensemble):
+    n = len(y)
+    stage = [_stage_probs(P, chain, j, ensemble) for j in range(len(chain))]
+    conf = [s.max(1) for s in stage]
+    corr = [s.argmax(1) == y for s in stage]
+    if len(chain) == 1:
+        combos = np.zeros((1, 0), dtype=np.float32)
+    else:
+        combos = np.array(list(itertools.product(*[threshold_grid(conf[j], 24)
+                                                   for j in range(len(chain) - 1)])),
+                          dtype=np.float32)
+    alive = np.ones((len(combos), n), bool)
+    right = np.zeros_like(alive)
+    c = np.zeros(len(combos))
+    for j, m in enumerate(chain):
+        c += alive.mean(1) * cost[m]
+        stop = alive if j == len(chain) - 1 else alive & (conf[j][None] >= combos[:, j, None])
+        right |= stop & corr[j][None]
+        alive &= ~stop
+    se = paired_se((right & ~ref_right).sum(1), (~right & ref_right).sum(1), n)
+    return right.mean(1), c, se, combos
+
+
+def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
+    t = load_tables(run)
+    names, yv, Pv = t["val"]
+    _, yt, Pt = t["test"]
+    cost = measured_ms(run, names)
+    zoos = {"all": list(range(len(names))), "base": [i for i, n in enumerate(names) if "-" not in n]}
+    for zoo, idx in zoos.items():
+        acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
+        ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
+        ref_right = Pv[:, ref].argmax(1) == yv
+        order = sorted(idx, key=lambda i: cost[i])
+        for ensemble in (False, True):
+            rows = []
+            for k in (1, 2, 3):
+                for chain in itertools.combinations(order, k):
+                    a, c, se, th = _candidates(Pv, yv, chain, cost, ref_right, ensemble)
+                    rows += [(a[i] - se[i], c[i], chain, th[i]) for i in range(len(a))]
+            bound = np.array([r[0] for r in rows])
+            costs = np.array([r[1] for r in rows])
+            for s in sacrifices:
+                i = least_cost_meeting(bound, costs, float(ref_right.mean()) - s)
+                _, _, chain, th = rows[i]
+                alive = np.ones(len(yt), bool)
+                right = np.zeros(len(yt), bool)
+                spent = 0.0
+                for j, m in enumerate(chain):
+                    p = _stage_probs(Pt, chain, j, ensemble)
+                    spent += alive.mean() * cost[m]
+                    stop = alive if j == len(chain) - 1 else alive & (p.max(1) >= th[j])
+                    right |= stop & (p.argmax(1) == yt)
+                    alive &= ~stop
+                print(f"{zoo:5s} {'ensembling' if ensemble else 'plain':10s} s={s:<6g} "
+                      f"{' -> '.join(names[m] for m in chain):60s} test {100 * right.mean():.2f}% "
+                      f"expected {cost[ref] / spent:.2f}x best single")
+
+
+def _cheap_and_best(run: Path):
+    from zoo.checkpoint import load_model, preprocess_of
+    from zoo.data import prepare_data
+    from zoo.rundir import RunDir
+    rd = RunDir(run)
+    bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    names, yv, Pv = load_tables(run)["val"]
+    cost = measured_ms(run, names)
+    base = [i for i, n in enumerate(names) if "-" not in n]
+    acc = {i: (Pv[:, i].argmax(1) == yv).mean() for i in base}
+    cheap = min(base, key=lambda i: cost[i])
+    best = max(base, key=lambda i: (acc[i], -cost[i]))
+    m1, c1 = load_model(rd.checkpoint(names[cheap]))
+    m4, c4 = load_model(rd.checkpoint(names[best]))
+    return bundle, (m1, preprocess_of(c1, bundle.info)), (m4, preprocess_of(c4, bundle.info)), \
+        names[cheap], names[best]
+
+
+@torch.inference_mode()
+def _forward(model, info, x, features=False):
+    from zoo.preprocess import prepare
+    model.eval()
+    feats = []
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    h = last.register_forward_hook(lambda mod, i, o: feats.append(i[0].detach()))
+    probs = torch.cat([torch.softmax(model(prepare(x[s:s + 1024], info)).float(), 1)
+                       for s in range(0, len(x), 1024)]).numpy()
+    h.remove()
+    return (probs, torch.cat(feats).numpy()) if features else probs
+
+
+def _curve(tag, score, first_right, ref_right):
+    acc = deferral_curve(score, first_right, ref_right, SHARES)
+    print(f"{tag:40s} " + " ".join(f"{s:.0%}: {100 * a:.2f}" for s, a in zip(SHARES, acc)))
+
+
+def probe_train_head(run: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    bundle, (m1, i1), (m4, i4), cheap, best = _cheap_and_best(run)
+    p1t, ft = _forward(m1, i1, bundle.train.images, features=True)
+    p1v, fv = _forward(m1, i1, bundle.val.images, features=True)
+    p4v = _forward(m4, i4, bundle.val.images)
+    yt, yv = bundle.train.labels.numpy(), bundle.val.labels.numpy()
+    c1t, c1v, c4v = p1t.argmax(1) == yt, p1v.argmax(1) == yv, p4v.argmax(1) == yv
+    print(f"{cheap} -> {best}; {cheap} right on {c1t.mean():.2%} of train, {c1v.mean():.2%} of val;"
+          f" val accuracy with the given share deferred:")
+    _curve("max-softmax", p1v.max(1), c1v, c4v)
+    _curve("ideal (uses the label)", c1v.astype(float) - c4v, c1v, c4v)
+    feats = {"probability features": (deferral_features(p1t), deferral_features(p1v)),
+             "penultimate": (ft, fv),
+             "both": (np.hstack([ft, deferral_features(p1t)]), np.hstack([fv, deferral_features(p1v)]))}
+    for name, (xt, xv) in feats.items():
+        sc = StandardScaler().fit(xt)
+        for C in (0.01, 0.1, 1.0):
+            lr = LogisticRegression(C=C, max_iter=2000).fit(sc.transform(xt), c1t)
+            _curve(f"train head: {name}, C={C}", lr.predict_proba(sc.transform(xv))[:, 1], c1v, c4v)
+
+
+def probe_finetune(run: Path, lam: float, hard: str, epochs: int = 2, seed: int = 0) -> None:
+    from zoo.preprocess import prepare
+    torch.manual_seed(seed)
+    bundle, (m1, i1), (m4, i4), cheap, best = _cheap_and_best(run)
+    x, y = bundle.train.images, bundle.train.labels
+    yv = bundle.val.labels.numpy()
+    c4v = _forward(m4, i4, bundle.val.images).argmax(1) == yv
+    p1t = _forward(m1, i1, x)
+    wrong = torch.as_tensor(p1t.argmax(1) != y.numpy() if hard == "wrong"
+                            else p1t[np.arange(len(y)), y.numpy()] < 0.9)
+
+    def report(tag):
+        p = _forward(m1, i1, bundle.val.images)
+        c = p.argmax(1) == yv
+        _curve(f"{tag} (val acc {100 * c.mean():.2f})", p.max(1), c, c4v)
+
+    report(f"{cheap} as trained")
+    opt = torch.optim.Adam(m1.parameters(), lr=1e-4)
+    for ep in range(epochs):
+        m1.train()
+        perm = torch.randperm(len(x))
+        for s in range(0, len(x), 256):
+            i = perm[s:s + 256]
+            logits = m1(prepare(x[i], i1))
+            ce = torch.nn.functional.cross_entropy(logits, y[i], reduction="none")
+            to_uniform = -torch.log_softmax(logits, 1).mean(1)
+            h = wrong[i].float()
+            loss = ((1 - h) * ce).mean() + lam * (h * to_uniform).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        report(f"fine-tuned lam={lam} hard={hard} epoch {ep + 1}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune"])
+    ap.add_argument("--lam", type=float, default=1.0, help="finetune: weight of the to-uniform term")
+    ap.add_argument("--hard", choices=["wrong", "low-p"], default="wrong",
+                    help="finetune: which train samples get the to-uniform term")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    {"ensemble": lambda: probe_ensemble(a.run), "train-head": lambda: probe_train_head(a.run),
+     "finetune": lambda: probe_finetune(a.run, a.lam, a.hard)}[a.probe]()
+
+
+if __name__ == "__main__":
+    main()
