@@ -159,7 +159,10 @@ def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
     sec.paragraphs.append(
         "Sacrifice s: each policy may lose at most s (in accuracy points) against the best single "
         "model. Everything is fitted on the validation split and scored on test; a row's "
-        "budget_held says whether the test accuracy kept the promise. The answer deployed at a "
+        "budget_held says whether the test accuracy kept the promise, and budget_margin_se by how "
+        "much, in standard errors of the paired difference to the best single model on the test "
+        "images (a miss of less than one SE is what test noise alone makes likely). The answer "
+        "deployed at a "
         "level is selected on val (ringed in the figures, [selected] in the tables). Label "
         "oracles route by the true label: they are bounds, not deployable routers. The figures "
         "show the routers fitted over the whole zoo; the tables also those over the "

@@ -174,8 +174,8 @@ def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
 
 
 HEADLINE_COLUMNS = ("zoo", "sacrifice", "method", "family", "val_accuracy", "fit_ms_per_image",
-                    "accuracy", "target_accuracy", "budget_held", "images_per_second",
-                    "speedup_vs_best", "speedup_vs_cheapest_single", "overhead_share",
+                    "accuracy", "target_accuracy", "budget_held", "budget_margin_se",
+                    "images_per_second", "speedup_vs_best", "speedup_vs_cheapest_single", "overhead_share",
                     "best_single", "cheapest_single")
 RERUN_HINT = "re-run `evaluate-routers`"
 ZOO_DESCRIPTIONS = {"all": "whole zoo, compressed variants included",
@@ -255,6 +255,7 @@ def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
                            accuracy=_finite(r.get("accuracy")),
                            target_accuracy=_finite(r.get("target_accuracy")),
                            budget_held=bool(held) if isinstance(held, (bool, np.bool_)) else None,
+                           budget_margin_se=_finite(r.get("budget_margin_se")),
                            images_per_second=_finite(r.get("images_per_second")),
                            speedup_vs_best=_speedup(r, best, "speedup_vs_best"),
                            speedup_vs_cheapest_single=_speedup(r, cheap,
@@ -272,9 +273,12 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
     def times(v: Any) -> str:
         return "" if _finite(v) is None else f"{float(v):.2f}x"
 
-    def held(v: Any) -> str:
-        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-            "held" if bool(v) else "MISSED")
+    def held(v: Any, margin: Any = None) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        text = "held" if bool(v) else "MISSED"
+        m = _finite(margin)
+        return text if m is None else f"{text} ({m:+.1f} SE)"
 
     rows = []
     for _, r in headline.iterrows():
@@ -285,7 +289,7 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
                      "expected ms/image (val)": _finite(r["fit_ms_per_image"]),
                      "test accuracy": pct(r["accuracy"]),
                      "target (test)": pct(r["target_accuracy"]),
-                     "budget on test": held(r["budget_held"]),
+                     "budget on test": held(r["budget_held"], r.get("budget_margin_se")),
                      "x best single": times(r["speedup_vs_best"]),
                      "x cheapest single": times(r["speedup_vs_cheapest_single"]),
                      "overhead share": pct(r["overhead_share"], 1),

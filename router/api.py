@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from common.tables import PredictionTable
 from oracle.policy import LABEL_KINDS, Policy, fit_policy, reference_index
 from router.artifact import RoutedClassifier
-from router.base import ConstantRouter, Router, RouterError
+from router.base import ConstantRouter, Router, RouterError, budget_margin_se
 from router.cascade import CascadeRouter, fit_cascade
 from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
 from router.dispatcher import DispatcherConfig, dispatcher_ms_per_image, fit_dispatcher
@@ -468,6 +468,9 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
         acc = float((res.preds == test.labels).mean())
         rows.append({"role": role, "method": method, "accuracy": acc,
                      "budget_held": bool(acc >= ref_test - sacrifice - 1e-9),
+                     "budget_margin_se": budget_margin_se(
+                         res.preds == test.labels, answers["best-single"].preds == test.labels,
+                         sacrifice),
                      "target_accuracy": ref_test - sacrifice, "seconds": tm.seconds,
                      "images_per_second": tm.images_per_second,
                      "router_seconds": tm.router_seconds, "wasted_seconds": tm.wasted_seconds,

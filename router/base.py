@@ -190,3 +190,19 @@ def accuracy_lower_bound(correct: np.ndarray, reference: np.ndarray, z: float) -
         return acc
     se = paired_se((c & ~r).sum(axis=1), (~c & r).sum(axis=1), n)
     return acc - z * se
+
+
+def budget_margin_se(correct: np.ndarray, reference: np.ndarray, sacrifice: float) -> float | None:
+    """How far a router's accuracy is above its budget, in paired standard errors on the same
+    samples: (acc - (ref_acc - sacrifice)) / SE(acc - ref_acc). Negative: the budget was
+    missed; -0.5 means by half a standard error, which the sample's noise alone makes likely.
+    None where the SE is 0 (the router is right exactly where the reference is)."""
+    c = np.asarray(correct, dtype=bool)
+    r = np.asarray(reference, dtype=bool)
+    if c.shape != r.shape or c.ndim != 1:
+        raise RouterError(f"correct and reference must be the same (n,) shape, got {c.shape} "
+                          f"and {r.shape}")
+    se = float(paired_se(int(np.sum(c & ~r)), int(np.sum(~c & r)), len(c)))
+    if se <= 0:
+        return None
+    return float((c.mean() - (r.mean() - sacrifice)) / se)

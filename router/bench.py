@@ -46,6 +46,7 @@ class SelectedPoint:
     vs_cheapest: float                # images/s over the level's cheapest adequate single model
     cheapest: str                     # that model's name
     overhead_share: float             # (router + wasted seconds) / routed seconds
+    margin_se: float | None = None    # (test acc - target) / paired test SE; None: not known
 
 
 @dataclass
@@ -114,7 +115,8 @@ def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
                                     float(r["accuracy"]), _true(r["budget_held"]), ips,
                                     _f(r["speedup_vs_best"]) or 0.0,
                                     _f(r["speedup_vs_cheapest_single"]) or 0.0, cheap,
-                                    _f(r["overhead_share"]) or 0.0))
+                                    _f(r["overhead_share"]) or 0.0,
+                                    _f(r.get("budget_margin_se"))))
     if not points:
         raise ValueError("routers.csv has no selected row; re-run evaluate-routers (it marks the "
                          "answer validation selects at each level)")
@@ -146,6 +148,25 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def _se(v: float | None) -> str:
+    return "" if v is None or math.isnan(v) else f"{v:+.1f}"
+
+
+def budget_summary(points: Sequence[SelectedPoint]) -> str:
+    """One line: how many selected answers held their budget on test, and how far the misses
+    are in paired test standard errors (SE column: test accuracy minus target over the SE of
+    the difference to the best single model on the same images)."""
+    miss = [p for p in points if not p.budget_held]
+    line = (f"budget on test: {len(points) - len(miss)} of {len(points)} selected answers held "
+            "it (SE = margin in paired test standard errors)")
+    if miss:
+        known = [p.margin_se for p in miss if p.margin_se is not None]
+        within = sum(1 for v in known if v >= -1.0)
+        line += (f"; {len(miss)} missed, {within} of them by less than one SE"
+                 + (f" (worst {min(known):+.1f} SE)" if known else ""))
+    return line
+
+
 def format_bench(rep: BenchReport, source: str = "") -> str:
     """The selected answers as text, one PASS/FAIL per target."""
     out = [f"bench-routers {source}".rstrip(),
@@ -154,12 +175,15 @@ def format_bench(rep: BenchReport, source: str = "") -> str:
            + ", ".join(f"{z} {m}" for z, m in rep.best_single.items()),
            "  every row below is the answer selected on val at its level (never a pick on test)",
            "",
-           f"{'zoo':<5}{'sacrifice':>9}  {'selected':<30}{'test acc':>9} {'held':>5}"
+           f"{'zoo':<5}{'sacrifice':>9}  {'selected':<30}{'test acc':>9} {'held':>5}{'SE':>6}"
            f"{'x best':>8}{'x cheapest':>11}  {'cheapest adequate single':<28}{'overhead':>9}"]
     for p in rep.points:
         out.append(f"{p.zoo:<5}{p.sacrifice:>9g}  {p.method:<30}{p.accuracy:>9.4f} "
-                   f"{'held' if p.budget_held else 'MISS':>5}{p.vs_best:>7.2f}x{p.vs_cheapest:>10.2f}x"
+                   f"{'held' if p.budget_held else 'MISS':>5}{_se(p.margin_se):>6}"
+                   f"{p.vs_best:>7.2f}x{p.vs_cheapest:>10.2f}x"
                    f"  {p.cheapest:<28}{100 * p.overhead_share:>8.1f}%")
+    out.append("")
+    out.append(budget_summary(rep.points))
     out.append("")
     slow = min(rep.points, key=lambda p: p.vs_cheapest)
     out.append(f"[{_verdict(rep.passed['not_slower'])}] the selected answer is at least as fast "

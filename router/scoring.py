@@ -15,7 +15,7 @@ import torch
 
 from oracle.metrics import classification_metrics
 from oracle.policy import per_sample_choice
-from router.base import AssignmentRouter, ConstantRouter, Router, RouterError
+from router.base import AssignmentRouter, ConstantRouter, Router, RouterError, budget_margin_se
 from router.cascade import CascadeRouter, simulate_cascade
 from router.deferral import LearnedCascadeRouter
 from router.eval_config import EPS, EvalConfig
@@ -125,6 +125,8 @@ class ZooScorer:
         row.update({"budget_held": bool(row["accuracy"] >= self.ref_test_acc - s - EPS),
                     "target_accuracy": self.ref_test_acc - s,
                     "accuracy_drop": self.ref_test_acc - row["accuracy"],
+                    "budget_margin_se": budget_margin_se(preds == test.labels,
+                                                         test.correct[:, zf.ref], s),
                     "macs_per_image": model_macs + router_macs, "router_macs": router_macs,
                     "routing_accuracy": routing_accuracy, "expected_ms_per_image": exp_ms,
                     "fit_ms_per_image": fit_ms, "val_accuracy": val_accuracy,

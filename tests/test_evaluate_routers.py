@@ -80,6 +80,12 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             assert sum(float(r[f"share_{m}"]) for m in names) == pytest.approx(1.0)
             held = float(r["accuracy"]) >= float(best["accuracy"]) - float(s) - 1e-9
             assert (r["budget_held"] == "True") == held
+            # the margin in paired SEs has the sign of the budget test (empty: no SE, the row
+            # is right exactly where the best single model is, so it holds by s >= 0)
+            if r["budget_margin_se"] not in ("", None):
+                assert (float(r["budget_margin_se"]) >= -1e-9) == held
+            else:
+                assert held
         # the ceiling is every sample's cheapest right model: its accuracy = any model right
         assert float(at["ceiling"]["accuracy"]) == pytest.approx(test.correct.any(1).mean())
         assert float(at["ceiling"]["gap_recovered"]) == pytest.approx(1.0)

@@ -112,3 +112,42 @@ def test_main_prints_and_strict_exit(tmp_path, capsys):
     assert main(["--run", str(tmp_path), "--strict", "--min-ratio", "1.5"]) == 0
     assert main(["--run", str(tmp_path / "nowhere")]) == 2
     assert "evaluate-routers" in capsys.readouterr().err
+
+
+def test_budget_margin_in_standard_errors_by_hand():
+    """4 samples; the reference is right on 0, 1, 2; the router on 0, 1, 3: one gain, one
+    loss, so the accuracy difference is 0 with d = (0, 0, -1, +1): var(d) = 2/3 (n - 1 = 3),
+    SE = sqrt(2/3 / 4) = 0.4082. At s = 0 the margin is 0 SE; at s = 0.25, 0.25 / 0.4082."""
+    import numpy as np
+    from router.base import budget_margin_se
+    ref = np.array([1, 1, 1, 0], bool)
+    rt = np.array([1, 1, 0, 1], bool)
+    assert budget_margin_se(rt, ref, 0.0) == pytest.approx(0.0)
+    assert budget_margin_se(rt, ref, 0.25) == pytest.approx(0.25 / np.sqrt(2 / 3 / 4))
+    # right where the reference is wrong nowhere, wrong on one more: d = (0, 0, -1, 0),
+    # mean -1/4, var = (1/4 - 1/16) * 4/3 = 1/4, SE = 1/4: at s = 0 the margin is -1 SE
+    assert budget_margin_se(np.array([1, 1, 0, 0], bool), ref, 0.0) == pytest.approx(-1.0)
+    assert budget_margin_se(ref, ref, 0.0) is None          # identical: no SE to divide by
+    with pytest.raises(ValueError, match="same"):
+        budget_margin_se(rt[:3], ref, 0.0)
+
+
+def test_bench_reports_misses_in_standard_errors():
+    rows = hand_rows()
+    for r in rows:
+        r["budget_margin_se"] = ""
+    small = next(r for r in rows if r["method"] == "cheapest-single:small")
+    small["budget_margin_se"] = -0.4
+    cols = COLUMNS + ["budget_margin_se"]
+    d = Path(tempfile.mkdtemp(prefix="bench-rows-"))
+    try:
+        write_csv(d / "results" / "routers.csv", rows, cols)
+        rep = bench_routers(load_rows(d))
+    finally:
+        shutil.rmtree(d)
+    text = format_bench(rep)
+    assert "budget on test: 3 of 4 selected answers held" in text
+    assert "1 missed, 1 of them by less than one SE (worst -0.4 SE)" in text
+    # rows from an older evaluate-routers (no column) still bench, without the SE figures
+    old = format_bench(bench_routers(write_and_read(hand_rows())))
+    assert "1 missed, 0 of them" in old and "worst" not in old
