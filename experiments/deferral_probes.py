@@ -1,11 +1,13 @@
 """Probes behind the README's "learned router" paragraph (issue 21): ideas measured and NOT
 shipped, kept so their figures can be re-made. Not part of the library; nothing here selects
 on test (heads and fine-tunes fit on train, curves are read on val; the ensembling cascade is
-selected on val like the shipped cascade, and its test accuracy is only reported).
+selected on val like the shipped cascade, and its test accuracy is only reported). Expected
+speedups use profile-zoo's measured images/s (``RUN/costs.json``).
 
     python experiments/deferral_probes.py --run runs/standard ensemble
     python experiments/deferral_probes.py --run runs/standard train-head
     python experiments/deferral_probes.py --run runs/standard finetune --lam 1 --hard wrong
+    python experiments/deferral_probes.py --run runs/standard skip
 
 ``ensemble``: a cascade whose stage k answers with the mean probabilities of stages 1..k and
 stops on that mean's top probability, against the plain cascade, both selected on val with
@@ -15,7 +17,10 @@ split (9x more samples than val) on its probability features, its penultimate ac
 or both; deferral curves to the best model on val. ``finetune``: the cheapest model
 fine-tuned 2 epochs with a deferral-aware loss (cross-entropy on train samples it gets
 right, cross-entropy to the uniform distribution on the ones it gets wrong, after Enomoto and
-Eda 2021); its val accuracy and deferral curve.
+Eda 2021); its val accuracy and deferral curve. ``skip``: a three-stage cascade whose first
+stage may also send an input straight to the last model (confidence below a second, lower
+threshold), after Bolukbasi et al. 2017, against the same chains without the jump, selected
+on val with the 1-SE margin.
 """
 from __future__ import annotations
 
@@ -45,11 +50,12 @@ def load_tables(run: Path):
 
 
 def measured_ms(run: Path, names: list[str]) -> np.ndarray:
-    import pandas as pd
-    d = pd.read_csv(run / "results" / "routers.csv")
-    single = d[d.method.str.startswith("single:") & (d.zoo == "all") & (d.sacrifice == 0)]
-    ips = dict(zip(single.method.str[len("single:"):], single.images_per_second))
-    return np.array([1000.0 / ips[n] for n in names])
+    """ms per image of each model from profile-zoo's ``RUN/costs.json`` (images/s at batch
+    256): a file evaluate-routers does not rewrite, so the probes' figures do not move when
+    it is re-run."""
+    import json
+    models = json.loads((run / "costs.json").read_text())["models"]
+    return np.array([1000.0 / float(models[n]["images_per_second"]) for n in names])
 
 
 def _stage_probs(P, chain, j, ensemble):
@@ -208,17 +214,68 @@ def probe_finetune(run: Path, lam: float, hard: str, epochs: int = 2, seed: int 
         report(f"fine-tuned lam={lam} hard={hard} epoch {ep + 1}")
 
 
+def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
+    t = load_tables(run)
+    names, yv, Pv = t["val"]
+    _, yt, Pt = t["test"]
+    cost = measured_ms(run, names)
+    zoos = {"all": list(range(len(names))), "base": [i for i, n in enumerate(names) if "-" not in n]}
+    for zoo, idx in zoos.items():
+        acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
+        ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
+        ref_right = Pv[:, ref].argmax(1) == yv
+        order = sorted(idx, key=lambda i: cost[i])
+        bound, costs, jump_t, setting = [], [], [], []
+        for chain in itertools.combinations(order, 3):
+            a, b, c = chain
+            ca, cb = Pv[:, a].max(1), Pv[:, b].max(1)
+            ra, rb, rc = [Pv[:, m].argmax(1) == yv for m in chain]
+            g2 = threshold_grid(cb, 24)
+            g0 = np.unique(np.concatenate([[0.0], np.quantile(ca, np.linspace(0, 0.5, 9))]))
+            for t1 in threshold_grid(ca, 24):
+                stop_a = ca >= t1
+                for t0 in g0[g0 <= t1]:
+                    jump = ~stop_a & (ca < t0)
+                    go_b = ~stop_a & ~jump
+                    stop_b = go_b[None] & (cb[None] >= g2[:, None])
+                    to_c = jump[None] | (go_b[None] & ~stop_b)
+                    right = (stop_a & ra)[None] | (stop_b & rb[None]) | (to_c & rc[None])
+                    se = paired_se((right & ~ref_right).sum(1), (~right & ref_right).sum(1), len(yv))
+                    bound.append(right.mean(1) - se)
+                    costs.append(cost[a] + go_b.mean() * cost[b] + to_c.mean(1) * cost[c])
+                    jump_t.append(np.full(len(g2), t0))
+                    setting += [(chain, t0, t1, t2) for t2 in g2]
+        bound, costs, jump_t = np.concatenate(bound), np.concatenate(costs), np.concatenate(jump_t)
+        for s in sacrifices:
+            for label, ok in (("no jump", jump_t == 0), ("may jump", np.ones(len(bound), bool))):
+                i = least_cost_meeting(np.where(ok, bound, -1.0), costs, float(ref_right.mean()) - s)
+                (a, b, c), t0, t1, t2 = setting[i]
+                ca, cb = Pt[:, a].max(1), Pt[:, b].max(1)
+                stop_a = ca >= t1
+                jump = ~stop_a & (ca < t0)
+                go_b = ~stop_a & ~jump
+                stop_b = go_b & (cb >= t2)
+                to_c = jump | (go_b & ~stop_b)
+                right = ((stop_a & (Pt[:, a].argmax(1) == yt)) | (stop_b & (Pt[:, b].argmax(1) == yt))
+                         | (to_c & (Pt[:, c].argmax(1) == yt)))
+                spent = cost[a] + go_b.mean() * cost[b] + to_c.mean() * cost[c]
+                print(f"{zoo:5s} {label:9s} s={s:<6g} {' -> '.join(names[m] for m in (a, b, c)):60s} "
+                      f"jump below {t0:.3f}: {jump.mean():.1%} jump; test {100 * right.mean():.2f}% "
+                      f"expected {cost[ref] / spent:.2f}x best single")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
-    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune"])
+    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip"])
     ap.add_argument("--lam", type=float, default=1.0, help="finetune: weight of the to-uniform term")
     ap.add_argument("--hard", choices=["wrong", "low-p"], default="wrong",
                     help="finetune: which train samples get the to-uniform term")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     {"ensemble": lambda: probe_ensemble(a.run), "train-head": lambda: probe_train_head(a.run),
-     "finetune": lambda: probe_finetune(a.run, a.lam, a.hard)}[a.probe]()
+     "finetune": lambda: probe_finetune(a.run, a.lam, a.hard),
+     "skip": lambda: probe_skip(a.run)}[a.probe]()
 
 
 if __name__ == "__main__":
