@@ -85,7 +85,10 @@ def _candidates(P, y, chain, cost, ref_right, ensemble):
     return right.mean(1), c, se, combos
 
 
-def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
+def zoo_setups(run: Path):
+    """Per zoo ("all", "base"): (zoo, names, val (y, P), test (y, P), ms per image, the
+    reference (most accurate on val, cheaper on ties), its val correctness, the zoo's model
+    indices cheapest first)."""
     t = load_tables(run)
     names, yv, Pv = t["val"]
     _, yt, Pt = t["test"]
@@ -94,8 +97,12 @@ def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
     for zoo, idx in zoos.items():
         acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
         ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
-        ref_right = Pv[:, ref].argmax(1) == yv
-        order = sorted(idx, key=lambda i: cost[i])
+        yield (zoo, names, (yv, Pv), (yt, Pt), cost, ref, Pv[:, ref].argmax(1) == yv,
+               sorted(idx, key=lambda i: cost[i]))
+
+
+def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
+    for zoo, names, (yv, Pv), (yt, Pt), cost, ref, ref_right, order in zoo_setups(run):
         for ensemble in (False, True):
             rows = []
             for k in (1, 2, 3):
@@ -215,16 +222,7 @@ def probe_finetune(run: Path, lam: float, hard: str, epochs: int = 2, seed: int 
 
 
 def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
-    t = load_tables(run)
-    names, yv, Pv = t["val"]
-    _, yt, Pt = t["test"]
-    cost = measured_ms(run, names)
-    zoos = {"all": list(range(len(names))), "base": [i for i, n in enumerate(names) if "-" not in n]}
-    for zoo, idx in zoos.items():
-        acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
-        ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
-        ref_right = Pv[:, ref].argmax(1) == yv
-        order = sorted(idx, key=lambda i: cost[i])
+    for zoo, names, (yv, Pv), (yt, Pt), cost, ref, ref_right, order in zoo_setups(run):
         bound, costs, jump_t, setting = [], [], [], []
         for chain in itertools.combinations(order, 3):
             a, b, c = chain
