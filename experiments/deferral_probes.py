@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router.base import least_cost_meeting, paired_se, table_precision  # noqa: E402
-from router.cascade import threshold_grid  # noqa: E402
+from router.cascade import _sweep_chain, threshold_grid  # noqa: E402
 from router.deferral import deferral_curve, deferral_features  # noqa: E402
 
 SHARES = (0.05, 0.1, 0.2, 0.3)
@@ -62,27 +62,25 @@ def _stage_probs(P, chain, j, ensemble):
     return P[:, list(chain[:j + 1])].mean(axis=1) if ensemble else P[:, chain[j]]
 
 
-def _candidates(P, y, chain, cost, ref_right, ensemble):
-    n = len(y)
+def _stage_arrays(P, y, chain, ensemble):
+    """(N, k) confidence and correctness of each stage's answer: its own model's, or (with
+    ``ensemble``) the mean probabilities of the stages run so far."""
     stage = [_stage_probs(P, chain, j, ensemble) for j in range(len(chain))]
-    conf = [s.max(1) for s in stage]
-    corr = [s.argmax(1) == y for s in stage]
-    if len(chain) == 1:
-        combos = np.zeros((1, 0), dtype=np.float32)
-    else:
-        combos = np.array(list(itertools.product(*[threshold_grid(conf[j], 24)
-                                                   for j in range(len(chain) - 1)])),
-                          dtype=np.float32)
-    alive = np.ones((len(combos), n), bool)
-    right = np.zeros_like(alive)
-    c = np.zeros(len(combos))
-    for j, m in enumerate(chain):
-        c += alive.mean(1) * cost[m]
-        stop = alive if j == len(chain) - 1 else alive & (conf[j][None] >= combos[:, j, None])
-        right |= stop & corr[j][None]
-        alive &= ~stop
-    se = paired_se((right & ~ref_right).sum(1), (~right & ref_right).sum(1), n)
-    return right.mean(1), c, se, combos
+    return (np.stack([p.max(1) for p in stage], axis=1),
+            np.stack([p.argmax(1) == y for p in stage], axis=1))
+
+
+def _sweep(P, y, chain, cost, ref_right, ensemble, grids=None):
+    """The shipped cascade's sweep (``router.cascade._sweep_chain``) over the stage arrays:
+    accuracy, expected cost, thresholds and paired SE to the reference of every threshold
+    combination (``grids``: per non-final stage; default the cascade's own grid)."""
+    conf, corr = _stage_arrays(P, y, chain, ensemble)
+    k = len(chain)
+    if grids is None:
+        grids = [threshold_grid(conf[:, j], 24) for j in range(k - 1)]
+    acc, c, th, gain, loss = _sweep_chain(conf, corr, cost[list(chain)], list(range(k)), grids,
+                                          ref_right)
+    return acc, c, th, paired_se(gain, loss, len(y))
 
 
 def zoo_setups(run: Path):
@@ -93,7 +91,8 @@ def zoo_setups(run: Path):
     names, yv, Pv = t["val"]
     _, yt, Pt = t["test"]
     cost = measured_ms(run, names)
-    zoos = {"all": list(range(len(names))), "base": [i for i, n in enumerate(names) if "-" not in n]}
+    zoos = {"all": list(range(len(names))),
+            "base": [i for i, n in enumerate(names) if "-" not in n]}
     for zoo, idx in zoos.items():
         acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
         ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
@@ -107,43 +106,34 @@ def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
             rows = []
             for k in (1, 2, 3):
                 for chain in itertools.combinations(order, k):
-                    a, c, se, th = _candidates(Pv, yv, chain, cost, ref_right, ensemble)
+                    a, c, th, se = _sweep(Pv, yv, chain, cost, ref_right, ensemble)
                     rows += [(a[i] - se[i], c[i], chain, th[i]) for i in range(len(a))]
             bound = np.array([r[0] for r in rows])
             costs = np.array([r[1] for r in rows])
             for s in sacrifices:
                 i = least_cost_meeting(bound, costs, float(ref_right.mean()) - s)
                 _, _, chain, th = rows[i]
-                alive = np.ones(len(yt), bool)
-                right = np.zeros(len(yt), bool)
-                spent = 0.0
-                for j, m in enumerate(chain):
-                    p = _stage_probs(Pt, chain, j, ensemble)
-                    spent += alive.mean() * cost[m]
-                    stop = alive if j == len(chain) - 1 else alive & (p.max(1) >= th[j])
-                    right |= stop & (p.argmax(1) == yt)
-                    alive &= ~stop
+                test_acc, spent, _, _ = _sweep(Pt, yt, chain, cost, Pt[:, ref].argmax(1) == yt,
+                                               ensemble, grids=[np.array([t]) for t in th])
                 print(f"{zoo:5s} {'ensembling' if ensemble else 'plain':10s} s={s:<6g} "
-                      f"{' -> '.join(names[m] for m in chain):60s} test {100 * right.mean():.2f}% "
-                      f"expected {cost[ref] / spent:.2f}x best single")
+                      f"{' -> '.join(names[m] for m in chain):60s} test {100 * test_acc[0]:.2f}% "
+                      f"expected {cost[ref] / spent[0]:.2f}x best single")
 
 
 def _cheap_and_best(run: Path):
+    """The data, and the base zoo's cheapest model and reference (as ``zoo_setups`` picks
+    them), loaded with their preprocessing."""
     from zoo.checkpoint import load_model, preprocess_of
     from zoo.data import prepare_data
     from zoo.rundir import RunDir
     rd = RunDir(run)
     bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
-    names, yv, Pv = load_tables(run)["val"]
-    cost = measured_ms(run, names)
-    base = [i for i, n in enumerate(names) if "-" not in n]
-    acc = {i: (Pv[:, i].argmax(1) == yv).mean() for i in base}
-    cheap = min(base, key=lambda i: cost[i])
-    best = max(base, key=lambda i: (acc[i], -cost[i]))
-    m1, c1 = load_model(rd.checkpoint(names[cheap]))
-    m4, c4 = load_model(rd.checkpoint(names[best]))
-    return bundle, (m1, preprocess_of(c1, bundle.info)), (m4, preprocess_of(c4, bundle.info)), \
-        names[cheap], names[best]
+    _, names, _, _, _, best, _, order = next(z for z in zoo_setups(run) if z[0] == "base")
+    loaded = []
+    for m in (order[0], best):
+        model, ckpt = load_model(rd.checkpoint(names[m]))
+        loaded.append((model, preprocess_of(ckpt, bundle.info)))
+    return bundle, loaded[0], loaded[1], names[order[0]], names[best]
 
 
 @torch.inference_mode()
@@ -179,7 +169,8 @@ def probe_train_head(run: Path) -> None:
     _curve("ideal (uses the label)", c1v.astype(float) - c4v, c1v, c4v)
     feats = {"probability features": (deferral_features(p1t), deferral_features(p1v)),
              "penultimate": (ft, fv),
-             "both": (np.hstack([ft, deferral_features(p1t)]), np.hstack([fv, deferral_features(p1v)]))}
+             "both": (np.hstack([ft, deferral_features(p1t)]),
+                      np.hstack([fv, deferral_features(p1v)]))}
     for name, (xt, xv) in feats.items():
         sc = StandardScaler().fit(xt)
         for C in (0.01, 0.1, 1.0):
@@ -238,7 +229,8 @@ def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
                     stop_b = go_b[None] & (cb[None] >= g2[:, None])
                     to_c = jump[None] | (go_b[None] & ~stop_b)
                     right = (stop_a & ra)[None] | (stop_b & rb[None]) | (to_c & rc[None])
-                    se = paired_se((right & ~ref_right).sum(1), (~right & ref_right).sum(1), len(yv))
+                    se = paired_se((right & ~ref_right).sum(1), (~right & ref_right).sum(1),
+                                   len(yv))
                     bound.append(right.mean(1) - se)
                     costs.append(cost[a] + go_b.mean() * cost[b] + to_c.mean(1) * cost[c])
                     jump_t.append(np.full(len(g2), t0))
@@ -246,7 +238,8 @@ def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
         bound, costs, jump_t = np.concatenate(bound), np.concatenate(costs), np.concatenate(jump_t)
         for s in sacrifices:
             for label, ok in (("no jump", jump_t == 0), ("may jump", np.ones(len(bound), bool))):
-                i = least_cost_meeting(np.where(ok, bound, -1.0), costs, float(ref_right.mean()) - s)
+                i = least_cost_meeting(np.where(ok, bound, -1.0), costs,
+                                       float(ref_right.mean()) - s)
                 (a, b, c), t0, t1, t2 = setting[i]
                 ca, cb = Pt[:, a].max(1), Pt[:, b].max(1)
                 stop_a = ca >= t1
@@ -254,11 +247,13 @@ def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
                 go_b = ~stop_a & ~jump
                 stop_b = go_b & (cb >= t2)
                 to_c = jump | (go_b & ~stop_b)
-                right = ((stop_a & (Pt[:, a].argmax(1) == yt)) | (stop_b & (Pt[:, b].argmax(1) == yt))
+                right = ((stop_a & (Pt[:, a].argmax(1) == yt))
+                         | (stop_b & (Pt[:, b].argmax(1) == yt))
                          | (to_c & (Pt[:, c].argmax(1) == yt)))
                 spent = cost[a] + go_b.mean() * cost[b] + to_c.mean() * cost[c]
-                print(f"{zoo:5s} {label:9s} s={s:<6g} {' -> '.join(names[m] for m in (a, b, c)):60s} "
-                      f"jump below {t0:.3f}: {jump.mean():.1%} jump; test {100 * right.mean():.2f}% "
+                chain_text = " -> ".join(names[m] for m in (a, b, c))
+                print(f"{zoo:5s} {label:9s} s={s:<6g} {chain_text:60s} jump below {t0:.3f}: "
+                      f"{jump.mean():.1%} jump; test {100 * right.mean():.2f}% "
                       f"expected {cost[ref] / spent:.2f}x best single")
 
 
@@ -266,7 +261,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip"])
-    ap.add_argument("--lam", type=float, default=1.0, help="finetune: weight of the to-uniform term")
+    ap.add_argument("--lam", type=float, default=1.0,
+                    help="finetune: weight of the to-uniform term")
     ap.add_argument("--hard", choices=["wrong", "low-p"], default="wrong",
                     help="finetune: which train samples get the to-uniform term")
     a = ap.parse_args(argv)
