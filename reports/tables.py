@@ -175,8 +175,8 @@ def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
 
 HEADLINE_COLUMNS = ("zoo", "sacrifice", "method", "family", "val_accuracy", "fit_ms_per_image",
                     "accuracy", "target_accuracy", "budget_held", "budget_margin_se",
-                    "images_per_second", "speedup_vs_best", "speedup_vs_cheapest_single", "overhead_share",
-                    "best_single", "cheapest_single")
+                    "images_per_second", "speedup_vs_best", "speedup_vs_cheapest_single",
+                    "overhead_share", "best_single", "cheapest_single")
 RERUN_HINT = "re-run `evaluate-routers`"
 ZOO_DESCRIPTIONS = {"all": "whole zoo, compressed variants included",
                     "base": "uncompressed models only"}

@@ -14,8 +14,8 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "recall", "f1", "seconds", "images_per_second", "speedup_vs_best",
                 "speedup_vs_cheapest_single", "router_seconds", "wasted_seconds",
                 "router_share", "overhead_share", "budget_held", "target_accuracy",
-                "accuracy_drop", "budget_margin_se", "macs_per_image", "router_macs", "routing_accuracy",
-                "gap_recovered", "random_accuracy", "expected_ms_per_image", "fit_ms_per_image",
+                "accuracy_drop", "budget_margin_se", "macs_per_image", "router_macs",
+                "routing_accuracy", "gap_recovered", "random_accuracy", "expected_ms_per_image", "fit_ms_per_image",
                 "val_accuracy", "agree_with_table", "timing_samples", "n_samples", "threads",
                 "repeats", "device", "settings"]
 ZOOS = ("all", "base")

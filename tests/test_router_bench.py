@@ -52,11 +52,11 @@ def hand_rows():
     ]
 
 
-def write_and_read(rows):
+def write_and_read(rows, columns=COLUMNS):
     """Round-trip through the CSV writer, so cells are strings as in a real routers.csv."""
     d = Path(tempfile.mkdtemp(prefix="bench-rows-"))
     try:
-        write_csv(d / "results" / "routers.csv", rows, COLUMNS)
+        write_csv(d / "results" / "routers.csv", rows, columns)
         return load_rows(d)
     finally:
         shutil.rmtree(d)
@@ -138,14 +138,7 @@ def test_bench_reports_misses_in_standard_errors():
         r["budget_margin_se"] = ""
     small = next(r for r in rows if r["method"] == "cheapest-single:small")
     small["budget_margin_se"] = -0.4
-    cols = COLUMNS + ["budget_margin_se"]
-    d = Path(tempfile.mkdtemp(prefix="bench-rows-"))
-    try:
-        write_csv(d / "results" / "routers.csv", rows, cols)
-        rep = bench_routers(load_rows(d))
-    finally:
-        shutil.rmtree(d)
-    text = format_bench(rep)
+    text = format_bench(bench_routers(write_and_read(rows, COLUMNS + ["budget_margin_se"])))
     assert "budget on test: 3 of 4 selected answers held" in text
     assert "1 missed, 1 of them by less than one SE (worst -0.4 SE)" in text
     # rows from an older evaluate-routers (no column) still bench, without the SE figures
