@@ -8,6 +8,7 @@ speedups use profile-zoo's measured images/s (``RUN/costs.json``).
     python experiments/deferral_probes.py --run runs/standard train-head
     python experiments/deferral_probes.py --run runs/standard finetune --lam 1 --hard wrong
     python experiments/deferral_probes.py --run runs/standard skip
+    python experiments/deferral_probes.py --run runs/standard specialist --arch tiny_vgg2
 
 ``ensemble``: a cascade whose stage k answers with the mean probabilities of stages 1..k and
 stops on that mean's top probability, against the plain cascade, both selected on val with
@@ -20,7 +21,14 @@ right, cross-entropy to the uniform distribution on the ones it gets wrong, afte
 Eda 2021); its val accuracy and deferral curve. ``skip``: a three-stage cascade whose first
 stage may also send an input straight to the last model (confidence below a second, lower
 threshold), after Bolukbasi et al. 2017, against the same chains without the jump, selected
-on val with the 1-SE margin.
+on val with the 1-SE margin. ``specialist``: the case where Jitkrittum et al. expect a learned
+deferral rule to beat max-softmax: a zoo member that is a specialist. A copy of ``--arch``
+(the zoo's recipe) is trained on the train split for the four confusable upper-body classes
+(T-shirt, pullover, coat, shirt) plus one "other" class; as a 10-class member its "other"
+probability is spread over the six other classes. The shipped cascade and the shipped
+cross-fitted learned cascade are then selected on val (1-SE margin) over the zoo with and
+without it, and scored on test; its cost is taken to be the same architecture's measured
+ms/image (the last layer has 5 outputs instead of 10).
 """
 from __future__ import annotations
 
@@ -257,10 +265,140 @@ def probe_skip(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
                       f"expected {cost[ref] / spent:.2f}x best single")
 
 
+SPECIALIST_GROUP = (0, 2, 4, 6)          # T-shirt/top, Pullover, Coat, Shirt
+
+
+def _to_group_labels(labels: torch.Tensor, group=SPECIALIST_GROUP) -> torch.Tensor:
+    """Class k of the group -> its position in the group; every other class -> len(group)."""
+    out = torch.full_like(labels, len(group))
+    for i, k in enumerate(group):
+        out[labels == k] = i
+    return out
+
+
+def _group_probs_to_classes(p: np.ndarray, n_classes: int, group=SPECIALIST_GROUP) -> np.ndarray:
+    """(N, len(group) + 1) specialist probabilities -> (N, n_classes): the group's classes get
+    their own, the "other" probability is spread evenly over the remaining classes."""
+    rest = [k for k in range(n_classes) if k not in group]
+    out = np.zeros((len(p), n_classes), dtype=np.float64)
+    out[:, list(group)] = p[:, :len(group)]
+    out[:, rest] = p[:, len(group):] / len(rest)
+    return out
+
+
+def _train_specialist(run: Path, arch_name: str, epochs: int, amp: str) -> dict[str, np.ndarray]:
+    """Train (or reload) the specialist; its 10-class probabilities on val and test."""
+    import json
+    from dataclasses import replace
+    from zoo.data import prepare_data
+    from zoo.data.types import ImageSet
+    from zoo.registry import arch_from_dict, build_arch
+    from zoo.rundir import RunDir
+    from zoo.train import TrainConfig, fit
+    out_dir = run / "probes"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"specialist-{arch_name}-{epochs}ep.npz"
+    if out.exists():
+        z = np.load(out)
+        return {k: z[k] for k in z.files}
+    rd = RunDir(run)
+    bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    card = json.loads((run / "zoo" / arch_name / "card.json").read_text())
+    arch = dict(card["arch"], num_classes=len(SPECIALIST_GROUP) + 1)
+    torch.manual_seed(0)
+    model = build_arch(arch_from_dict(arch, bundle.info.input_size))
+    cfg = TrainConfig.from_dict(dict(card["train_config"], epochs=epochs, amp=amp, seed=0))
+    info = replace(bundle.info, num_classes=len(SPECIALIST_GROUP) + 1,
+                   classes=[bundle.info.classes[k] for k in SPECIALIST_GROUP] + ["other"])
+    train, val = (ImageSet(s.images, _to_group_labels(s.labels), s.ids)
+                  for s in (bundle.train, bundle.val))
+    res = fit(model, train, val, info, cfg, state_path=out_dir / f"specialist-{arch_name}.state",
+              desc=f"specialist {arch_name}")
+    probs = {}
+    for split in ("val", "test"):
+        images = getattr(bundle, split)
+        p5 = _forward(model, info, images.images)
+        probs[split] = _group_probs_to_classes(p5, bundle.info.num_classes)
+        probs[f"{split}_labels"] = images.labels.numpy()
+    print(f"specialist {arch_name}: {res.epochs_run} epochs in {res.seconds:.0f}s, "
+          f"5-way val accuracy {res.best_val_accuracy:.4f}")
+    np.savez(out, **probs)
+    return probs
+
+
+def _score_fits(test_probs, test_labels, costs, ref, cascade_fit, learned_fit):
+    """Test accuracy and expected ms/image of a selected cascade and learned cascade."""
+    from router.cascade import simulate_cascade
+    from router.deferral import LearnedCascadeRouter
+    out = {}
+    conf = table_precision(test_probs.max(axis=2))
+    chosen = {"cascade": simulate_cascade(conf, cascade_fit.stages, cascade_fit.thresholds),
+              "learned-cascade": LearnedCascadeRouter.from_fit(learned_fit).simulate(test_probs)}
+    stages = {"cascade": cascade_fit.stages, "learned-cascade": learned_fit.cascade.stages}
+    for name, ch in chosen.items():
+        right = test_probs[np.arange(len(ch)), ch].argmax(1) == test_labels
+        st = stages[name]
+        reach = [1.0] + [float(np.mean(~np.isin(ch, st[:j]))) for j in range(1, len(st))]
+        out[name] = (right.mean(), sum(r * costs[m] for r, m in zip(reach, st)), st)
+    return out
+
+
+def probe_specialist(run: Path, arch_name: str, epochs: int, amp: str,
+                     sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
+    from common.tables import PredictionTable
+    from router.cascade import cascade_candidates, select_cascade
+    from router.deferral import learned_candidates, select_learned
+    spec = _train_specialist(run, arch_name, epochs, amp)
+    t = load_tables(run)
+    names, yv, Pv = t["val"]
+    _, yt, Pt = t["test"]
+    assert (spec["val_labels"] == yv).all() and (spec["test_labels"] == yt).all()
+    cost = measured_ms(run, names)
+    sname = f"specialist-{arch_name}"
+    for split, y, P in (("val", yv, Pv), ("test", yt, Pt)):
+        sp = spec[split]
+        right = sp.argmax(1) == y
+        in_g = np.isin(y, SPECIALIST_GROUP)
+        gen = P[:, names.index(arch_name)].argmax(1) == y
+        best = P[:, names.index("tiny_vgg4")].argmax(1) == y
+        print(f"{split}: on the group's images {sname} {right[in_g].mean():.4f}, "
+              f"{arch_name} {gen[in_g].mean():.4f}, tiny_vgg4 {best[in_g].mean():.4f}")
+    Pv2 = np.concatenate([Pv, table_precision(spec["val"])[:, None]], axis=1)
+    Pt2 = np.concatenate([Pt, table_precision(spec["test"])[:, None]], axis=1)
+    names2 = names + [sname]
+    cost2 = np.append(cost, cost[names.index(arch_name)])
+    zoos = {"all": list(range(len(names))),
+            "base": [i for i, n in enumerate(names) if "-" not in n]}
+    for zoo, idx in zoos.items():
+        for with_spec in (False, True):
+            cols = idx + ([len(names)] if with_spec else [])
+            nm = [names2[i] for i in cols]
+            tab = PredictionTable(nm, yv, Pv2[:, cols].argmax(2), Pv2[:, cols],
+                                  np.arange(len(yv)), "val", {})
+            c = cost2[cols]
+            cands = cascade_candidates(tab, c)
+            lc = learned_candidates(tab, c)
+            ref = cands.reference
+            for s in sacrifices:
+                target = float(tab.correct[:, ref].mean()) - s
+                cf = select_cascade(cands, target, z=1.0)
+                lf = select_learned(lc, s, z=1.0)
+                ref_test = (Pt2[:, cols[ref]].argmax(1) == yt).mean()
+                for name, (acc, ms, st) in _score_fits(Pt2[:, cols], yt, c, ref, cf, lf).items():
+                    held = "held" if acc >= ref_test - s - 1e-12 else "MISS"
+                    print(f"{zoo:4s} {'+spec' if with_spec else '     '} s={s:<6g} {name:16s} "
+                          f"{' -> '.join(nm[m] for m in st):62s} test {100 * acc:.2f}% {held} "
+                          f"expected {c[ref] / ms:.2f}x best single")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
-    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip"])
+    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip", "specialist"])
+    ap.add_argument("--arch", default="tiny_vgg2", help="specialist: the zoo model it copies")
+    ap.add_argument("--epochs", type=int, default=6, help="specialist: training epochs")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="bf16",
+                    help="specialist: training precision")
     ap.add_argument("--lam", type=float, default=1.0,
                     help="finetune: weight of the to-uniform term")
     ap.add_argument("--hard", choices=["wrong", "low-p"], default="wrong",
@@ -269,7 +407,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     {"ensemble": lambda: probe_ensemble(a.run), "train-head": lambda: probe_train_head(a.run),
      "finetune": lambda: probe_finetune(a.run, a.lam, a.hard),
-     "skip": lambda: probe_skip(a.run)}[a.probe]()
+     "skip": lambda: probe_skip(a.run),
+     "specialist": lambda: probe_specialist(a.run, a.arch, a.epochs, a.amp)}[a.probe]()
 
 
 if __name__ == "__main__":
