@@ -9,6 +9,7 @@ speedups use profile-zoo's measured images/s (``RUN/costs.json``).
     python experiments/deferral_probes.py --run runs/standard finetune --lam 1 --hard wrong
     python experiments/deferral_probes.py --run runs/standard skip
     python experiments/deferral_probes.py --run runs/standard specialist --arch tiny_vgg2
+    python experiments/deferral_probes.py --run runs/standard oof-head --folds 3
 
 ``ensemble``: a cascade whose stage k answers with the mean probabilities of stages 1..k and
 stops on that mean's top probability, against the plain cascade, both selected on val with
@@ -28,7 +29,13 @@ deferral rule to beat max-softmax: a zoo member that is a specialist. A copy of 
 probability is spread over the six other classes. The shipped cascade and the shipped
 cross-fitted learned cascade are then selected on val (1-SE margin) over the zoo with and
 without it, and scored on test; its cost is taken to be the same architecture's measured
-ms/image (the last layer has 5 outputs instead of 10).
+ms/image (the last layer has 5 outputs instead of 10). ``oof-head``: deferral heads learned
+from honest (out-of-fold) mistakes on the train split instead of val's 6,000 images: the train
+split is cut into ``--folds`` parts, and per part a copy of the cheapest model and of the
+reference (the zoo's recipes) is trained on the others and predicts it; heads (logistic and
+gradient-boosted, on the probability features; "the cheap model is right" or "deferring gains")
+are fitted on those ~54k out-of-fold rows and read on val, for the deployed cheap model and
+for each copy (probability features transfer between copies; penultimate activations do not).
 """
 from __future__ import annotations
 
@@ -391,14 +398,104 @@ def probe_specialist(run: Path, arch_name: str, epochs: int, amp: str,
                           f"expected {c[ref] / ms:.2f}x best single")
 
 
+def _oof_predictions(run: Path, folds: int, amp: str,
+                     with_reference: bool) -> dict[str, np.ndarray]:
+    """Out-of-fold train-split probabilities of copies of the base zoo's cheapest model (and,
+    with ``with_reference``, of the reference) trained with their cards' recipes on the other
+    folds, and every copy's val probabilities; cached in ``RUN/probes``."""
+    import json
+    from zoo.data.types import ImageSet
+    from zoo.registry import arch_from_dict, build_arch
+    from zoo.train import TrainConfig, fit
+    out = run / "probes" / f"oof-{folds}folds{'-ref' if with_reference else ''}.npz"
+    if out.exists():
+        z = np.load(out)
+        return {k: z[k] for k in z.files}
+    out.parent.mkdir(exist_ok=True)
+    bundle, _, _, cheap, best = _cheap_and_best(run)
+    n = len(bundle.train.labels)
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[np.random.default_rng(0).permutation(n)] = np.arange(n) % folds
+    res: dict[str, np.ndarray] = {"fold_of": fold_of, "train_labels": bundle.train.labels.numpy(),
+                                  "val_labels": bundle.val.labels.numpy()}
+    cheap_only = run / "probes" / f"oof-{folds}folds.npz"
+    if with_reference and cheap_only.exists():      # reuse the cheap model's copies
+        z = np.load(cheap_only)
+        res.update({k: z[k] for k in z.files if k.startswith(cheap)})
+    for name in (cheap, best) if with_reference else (cheap,):
+        if f"{name}_oof" in res:
+            continue
+        card = json.loads((run / "zoo" / name / "card.json").read_text())
+        oof = np.zeros((n, bundle.info.num_classes))
+        for k in range(folds):
+            torch.manual_seed(k)
+            model = build_arch(arch_from_dict(card["arch"], bundle.info.input_size))
+            cfg = TrainConfig.from_dict(dict(card["train_config"], amp=amp, seed=k))
+            keep = torch.as_tensor(fold_of != k)
+            train = ImageSet(bundle.train.images[keep], bundle.train.labels[keep],
+                             bundle.train.ids[keep])
+            fit(model, train, bundle.val, bundle.info, cfg, desc=f"{name} copy {k}",
+                log_epochs=False)
+            oof[fold_of == k] = _forward(model, bundle.info, bundle.train.images[~keep])
+            res[f"{name}_val_copy{k}"] = _forward(model, bundle.info, bundle.val.images)
+        res[f"{name}_oof"] = oof
+    res["names"] = np.array([cheap, best])
+    np.savez(out, **res)
+    return res
+
+
+def probe_oof_head(run: Path, folds: int, amp: str, with_reference: bool) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    d = _oof_predictions(run, folds, amp, with_reference)
+    _, _, _, cheap, best = _cheap_and_best(run)
+    yt, yv = d["train_labels"], d["val_labels"]
+    p1 = d[f"{cheap}_oof"]
+    c1 = p1.argmax(1) == yt
+    print(f"out-of-fold on train ({len(yt)} images): {cheap} right on {c1.mean():.2%}")
+    x = deferral_features(p1)
+    sc = StandardScaler().fit(x)
+    heads = {"logistic, cheap right": (LogisticRegression(C=1.0, max_iter=3000)
+                                       .fit(sc.transform(x), c1), True),
+             "boosted trees, cheap right": (HistGradientBoostingClassifier(random_state=0)
+                                            .fit(sc.transform(x), c1), True)}
+    if with_reference:
+        c4 = d[f"{best}_oof"].argmax(1) == yt
+        print(f"  {best} right on {c4.mean():.2%}; deferring gains on {(~c1 & c4).mean():.2%}")
+        heads["logistic, deferring gains"] = (LogisticRegression(C=1.0, max_iter=3000)
+                                             .fit(sc.transform(x), ~c1 & c4), False)
+    t = load_tables(run)
+    names, yv_table, Pv = t["val"]
+    assert (yv_table == yv).all()
+    c4v = Pv[:, names.index(best)].argmax(1) == yv
+    cheap_val = {"deployed": Pv[:, names.index(cheap)]}
+    cheap_val.update({f"copy {k}": d[f"{cheap}_val_copy{k}"] for k in range(folds)})
+    for who, pv in cheap_val.items():
+        pv = table_precision(pv)
+        c1v = pv.argmax(1) == yv
+        print(f"{cheap} ({who}, val accuracy {100 * c1v.mean():.2f}) -> {best} (deployed), val "
+              f"accuracy with the given share deferred:")
+        _curve("  max-softmax", pv.max(1), c1v, c4v)
+        _curve("  ideal (uses the label)", c1v.astype(float) - c4v, c1v, c4v)
+        xv = sc.transform(deferral_features(pv))
+        for name, (head, right) in heads.items():
+            pr = head.predict_proba(xv)[:, 1]
+            _curve(f"  {name}", pr if right else -pr, c1v, c4v)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
-    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip", "specialist"])
+    ap.add_argument("probe", choices=["ensemble", "train-head", "finetune", "skip", "specialist",
+                                          "oof-head"])
+    ap.add_argument("--folds", type=int, default=3, help="oof-head: train-split folds")
+    ap.add_argument("--with-reference", action="store_true",
+                    help="oof-head: also train reference copies (a 'deferring gains' head)")
     ap.add_argument("--arch", default="tiny_vgg2", help="specialist: the zoo model it copies")
     ap.add_argument("--epochs", type=int, default=6, help="specialist: training epochs")
     ap.add_argument("--amp", choices=["off", "bf16"], default="bf16",
-                    help="specialist: training precision")
+                    help="specialist, oof-head: training precision")
     ap.add_argument("--lam", type=float, default=1.0,
                     help="finetune: weight of the to-uniform term")
     ap.add_argument("--hard", choices=["wrong", "low-p"], default="wrong",
@@ -408,7 +505,8 @@ def main(argv=None) -> None:
     {"ensemble": lambda: probe_ensemble(a.run), "train-head": lambda: probe_train_head(a.run),
      "finetune": lambda: probe_finetune(a.run, a.lam, a.hard),
      "skip": lambda: probe_skip(a.run),
-     "specialist": lambda: probe_specialist(a.run, a.arch, a.epochs, a.amp)}[a.probe]()
+     "specialist": lambda: probe_specialist(a.run, a.arch, a.epochs, a.amp),
+     "oof-head": lambda: probe_oof_head(a.run, a.folds, a.amp, a.with_reference)}[a.probe]()
 
 
 if __name__ == "__main__":
