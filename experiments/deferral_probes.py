@@ -9,7 +9,7 @@ speedups use profile-zoo's measured images/s (``RUN/costs.json``).
     python experiments/deferral_probes.py --run runs/standard finetune --lam 1 --hard wrong
     python experiments/deferral_probes.py --run runs/standard skip
     python experiments/deferral_probes.py --run runs/standard specialist --arch tiny_vgg2
-    python experiments/deferral_probes.py --run runs/standard oof-head --folds 3
+    python experiments/deferral_probes.py --run runs/standard oof-head --folds 3 --amp off --with-reference
 
 ``ensemble``: a cascade whose stage k answers with the mean probabilities of stages 1..k and
 stops on that mean's top probability, against the plain cascade, both selected on val with
@@ -36,6 +36,9 @@ reference (the zoo's recipes) is trained on the others and predicts it; heads (l
 gradient-boosted, on the probability features; "the cheap model is right" or "deferring gains")
 are fitted on those ~54k out-of-fold rows and read on val, for the deployed cheap model and
 for each copy (probability features transfer between copies; penultimate activations do not).
+The tiny_vgg1 copies alone give the "is right" heads; ``--with-reference`` also trains tiny_vgg4
+copies (about 3x the time) for a "deferring gains" head. ``--amp bf16`` only where the CPU has
+native bf16.
 """
 from __future__ import annotations
 
