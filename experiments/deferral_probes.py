@@ -36,9 +36,9 @@ reference (the zoo's recipes) is trained on the others and predicts it; heads (l
 gradient-boosted, on the probability features; "the cheap model is right" or "deferring gains")
 are fitted on those ~54k out-of-fold rows and read on val, for the deployed cheap model and
 for each copy (probability features transfer between copies; penultimate activations do not).
-The tiny_vgg1 copies alone give the "is right" heads; ``--with-reference`` also trains tiny_vgg4
-copies (about 3x the time) for a "deferring gains" head. ``--amp bf16`` only where the CPU has
-native bf16.
+The cheap model's copies alone give the "is right" heads (7 min, float32, 2-core Ice Lake);
+``--with-reference`` also trains the reference's copies (21 more minutes there, reusing the
+cheap copies' cache) for a "deferring gains" head. ``--amp bf16`` only on native bf16.
 """
 from __future__ import annotations
 
