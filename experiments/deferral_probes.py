@@ -101,6 +101,12 @@ def _sweep(P, y, chain, cost, ref_right, ensemble, grids=None):
     return acc, c, th, paired_se(gain, loss, len(y))
 
 
+def _zoo_indices(names: list[str]) -> dict[str, list[int]]:
+    """Model indices per zoo: "all", and "base" (no compressed variant: no "-" in the name)."""
+    return {"all": list(range(len(names))),
+            "base": [i for i, n in enumerate(names) if "-" not in n]}
+
+
 def zoo_setups(run: Path):
     """Per zoo ("all", "base"): (zoo, names, val (y, P), test (y, P), ms per image, the
     reference (most accurate on val, cheaper on ties), its val correctness, the zoo's model
@@ -109,9 +115,7 @@ def zoo_setups(run: Path):
     names, yv, Pv = t["val"]
     _, yt, Pt = t["test"]
     cost = measured_ms(run, names)
-    zoos = {"all": list(range(len(names))),
-            "base": [i for i, n in enumerate(names) if "-" not in n]}
-    for zoo, idx in zoos.items():
+    for zoo, idx in _zoo_indices(names).items():
         acc = np.array([(Pv[:, i].argmax(1) == yv).mean() for i in idx])
         ref = idx[int(np.lexsort((cost[idx], -acc))[0])]
         yield (zoo, names, (yv, Pv), (yt, Pt), cost, ref, Pv[:, ref].argmax(1) == yv,
@@ -138,20 +142,51 @@ def probe_ensemble(run: Path, sacrifices=(0.0, 0.005, 0.01, 0.02)) -> None:
                       f"expected {cost[ref] / spent[0]:.2f}x best single")
 
 
-def _cheap_and_best(run: Path):
-    """The data, and the base zoo's cheapest model and reference (as ``zoo_setups`` picks
-    them), loaded with their preprocessing."""
-    from zoo.checkpoint import load_model, preprocess_of
+def _load_bundle(run: Path):
+    """The run's data splits, as its config prepares them."""
     from zoo.data import prepare_data
     from zoo.rundir import RunDir
     rd = RunDir(run)
-    bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    return prepare_data(rd.root, **rd.load_config().data_kwargs())
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    z = np.load(path)
+    return {k: z[k] for k in z.files}
+
+
+def _cheap_and_best_names(run: Path) -> tuple[str, str]:
+    """The base zoo's cheapest model and reference, as ``zoo_setups`` picks them."""
     _, names, _, _, _, best, _, order = next(z for z in zoo_setups(run) if z[0] == "base")
+    return names[order[0]], names[best]
+
+
+def _cheap_and_best(run: Path):
+    """The data, and the base zoo's cheapest model and reference loaded with their
+    preprocessing."""
+    from zoo.checkpoint import load_model, preprocess_of
+    from zoo.rundir import RunDir
+    bundle = _load_bundle(run)
+    cheap, best = _cheap_and_best_names(run)
     loaded = []
-    for m in (order[0], best):
-        model, ckpt = load_model(rd.checkpoint(names[m]))
+    for name in (cheap, best):
+        model, ckpt = load_model(RunDir(run).checkpoint(name))
         loaded.append((model, preprocess_of(ckpt, bundle.info)))
-    return bundle, loaded[0], loaded[1], names[order[0]], names[best]
+    return bundle, loaded[0], loaded[1], cheap, best
+
+
+def _fresh_copy(run: Path, name: str, input_size, seed: int, arch_overrides=None,
+                **train_overrides):
+    """An untrained model of zoo member ``name``'s architecture (seeded) and its card's
+    training recipe, with the given overrides."""
+    from zoo.registry import arch_from_dict, build_arch
+    from zoo.rundir import RunDir
+    from zoo.train import TrainConfig
+    card = RunDir(run).read_card(name)
+    torch.manual_seed(seed)
+    model = build_arch(arch_from_dict(dict(card["arch"], **(arch_overrides or {})), input_size))
+    cfg = TrainConfig.from_dict(dict(card["train_config"], seed=seed, **train_overrides))
+    return model, cfg
 
 
 @torch.inference_mode()
@@ -298,26 +333,17 @@ def _group_probs_to_classes(p: np.ndarray, n_classes: int, group=SPECIALIST_GROU
 
 def _train_specialist(run: Path, arch_name: str, epochs: int, amp: str) -> dict[str, np.ndarray]:
     """Train (or reload) the specialist; its 10-class probabilities on val and test."""
-    import json
     from dataclasses import replace
-    from zoo.data import prepare_data
     from zoo.data.types import ImageSet
-    from zoo.registry import arch_from_dict, build_arch
-    from zoo.rundir import RunDir
-    from zoo.train import TrainConfig, fit
+    from zoo.train import fit
     out_dir = run / "probes"
     out_dir.mkdir(exist_ok=True)
     out = out_dir / f"specialist-{arch_name}-{epochs}ep.npz"
     if out.exists():
-        z = np.load(out)
-        return {k: z[k] for k in z.files}
-    rd = RunDir(run)
-    bundle = prepare_data(rd.root, **rd.load_config().data_kwargs())
-    card = json.loads((run / "zoo" / arch_name / "card.json").read_text())
-    arch = dict(card["arch"], num_classes=len(SPECIALIST_GROUP) + 1)
-    torch.manual_seed(0)
-    model = build_arch(arch_from_dict(arch, bundle.info.input_size))
-    cfg = TrainConfig.from_dict(dict(card["train_config"], epochs=epochs, amp=amp, seed=0))
+        return _load_npz(out)
+    bundle = _load_bundle(run)
+    model, cfg = _fresh_copy(run, arch_name, bundle.info.input_size, 0,
+                             {"num_classes": len(SPECIALIST_GROUP) + 1}, epochs=epochs, amp=amp)
     info = replace(bundle.info, num_classes=len(SPECIALIST_GROUP) + 1,
                    classes=[bundle.info.classes[k] for k in SPECIALIST_GROUP] + ["other"])
     train, val = (ImageSet(s.images, _to_group_labels(s.labels), s.ids)
@@ -365,21 +391,20 @@ def probe_specialist(run: Path, arch_name: str, epochs: int, amp: str,
     assert (spec["val_labels"] == yv).all() and (spec["test_labels"] == yt).all()
     cost = measured_ms(run, names)
     sname = f"specialist-{arch_name}"
+    _, best_name = _cheap_and_best_names(run)
     for split, y, P in (("val", yv, Pv), ("test", yt, Pt)):
         sp = spec[split]
         right = sp.argmax(1) == y
         in_g = np.isin(y, SPECIALIST_GROUP)
         gen = P[:, names.index(arch_name)].argmax(1) == y
-        best = P[:, names.index("tiny_vgg4")].argmax(1) == y
+        best = P[:, names.index(best_name)].argmax(1) == y
         print(f"{split}: on the group's images {sname} {right[in_g].mean():.4f}, "
-              f"{arch_name} {gen[in_g].mean():.4f}, tiny_vgg4 {best[in_g].mean():.4f}")
+              f"{arch_name} {gen[in_g].mean():.4f}, {best_name} {best[in_g].mean():.4f}")
     Pv2 = np.concatenate([Pv, table_precision(spec["val"])[:, None]], axis=1)
     Pt2 = np.concatenate([Pt, table_precision(spec["test"])[:, None]], axis=1)
     names2 = names + [sname]
     cost2 = np.append(cost, cost[names.index(arch_name)])
-    zoos = {"all": list(range(len(names))),
-            "base": [i for i, n in enumerate(names) if "-" not in n]}
-    for zoo, idx in zoos.items():
+    for zoo, idx in _zoo_indices(names).items():
         for with_spec in (False, True):
             cols = idx + ([len(names)] if with_spec else [])
             nm = [names2[i] for i in cols]
@@ -406,16 +431,14 @@ def _oof_predictions(run: Path, folds: int, amp: str,
     """Out-of-fold train-split probabilities of copies of the base zoo's cheapest model (and,
     with ``with_reference``, of the reference) trained with their cards' recipes on the other
     folds, and every copy's val probabilities; cached in ``RUN/probes``."""
-    import json
     from zoo.data.types import ImageSet
-    from zoo.registry import arch_from_dict, build_arch
-    from zoo.train import TrainConfig, fit
+    from zoo.train import fit
     out = run / "probes" / f"oof-{folds}folds{'-ref' if with_reference else ''}.npz"
     if out.exists():
-        z = np.load(out)
-        return {k: z[k] for k in z.files}
+        return _load_npz(out)
     out.parent.mkdir(exist_ok=True)
-    bundle, _, _, cheap, best = _cheap_and_best(run)
+    bundle = _load_bundle(run)
+    cheap, best = _cheap_and_best_names(run)
     n = len(bundle.train.labels)
     fold_of = np.empty(n, dtype=np.int64)
     fold_of[np.random.default_rng(0).permutation(n)] = np.arange(n) % folds
@@ -423,17 +446,13 @@ def _oof_predictions(run: Path, folds: int, amp: str,
                                   "val_labels": bundle.val.labels.numpy()}
     cheap_only = run / "probes" / f"oof-{folds}folds.npz"
     if with_reference and cheap_only.exists():      # reuse the cheap model's copies
-        z = np.load(cheap_only)
-        res.update({k: z[k] for k in z.files if k.startswith(cheap)})
+        res.update({k: v for k, v in _load_npz(cheap_only).items() if k.startswith(cheap)})
     for name in (cheap, best) if with_reference else (cheap,):
         if f"{name}_oof" in res:
             continue
-        card = json.loads((run / "zoo" / name / "card.json").read_text())
         oof = np.zeros((n, bundle.info.num_classes))
         for k in range(folds):
-            torch.manual_seed(k)
-            model = build_arch(arch_from_dict(card["arch"], bundle.info.input_size))
-            cfg = TrainConfig.from_dict(dict(card["train_config"], amp=amp, seed=k))
+            model, cfg = _fresh_copy(run, name, bundle.info.input_size, k, amp=amp)
             keep = torch.as_tensor(fold_of != k)
             train = ImageSet(bundle.train.images[keep], bundle.train.labels[keep],
                              bundle.train.ids[keep])
@@ -442,7 +461,6 @@ def _oof_predictions(run: Path, folds: int, amp: str,
             oof[fold_of == k] = _forward(model, bundle.info, bundle.train.images[~keep])
             res[f"{name}_val_copy{k}"] = _forward(model, bundle.info, bundle.val.images)
         res[f"{name}_oof"] = oof
-    res["names"] = np.array([cheap, best])
     np.savez(out, **res)
     return res
 
@@ -452,7 +470,7 @@ def probe_oof_head(run: Path, folds: int, amp: str, with_reference: bool) -> Non
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     d = _oof_predictions(run, folds, amp, with_reference)
-    _, _, _, cheap, best = _cheap_and_best(run)
+    cheap, best = _cheap_and_best_names(run)
     yt, yv = d["train_labels"], d["val_labels"]
     p1 = d[f"{cheap}_oof"]
     c1 = p1.argmax(1) == yt

@@ -15,9 +15,9 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "speedup_vs_cheapest_single", "router_seconds", "wasted_seconds",
                 "router_share", "overhead_share", "budget_held", "target_accuracy",
                 "accuracy_drop", "budget_margin_se", "macs_per_image", "router_macs",
-                "routing_accuracy", "gap_recovered", "random_accuracy", "expected_ms_per_image", "fit_ms_per_image",
-                "val_accuracy", "agree_with_table", "timing_samples", "n_samples", "threads",
-                "repeats", "device", "settings"]
+                "routing_accuracy", "gap_recovered", "random_accuracy", "expected_ms_per_image",
+                "fit_ms_per_image", "val_accuracy", "agree_with_table", "timing_samples",
+                "n_samples", "threads", "repeats", "device", "settings"]
 ZOOS = ("all", "base")
 DEPLOYABLE = ("dispatcher", "cascade", "learned")
 EPS = 1e-9
