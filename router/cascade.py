@@ -134,6 +134,11 @@ def select_cascade(cands: CascadeCandidates, target: float, z: float = 0.0) -> C
     except RouterError:
         raise RouterError(f"no cascade reaches val accuracy {target:.4f}: the target is above "
                           f"every candidate ({bound.max():.4f})") from None
+    return cascade_fit_at(cands, i, z)
+
+
+def cascade_fit_at(cands: CascadeCandidates, i: int, z: float = 0.0) -> CascadeFit:
+    """The ``CascadeFit`` of candidate ``i`` (its chain, thresholds and val figures)."""
     stages = cands.chains[int(cands.chain_of[i])]
     th = [float(t) for t in cands.thresholds[i]] + [0.0]
     chosen = simulate_cascade(cands.confidence, stages, th)
@@ -142,6 +147,14 @@ def select_cascade(cands: CascadeCandidates, target: float, z: float = 0.0) -> C
                       val_accuracy=float(cands.accuracy[i]), val_cost=float(cands.cost[i]),
                       stage_reach=reach, candidates=len(cands.accuracy),
                       val_se=float(cands.se[i]), z=float(z))
+
+
+def single_stage_index(cands: CascadeCandidates, model: int) -> int:
+    """The candidate that is ``model`` alone (every candidate set holds each one-stage chain)."""
+    for c, chain in enumerate(cands.chains):
+        if chain == [model]:
+            return int(np.flatnonzero(cands.chain_of == c)[0])
+    raise RouterError(f"model {model} has no one-stage candidate")
 
 
 def fit_cascade(val: PredictionTable, costs: np.ndarray, target: float, *,

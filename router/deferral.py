@@ -39,7 +39,7 @@ from router.base import Routing, RouterError, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
     select_cascade, simulate_cascade
 from router.dispatcher import split_holdout
-from router.execute import execute_cascade
+from router.execute import execute_cascade, measure_ms_per_image
 
 
 def deferral_features(probs: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -117,6 +117,15 @@ class DeferralHead:
         head.intercept_ = float(d["intercept"])
         head.n_classes_ = int(d["n_classes"])
         return head
+
+
+def head_ms_per_image(n_classes: int, n: int = 1024, rounds: int = 5) -> float:
+    """Median ms per image of one deferral head's score (features + linear + sigmoid)."""
+    head = DeferralHead.from_state({"coef": [0.0] * (2 * n_classes + 3), "intercept": 0.0,
+                                    "n_classes": n_classes})
+    probs = np.random.default_rng(0).dirichlet(np.ones(n_classes), size=n).astype(np.float32)
+    return float(measure_ms_per_image([lambda: head.score(probs)], n, warmup=1,
+                                      rounds=rounds)[0])
 
 
 def head_scores(heads: Sequence[DeferralHead], probs: np.ndarray) -> np.ndarray:

@@ -298,6 +298,18 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
     """
     if z < 0:
         raise RouterError(f"the margin z must be >= 0 standard errors, got {z}")
+    cand, right, cost = threshold_candidates(scores, correct, costs, fallback, max_candidates,
+                                             router_cost)
+    accs = right.mean(axis=1)
+    i = least_cost_meeting(accuracy_lower_bound(right, correct[:, fallback], z), cost, target)
+    return float(cand[i]), float(accs[i]), float(cost[i])
+
+
+def threshold_candidates(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
+                         fallback: int, max_candidates: int = 400, router_cost: float = 0.0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every tau ``choose_threshold`` considers: (taus (T,), right (T, n) per-input correctness
+    of the model each tau picks, expected cost (T,) with ``router_cost`` where the network runs)."""
     order = np.lexsort((np.arange(len(costs)), costs))
     s = table_precision(scores)
     cand = np.unique(s)
@@ -312,9 +324,7 @@ def choose_threshold(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray,
         ch = first_confident(s, t, fallback, order=order)
         runs_net = 0.0 < t <= 1.0          # tau 0: the cheapest for all; above 1: the fallback
         right[i], cost[i] = correct[rows, ch], costs[ch].mean() + (router_cost if runs_net else 0)
-    accs = right.mean(axis=1)
-    i = least_cost_meeting(accuracy_lower_bound(right, correct[:, fallback], z), cost, target)
-    return float(cand[i]), float(accs[i]), float(cost[i])
+    return cand, right, cost
 
 
 class Dispatcher(Router):

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from oracle.policy import LABEL_KINDS
 from router.base import RouterError
+from router.certify import check_delta
 from router.dispatcher import DispatcherConfig
 
 DEFAULT_SACRIFICES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -17,8 +18,12 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "accuracy_drop", "budget_margin_se", "macs_per_image", "router_macs",
                 "routing_accuracy", "gap_recovered", "random_accuracy", "expected_ms_per_image",
                 "fit_ms_per_image", "val_accuracy", "agree_with_table", "timing_samples",
-                "n_samples", "threads", "repeats", "device", "settings"]
+                "n_samples", "threads", "repeats", "device", "selection", "delta",
+                "certified", "certified_drop_ucb", "budget_status", "speedup_vs_best_lo",
+                "speedup_vs_best_hi", "speedup_vs_cheapest_lo", "speedup_vs_cheapest_hi",
+                "settings"]
 ZOOS = ("all", "base")
+SELECTIONS = ("certified", "estimate")
 DEPLOYABLE = ("dispatcher", "cascade", "learned")
 EPS = 1e-9
 
@@ -30,7 +35,7 @@ class EvalConfig:
     sacrifices: Sequence[float] = DEFAULT_SACRIFICES
     threads: int = 2
     device: str = "cpu"                  # zoo models run here ("cuda", "auto"); int8 ones stay on the CPU
-    repeats: int = 3
+    repeats: int = 7                     # timed rounds (shuffled order per round) after the warm-up
     warmup: int = 1
     timing_samples: int | None = 2000   # None: time on the whole test split
     batch_size: int = 256
@@ -42,7 +47,11 @@ class EvalConfig:
     learned_fit_share: float = 0.5       # ... with learned_folds = 0: share of val the heads train on
     costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
     cost_samples: int = 1000             # val images the measured costs are timed on
-    margin_z: float = 1.0                # fits keep val accuracy - z paired SEs >= target (1-SE rule)
+    margin_z: float = 1.0                # estimate rule: val accuracy - z paired SEs >= target
+    selection: str = "certified"         # "certified" (risk delta) or "estimate" (the 1-SE rule)
+    delta: float = 0.1                   # certified: risk that a certified budget is missed
+    select_share: float = 0.3            # certified: share of val that chooses (the rest certifies)
+    count_router_time: bool = True       # expected costs include each stage's own time
     dispatcher_time_share: float | None = 0.25  # dispatcher ms <= this x fastest model's (None: off)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     seed: int = 0
@@ -64,6 +73,11 @@ class EvalConfig:
             raise RouterError(f"learned_folds must be 0 or >= 2, got {self.learned_folds}")
         if not 0 < self.learned_fit_share < 1:
             raise RouterError(f"learned_fit_share must be in (0, 1), got {self.learned_fit_share}")
+        if self.selection not in SELECTIONS:
+            raise RouterError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        check_delta(self.delta)
+        if not 0 < self.select_share < 1:
+            raise RouterError(f"select_share must be in (0, 1), got {self.select_share}")
         if self.margin_z < 0 or self.cost_samples < 1:
             raise RouterError("need margin_z >= 0 and cost_samples >= 1")
         if self.dispatcher_time_share is not None and self.dispatcher_time_share <= 0:

@@ -49,10 +49,10 @@ from common.io import write_csv, write_json
 from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.base import Router
-from router.deferral import DeferralHead, deferral_curve_rows
+from router.deferral import DeferralHead, deferral_curve_rows, head_ms_per_image
 from router.dispatcher import dispatcher_scores
 from router.eval_config import DEFAULT_SACRIFICES, DEPLOYABLE, LEAD_COLUMNS, ZOOS, EvalConfig
-from router.execute import model_ms_per_image
+from router.execute import model_ms_per_image, stage_overhead_ms
 from router.fitting import LevelFit, ZooFit, fit_zoo
 from router.run_inputs import RunInputs, images_for_table, load_run_inputs, zoo_indices
 from router.scoring import LabelOracleRouter, ZooScorer, cascade_cost, random_matched, score_zoo
@@ -93,6 +93,9 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                                       warmup=cfg.warmup, rounds=max(3, cfg.repeats))
     else:
         cvec_all = profile_cvec
+    overhead = ({"stage_ms": stage_overhead_ms(inp.val_images[:1024], inp.val.n_classes),
+                 "head_ms": head_ms_per_image(inp.val.n_classes)}
+                if cfg.count_router_time else {})
     zoos = zoo_indices(inp, cfg.zoos)
     used = sorted(set(inp.devices)) or ["cpu"]
     device_note = used[0] if len(used) == 1 else "; ".join(
@@ -107,6 +110,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                        if cfg.costs == "measured" else "costs.json") + ", ms/image): "
         + ", ".join(f"{n} {c:.3f}" for n, c in zip(names_all, cvec_all)))
     fits: dict[str, Any] = {"costs": cfg.costs, "margin_z": cfg.margin_z,
+                            "selection": cfg.selection, "delta": cfg.delta,
+                            "router_overhead_ms": overhead,
                             "ms_per_image": dict(zip(names_all, map(float, cvec_all))),
                             "profile_ms_per_image": dict(zip(names_all, map(float, profile_cvec))),
                             "zoos": {}}
@@ -118,7 +123,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         names = [names_all[i] for i in idx]
         # the fit sees the validation split and nothing else
         zf = fit_zoo(zoo, idx, inp.val.select_models(names), inp.val_images, inp.info,
-                     cvec_all[idx], inp.macs[idx], cfg, log)
+                     cvec_all[idx], inp.macs[idx], cfg, log, overhead)
         zoo_fits.append(zf)
         fits["zoos"][zoo] = zf.record
         if zoo == "all":
@@ -242,9 +247,9 @@ def write_results(rd: RunDir, result: EvalResult, names: list[str],
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """One line per method, zoo and level: accuracy, drop, images/s, both speedups, overhead
     share, budget, gap; ``*`` marks the answer selected on val."""
-    keep = [r for r in rows if r["family"] in ("best-single", "cheapest-single",
-                                               "oracle-executed", "ceiling", "dispatcher",
-                                               "cascade", "learned")
+    keep = [r for r in rows if (r["family"] in ("best-single", "cheapest-single",
+                                                "oracle-executed", "ceiling", "dispatcher",
+                                                "cascade", "learned") or r.get("selected"))
             and r.get("seconds") is not None]
     out = [f"{'zoo':<5}{'sacrifice':>9} {'method':<34} {'acc':>7} {'drop':>7} {'img/s':>9} "
            f"{'x best':>7} {'x cheap':>7} {'ovh%':>6} {'held':>5} {'gap':>6}"]

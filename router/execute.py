@@ -246,15 +246,17 @@ def benchmark(run: Callable[[], ExecResult], n_samples: int, *, warmup: int = 1,
 
 
 def benchmark_interleaved(runs: Mapping[Hashable, Callable[[], ExecResult]], n_samples: int, *,
-                          warmup: int = 0, repeats: int = 3,
-                          progress: bool = False) -> dict[Hashable, Timing]:
+                          warmup: int = 0, repeats: int = 3, progress: bool = False,
+                          shuffle_seed: int | None = 0) -> dict[Hashable, Timing]:
     """Time many runs round-robin: each of ``repeats`` rounds runs every one once.
 
     On a shared machine load comes in bursts; timing one method's repeats back to back lets a
     burst land on one method only, which then looks several times slower than its neighbours.
-    Interleaving spreads any burst over all of them, and the median per method drops it.
-    ``warmup`` untimed rounds go first. Returns one ``Timing`` per key (the median total and
-    median router time over the rounds).
+    Interleaving spreads any burst over all of them, and the median per method drops it. The
+    order within each round is shuffled (seeded; ``shuffle_seed=None`` keeps the given order),
+    so no run always follows the same neighbour or always goes first. ``warmup`` untimed rounds
+    go first. Returns one ``Timing`` per key (the median total and median router time over the
+    rounds; ``all_seconds[r]`` is round r, so two keys' rounds pair up for per-round ratios).
     """
     if repeats < 1 or warmup < 0:
         raise RouterError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -264,8 +266,12 @@ def benchmark_interleaved(runs: Mapping[Hashable, Callable[[], ExecResult]], n_s
     totals: dict[Hashable, list[float]] = {k: [] for k in runs}
     routers: dict[Hashable, list[float]] = {k: [] for k in runs}
     wasted: dict[Hashable, list[float]] = {k: [] for k in runs}
+    keys = list(runs)
+    rng = np.random.default_rng(shuffle_seed)
     for _ in tqdm(range(repeats), desc="timing rounds", disable=not progress, leave=False):
-        for k, run in runs.items():
+        order = keys if shuffle_seed is None else [keys[i] for i in rng.permutation(len(keys))]
+        for k in order:
+            run = runs[k]
             t0 = time.perf_counter()
             res = run()
             totals[k].append(time.perf_counter() - t0)
@@ -309,3 +315,18 @@ def model_ms_per_image(models: Sequence[nn.Module], infos: Sequence[PreprocessLi
     runs = [lambda m=m, i=i: _run_model(m, images, i, batch_size, _Clock())
             for m, i in zip(models, infos)]
     return measure_ms_per_image(runs, len(images), warmup=warmup, rounds=rounds)
+
+
+def stage_overhead_ms(images: torch.Tensor, n_classes: int, *, rounds: int = 5) -> float:
+    """Median ms per image of a routing stage's own work outside the model, as the executors
+    do it: selecting the stage's inputs, softmax, top-1, table-precision rounding and the
+    stop mask (charged to every stage of every family by the fits' expected costs)."""
+    n = len(images)
+    logits = torch.randn(n, n_classes)
+    idx = torch.arange(n)
+
+    def run() -> None:
+        images.index_select(0, idx)
+        p, _ = torch.softmax(logits, dim=1).max(dim=1)
+        first_confident(table_precision(p)[:, None], 0.5, fallback=-1)
+    return float(measure_ms_per_image([run], n, warmup=1, rounds=rounds)[0])

@@ -27,6 +27,19 @@ from router.timing import RoutingTimer
 
 # ---- helpers ------------------------------------------------------------------------------
 
+NOISE_Z = 1.96
+
+
+def budget_status(held: bool, margin_se: float | None) -> str:
+    """"held" (test accuracy >= target), "within test noise" (missed by less than 1.96 paired
+    test SEs: a 95 % two-sided test cannot tell it from held) or "violated"."""
+    if held:
+        return "held"
+    if margin_se is not None and margin_se >= -NOISE_Z:
+        return "within test noise"
+    return "violated"
+
+
 def random_matched(chosen: np.ndarray, target_ms: float, cvec: np.ndarray, ref: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random router with the same expected cost: (assignment (N,), model shares q (M,)).
@@ -104,7 +117,8 @@ class ZooScorer:
              router_macs: int = 0, routing_accuracy: float | None = None,
              val_accuracy: float | None = None, fit_ms: float | None = None,
              selected: bool = False, settings: dict | None = None,
-             stages: Sequence[int] | None = None, random_of: bool = True) -> dict[str, Any]:
+             stages: Sequence[int] | None = None, random_of: bool = True,
+             cert: Any = None) -> dict[str, Any]:
         test, zf, N = self.test, self.zf, self.test.n_samples
         preds = test.preds[np.arange(N), chosen]
         agree = None
@@ -122,11 +136,17 @@ class ZooScorer:
                       else float(share @ self.macs))
         exp_ms = expected_ms if expected_ms is not None else (
             cascade_cost(chosen, stages, zf.cvec) if stages is not None else float(share @ zf.cvec))
-        row.update({"budget_held": bool(row["accuracy"] >= self.ref_test_acc - s - EPS),
+        held = bool(row["accuracy"] >= self.ref_test_acc - s - EPS)
+        margin = budget_margin_se(preds == test.labels, test.correct[:, zf.ref], s)
+        row.update({"selection": self.cfg.selection,
+                    "delta": self.cfg.delta if self.cfg.selection == "certified" else None,
+                    "certified": None if cert is None else bool(cert.certified),
+                    "certified_drop_ucb": None if cert is None else cert.drop_ucb,
+                    "budget_status": budget_status(held, margin)})
+        row.update({"budget_held": held,
                     "target_accuracy": self.ref_test_acc - s,
                     "accuracy_drop": self.ref_test_acc - row["accuracy"],
-                    "budget_margin_se": budget_margin_se(preds == test.labels,
-                                                         test.correct[:, zf.ref], s),
+                    "budget_margin_se": margin,
                     "macs_per_image": model_macs + router_macs, "router_macs": router_macs,
                     "routing_accuracy": routing_accuracy, "expected_ms_per_image": exp_ms,
                     "fit_ms_per_image": fit_ms, "val_accuracy": val_accuracy,
@@ -171,15 +191,21 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
         s = lv.sacrifice
         for m in range(M):
             sc.emit(f"single:{names[m]}", "single", s, np.full(N, m, dtype=np.int64), singles[m],
-                    val_accuracy=float(val_acc[m]), fit_ms=float(cvec[m]))
+                    val_accuracy=float(val_acc[m]), fit_ms=float(cvec[m]),
+                    selected=lv.selected == f"single:{names[m]}",
+                    cert=lv.certificates.get(f"single:{names[m]}"))
         sc.emit(f"best-single:{names[ref]}", "best-single", s, np.full(N, ref, dtype=np.int64),
                 singles[ref], val_accuracy=zf.ref_val_acc, fit_ms=float(cvec[ref]))
         cs = lv.cheapest_single
         sc.emit(f"cheapest-single:{names[cs]}", "cheapest-single", s,
                 np.full(N, cs, dtype=np.int64), singles[cs], val_accuracy=float(val_acc[cs]),
                 fit_ms=float(cvec[cs]), selected=lv.selected == "cheapest-single",
-                settings={"model": names[cs], "rule": "cheapest model whose val accuracy minus "
-                          f"{cfg.margin_z:g} paired SE meets the target"})
+                cert=lv.certificates.get("cheapest-single"),
+                settings={"model": names[cs], "rule": (
+                    "cheapest model whose val accuracy minus "
+                    f"{cfg.margin_z:g} paired SE meets the target" if cfg.selection == "estimate"
+                    else f"cheapest model certified at risk {cfg.delta:g} on the single-model "
+                         "path")})
         sc.emit("ceiling", "ceiling", s, sc.ceiling_choice, ceil_timed,
                 settings={"deployable": False, "rule": "cheapest right model per sample"})
         sc.emit("ceiling-budget", "ceiling", s,
@@ -208,6 +234,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
                       expected_ms=_routed_ms(ch, cvec, dl, zf.disp_ms["label"]),
                       val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
                       selected=lv.selected == "dispatcher-label",
+                      cert=lv.certificates.get("dispatcher-label"),
                       settings={**dl.describe(), "policy": cfg.label_policy,
                                 "network_skipped": dl.constant_choice is not None,
                                 "skipped_because_not_cheaper": lv.label_skipped,
@@ -223,6 +250,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
                       expected_ms=_routed_ms(ch, cvec, ds, zf.disp_ms["sample"]),
                       val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
                       selected=lv.selected == "dispatcher-sample",
+                      cert=lv.certificates.get("dispatcher-sample"),
                       settings={**ds.describe(), "network_skipped": ds.constant_choice is not None})
         deployable.append((row, ch, row["expected_ms_per_image"]))
         sc.to_save.append(("dispatcher-sample", s, ds))
@@ -238,6 +266,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
         row = sc.emit("cascade", "cascade", s, ch, timed, stages=fit.stages,
                       val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
                       selected=lv.selected == "cascade",
+                      cert=lv.certificates.get("cascade"),
                       settings={**casc.describe(), "val_stage_reach": fit.stage_reach,
                                 "val_se": fit.val_se, "z": fit.z})
         deployable.append((row, ch, row["expected_ms_per_image"]))
@@ -253,6 +282,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
         row = sc.emit("learned-cascade", "learned", s, ch, timed, stages=lstages,
                       val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
                       selected=lv.selected == "learned-cascade",
+                      cert=lv.certificates.get("learned-cascade"),
                       settings={**learned.describe(), "val_stage_reach": lfit.cascade.stage_reach,
                                 "val_se": lfit.cascade.val_se, "z": lfit.cascade.z,
                                 "val_target": lfit.target, "fit_samples": lfit.fit_samples,

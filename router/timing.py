@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 
 from router.base import Router
@@ -51,7 +52,8 @@ class RoutingTimer:
 
     def measure(self) -> dict[Any, Timing]:
         return benchmark_interleaved(self.runs, self.k, warmup=max(0, self.cfg.warmup - 1),
-                                     repeats=self.cfg.repeats, progress=self.cfg.progress)
+                                     repeats=self.cfg.repeats, progress=self.cfg.progress,
+                                     shuffle_seed=self.cfg.seed)
 
 
 def fill_timings(rows: list[dict[str, Any]], pending: list[tuple[dict[str, Any], Any]],
@@ -64,17 +66,42 @@ def fill_timings(rows: list[dict[str, Any]], pending: list[tuple[dict[str, Any],
                     "router_seconds": tm.router_seconds, "router_share": tm.router_share,
                     "wasted_seconds": tm.wasted_seconds, "overhead_share": tm.overhead_share,
                     "timing_samples": tm.n_samples, "threads": tm.threads, "repeats": tm.repeats})
-    ref_ips: dict[tuple[str, float], dict[str, float]] = {}
+    key_of = {id(row): key for row, key in pending}
+    ref_key: dict[tuple[str, float], dict[str, Any]] = {}
     for r in rows:
-        if r["family"] in ("best-single", "cheapest-single") and r.get("images_per_second"):
-            ref_ips.setdefault((r["zoo"], r["sacrifice"]), {})[r["family"]] = \
-                r["images_per_second"]
+        if r["family"] in ("best-single", "cheapest-single") and id(r) in key_of:
+            ref_key.setdefault((r["zoo"], r["sacrifice"]), {})[r["family"]] = key_of[id(r)]
     for r in rows:
-        ips = r.get("images_per_second")
-        refs = ref_ips.get((r["zoo"], r["sacrifice"]), {})
-        if ips is None:
+        if id(r) not in key_of:
             continue
-        if refs.get("best-single"):
-            r["speedup_vs_best"] = ips / refs["best-single"]
-        if refs.get("cheapest-single"):
-            r["speedup_vs_cheapest_single"] = ips / refs["cheapest-single"]
+        refs = ref_key.get((r["zoo"], r["sacrifice"]), {})
+        mine = timings[key_of[id(r)]].all_seconds
+        for fam, col in (("best-single", "speedup_vs_best"),
+                         ("cheapest-single", "speedup_vs_cheapest")):
+            if fam not in refs:
+                continue
+            med, lo, hi = paired_speedup(timings[refs[fam]].all_seconds, mine)
+            r["speedup_vs_best" if fam == "best-single" else "speedup_vs_cheapest_single"] = med
+            r[f"{col}_lo"], r[f"{col}_hi"] = lo, hi
+
+
+def median_interval(n: int, level: float = 0.95) -> tuple[int, int]:
+    """0-based order statistics (lo, hi) bracketing the median of n values with coverage >=
+    ``level`` (distribution-free: the count below the median is Binomial(n, 1/2)); for n < 6
+    no pair reaches 95 % and (0, n - 1) is returned."""
+    k = 0                                   # coverage of (k, n-1-k): 1 - 2 P(B <= k)
+    while k + 1 < n - 2 - k and stats.binom.cdf(k + 1, n, 0.5) <= (1 - level) / 2:
+        k += 1
+    return k, n - 1 - k
+
+
+def paired_speedup(base_seconds: Sequence[float], seconds: Sequence[float],
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi) of the per-round ratios base / seconds: round r of both was timed in
+    the same round, so each ratio sees the same machine state. The interval brackets the
+    median by order statistics (``median_interval``)."""
+    if len(base_seconds) != len(seconds) or not len(seconds):
+        raise ValueError(f"paired rounds needed: {len(base_seconds)} and {len(seconds)}")
+    ratio = np.sort(np.asarray(base_seconds, float) / np.asarray(seconds, float))
+    lo, hi = median_interval(len(ratio), level)
+    return float(np.median(ratio)), float(ratio[lo]), float(ratio[hi])

@@ -1,7 +1,13 @@
 """evaluate-routers: fit the dispatcher and the cascade on val, score and time every router on test.
 
     evaluate-routers --run runs/quick [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--threads 2]
-                     [--repeats 3] [--timing-samples 2000] [--costs measured] [--margin-z 1]
+                     [--repeats 7] [--timing-samples 2000] [--costs measured]
+                     [--selection certified|estimate] [--delta 0.1] [--select-share 0.3]
+                     [--margin-z 1]
+
+The answer selected at each level is certified by default: with probability >= 1 - delta over
+the draw of the labelled val images its expected accuracy drop against the reference is at
+most the level (``--selection estimate``: the older one-standard-error rule, no guarantee).
 
 Writes RUN/results/routers.csv, RUN/results/router_predictions.npz and RUN/routers/*.pt.
 """
@@ -23,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu",
                    help="where the zoo models run and are timed: cpu, cuda, cuda:1 or auto "
                         "(int8 models stay on the CPU; the device column says where)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after warm-up")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed rounds after the warm-up, every routing once per round in a "
+                        "shuffled order; speedups are per-round ratios (median, 95%% interval)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method")
     p.add_argument("--timing-samples", type=int, default=2000,
                    help="time on the first N test images (0 = all of them)")
@@ -36,9 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "RUN/costs.json from profile-zoo")
     p.add_argument("--cost-samples", type=int, default=1000,
                    help="val images the measured costs are timed on")
+    p.add_argument("--selection", choices=["certified", "estimate"], default="certified",
+                   help="certified: choose on a part of val, certify the budget at risk --delta "
+                        "on the rest (Learn-then-Test fixed-sequence testing); estimate: the "
+                        "older rule (val accuracy minus --margin-z paired SEs), no guarantee")
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="certified: the risk that a certified budget is missed (0.1 = 10%%)")
+    p.add_argument("--select-share", type=float, default=0.3,
+                   help="certified: share of val that fits and chooses; the rest certifies")
     p.add_argument("--margin-z", type=float, default=1.0,
-                   help="fits keep val accuracy minus this many paired standard errors at the "
-                        "target (1 = the one-standard-error rule, 0 = none)")
+                   help="estimate rule: fits keep val accuracy minus this many paired standard "
+                        "errors at the target (1 = the one-standard-error rule, 0 = none)")
     p.add_argument("--dispatcher-time-share", type=float, default=0.25,
                    help="dispatcher ms/image at most this share of the fastest model's (0 = off; "
                         "the cap of 1/4 of the cheapest model's MACs always holds)")
@@ -65,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                      cascade_max_stages=a.cascade_max_stages, learned_folds=a.learned_folds,
                      costs=a.costs,
                      cost_samples=a.cost_samples, margin_z=a.margin_z,
+                     selection=a.selection, delta=a.delta, select_share=a.select_share,
                      dispatcher_time_share=a.dispatcher_time_share or None,
                      dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,
                                                  progress=not a.no_progress),

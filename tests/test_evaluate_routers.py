@@ -27,6 +27,7 @@ def evaluated_run(tmp_path_factory):
     data = make_fake_idx_dataset(root / "data", n_train=1000, n_test=200)
     run = make_router_run(root / "run", data, {"tiny_vgg1": 1, "tiny_vgg2": 2, "tiny_vgg3": 4})
     assert main(["--run", str(run), "--sacrifices", *LEVELS, "--threads", "1", "--repeats", "2",
+                 "--selection", "estimate",
                  "--dispatcher-epochs", "3", "--timing-samples", "0", "--no-progress"]) == 0
     return run
 
@@ -56,6 +57,8 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         assert float(best["speedup_vs_best"]) == pytest.approx(1.0)
         cheap = next(r for r in at.values() if r["family"] == "cheapest-single")
         assert float(cheap["speedup_vs_cheapest_single"]) == pytest.approx(1.0)
+        # a routing paired with itself: every round's ratio is 1, so is the interval
+        assert float(cheap["speedup_vs_cheapest_lo"]) == float(cheap["speedup_vs_cheapest_hi"]) == 1.0
         assert float(cheap["fit_ms_per_image"]) <= float(best["fit_ms_per_image"])
         # exactly one deployable answer is selected per level, and it is the one whose fit
         # expected the least cost among those meeting the target on val
@@ -69,8 +72,10 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             min(float(r["fit_ms_per_image"]) for r in cands))
         for r in at.values():
             if r.get("images_per_second"):
-                assert float(r["speedup_vs_cheapest_single"]) == pytest.approx(
-                    float(r["images_per_second"]) / float(cheap["images_per_second"]))
+                # the speedup is the median of per-round ratios, inside its own interval
+                for col in ("speedup_vs_cheapest", "speedup_vs_best"):
+                    med = float(r[col + ("_single" if col.endswith("cheapest") else "")])
+                    assert float(r[f"{col}_lo"]) <= med <= float(r[f"{col}_hi"])
             if r["family"] not in ("cascade", "learned") and r.get("wasted_seconds"):
                 assert float(r["wasted_seconds"]) == 0.0
         # single rows are the table's accuracy; shares sum to one
@@ -140,8 +145,9 @@ def test_predictions_npz_and_saved_routers_reproduce_rows(evaluated_run):
         assert out.scores is not None and len(out.score_names) == out.scores.shape[1]
 
 
-def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch):
-    """Scrambling the test labels leaves every fitted setting unchanged (profiled costs, no
+@pytest.mark.parametrize("selection", ["estimate", "certified"])
+def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch, selection):
+    """Scrambling the test labels, predictions and probabilities leaves every fitted setting unchanged (profiled costs, no
     dispatcher time cap and a fixed dispatcher cost, so neither evaluation depends on a timing:
     the dispatcher's measured ms/image decides whether its network is skipped, and on a busy
     machine it varied enough between the two calls to flip that decision)."""
@@ -156,15 +162,21 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch):
     def settings(scramble: bool) -> dict:
         inp = load_run_inputs(run)
         if scramble:
-            inp.test.labels = np.random.default_rng(5).permutation(inp.test.labels)
+            # everything the test split holds: labels, and each model's predictions and
+            # probabilities, each shuffled by its own permutation
+            rng = np.random.default_rng(5)
+            inp.test.labels = rng.permutation(inp.test.labels)
+            inp.test.preds = inp.test.preds[rng.permutation(inp.test.n_samples)]
+            inp.test.probs = inp.test.probs[rng.permutation(inp.test.n_samples)]
         cfg = EvalConfig(sacrifices=[0.05], threads=1, repeats=1, warmup=0, timing_samples=20,
                          dispatcher=DispatcherConfig(epochs=3, progress=False), progress=False,
-                         save_routers=False, costs="profile", dispatcher_time_share=None)
+                         save_routers=False, costs="profile", dispatcher_time_share=None,
+                         selection=selection, count_router_time=False)
         res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
         out = {(r["zoo"], r["method"], r["sacrifice"]): (r["settings"], r["selected"],
                                                         r["fit_ms_per_image"], r["val_accuracy"])
                for r in res.rows if r["family"] in ("dispatcher", "cascade", "learned",
-                                                    "cheapest-single")}
+                                                    "cheapest-single", "single")}
         out["learned heads"] = {z: f["learned_cascade"]["heads"]         # the deferral heads
                                 for z, f in res.fits["zoos"].items()}
         return out
@@ -235,7 +247,11 @@ def test_two_zoos_policies_and_base_routers(evaluated_run, tmp_path):
     assert clf.model_names == ["tiny_vgg1", "tiny_vgg3"]
     pol = Policy.load(run / "policies" / "budget-s0.05.json")
     assert pol.model_names == PredictionTable.load(rd.tables, "val").model_names
-    assert pol.meta["costs"] == pytest.approx(list(fits["ms_per_image"].values()))
+    # the policies were fitted with each model's measured ms plus a stage's own routing work
+    stage = fits["router_overhead_ms"]["stage_ms"]
+    assert stage > 0
+    assert pol.meta["costs"] == pytest.approx([v + stage
+                                               for v in fits["ms_per_image"].values()])
     pol_b = Policy.load(run / "policies" / "base" / "budget-s0.05.json")
     assert pol_b.model_names == ["tiny_vgg1", "tiny_vgg3"]
     with np.load(rd.results / "router_predictions.npz") as z:

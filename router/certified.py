@@ -1,0 +1,284 @@
+"""Certified fitting and selection of one zoo (``evaluate-routers --selection certified``).
+
+Val is split once (seeded) into a *select* part and a *certify* part
+(``router.certify.split_calibration``). Everything chosen from data is chosen on the select
+part alone: the dispatchers' networks and settings, the learned cascade's heads (cross-fitted
+there, then refitted on the whole select part: the deployed heads are the certified ones),
+every simulated cascade, and at each level the one path of candidates from all families
+together (``pareto_path``: the cost/estimated-drop frontier, most expensive first). The
+certify part then tests the path in order at the full risk ``delta`` and stops at the first
+failure (``fixed_sequence``), so every candidate before the stop is certified at once with
+family-wise error <= delta, whichever family it comes from. The deployed answer is the
+cheapest certified one; each family's row shows its own cheapest certified candidate (or the
+reference alone, where none of its candidates was certified). The cheapest adequate single
+model, the baseline, is certified the same way on a path of single models only.
+
+Numpy, plus torch for the dispatchers' scores on the certify part.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.tables import PredictionTable
+from router.base import first_confident, table_precision
+from oracle.policy import fit_policy
+from router.cascade import CascadeCandidates, CascadeFit, cascade_candidates, cascade_fit_at, \
+    simulate_cascade, single_stage_index
+from router.certify import Certificate, certificate, fixed_sequence, loss_gain, pareto_path, \
+    smallest_certifiable, split_calibration
+from router.deferral import LearnedCandidates, LearnedCascadeFit, LearnedCascadeRouter, \
+    learned_candidates, rows_of
+from router.dispatcher import Dispatcher, DispatcherFit, dispatcher_scores, threshold_candidates
+from router.selection import Candidate
+from zoo.data import DatasetInfo
+
+FAMILY_OF = {"single": "cheapest-single", "cascade": "cascade", "learned": "learned-cascade",
+             "dispatcher-sample": "dispatcher-sample", "dispatcher-label": "dispatcher-label"}
+
+
+@dataclass
+class CertifySplit:
+    """The two parts of val and what every level shares."""
+
+    select: np.ndarray               # positions in val
+    certify: np.ndarray
+    val_s: PredictionTable
+    val_c: PredictionTable
+    ref: int
+    ref_c: np.ndarray                # (n_c,) reference correct on the certify part
+    ref_acc_s: float
+    cascades: CascadeCandidates      # simulated on the select part
+    learned: LearnedCandidates       # heads cross-fitted and refitted on the select part
+    disp_scores_c: dict[str, np.ndarray] = field(default_factory=dict)
+    disp_holdout_c: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PoolEntry:
+    """One candidate answer at one level, as the select part estimates it."""
+
+    family: str                      # key of FAMILY_OF
+    key: Any                         # family-specific: model, candidate index, tau, router
+    cost: float                      # expected ms per image, the router's own time included
+    drop: float                      # estimated drop against the reference on the select part
+
+
+def prepare_split(val: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
+                  *, select_share: float, seed: int, max_stages: int, grid: int,
+                  learned_folds: int) -> CertifySplit:
+    """Split val and simulate every cascade and learned cascade on the select part."""
+    sel, cer = split_calibration(val.n_samples, select_share, seed)
+    val_s, val_c = rows_of(val, sel), rows_of(val, cer)
+    cands = cascade_candidates(val_s, cvec, max_stages=max_stages, grid=grid, reference=ref)
+    folds = learned_folds if learned_folds == 0 or val_s.n_samples >= 2 * learned_folds else 0
+    lc = learned_candidates(val_s, learned_cvec, reference=ref, max_stages=max_stages, grid=grid,
+                            folds=folds, seed=seed)
+    return CertifySplit(sel, cer, val_s, val_c, ref, val_c.correct[:, ref],
+                        float(val_s.correct[:, ref].mean()), cands, lc)
+
+
+def dispatcher_setup(split: CertifySplit, mode: str, fit: DispatcherFit, val_images: torch.Tensor,
+                     info: DatasetInfo) -> None:
+    """Scores of a dispatcher (trained on the select part) on the certify part's images."""
+    x = val_images[torch.from_numpy(split.certify)]
+    with torch.inference_mode():
+        split.disp_scores_c[mode] = dispatcher_scores(fit.net, x, info, mode).numpy()
+
+
+def _learned_fit(lc: LearnedCandidates, i: int, target: float) -> LearnedCascadeFit:
+    fit = cascade_fit_at(lc.cands, i)
+    return LearnedCascadeFit(fit, [lc.heads[m] for m in fit.stages[:-1]], target,
+                             len(lc.fit_index), len(lc.threshold_index))
+
+
+@dataclass
+class CertifiedLevel:
+    """What the certified selection fitted and decided at one level."""
+
+    cheapest_single: int
+    cascade: CascadeFit
+    learned: LearnedCascadeFit
+    dispatcher_sample: Dispatcher | None
+    dispatcher_label: Dispatcher | None
+    label_skipped: bool
+    candidates: dict[str, Candidate]
+    certificates: dict[str, Certificate]
+    selected: str
+    record: dict[str, Any]
+
+
+def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
+                  learned_cvec: np.ndarray, names: list[str],
+                  disp: dict[str, tuple[DispatcherFit, float]] | None = None,
+                  label_policy: str = "budget", max_path: int = 24) -> CertifiedLevel:
+    """Build one path from every family's candidates on the select part, certify it on the
+    certify part (see the module doc). ``disp``: mode -> (fit on the select part, network ms
+    per image), or None to leave the dispatchers out."""
+    ref, val_s, val_c = split.ref, split.val_s, split.val_c
+    pool: list[PoolEntry] = []
+    acc_s = val_s.accuracy()
+    for m in range(len(names)):
+        pool.append(PoolEntry("single", m, float(cvec[m]), split.ref_acc_s - float(acc_s[m])))
+    cc = split.cascades
+    for i in range(len(cc.accuracy)):
+        if len(cc.chains[int(cc.chain_of[i])]) > 1:
+            pool.append(PoolEntry("cascade", i, float(cc.cost[i]),
+                                  split.ref_acc_s - float(cc.accuracy[i])))
+    lc = split.learned
+    for i in range(len(lc.cands.accuracy)):
+        if len(lc.cands.chains[int(lc.cands.chain_of[i])]) > 1:
+            pool.append(PoolEntry("learned", i, float(lc.cands.cost[i]),
+                                  lc.reference_accuracy - float(lc.cands.accuracy[i])))
+    label_router, skipped = None, False
+    for mode, (fit, net_ms) in (disp or {}).items():
+        hold = fit.holdout_index
+        hold_correct = val_s.correct[hold]
+        ref_hold = float(hold_correct[:, ref].mean())
+        if mode == "sample":
+            taus, right, cost = threshold_candidates(fit.holdout_scores, hold_correct, cvec, ref,
+                                                     router_cost=net_ms)
+            for t, r, c in zip(taus, right, cost):
+                if 0.0 < t <= 1.0:          # tau 0 / above 1 are single models, already pooled
+                    pool.append(PoolEntry("dispatcher-sample", float(t), float(c),
+                                          ref_hold - float(r.mean())))
+        else:
+            pol = fit_policy(label_policy, val_s, cvec, max(s, 0.0))
+            d = Dispatcher.from_fit(fit, cvec, policy=pol, fallback=ref)
+            ch = d.choose(fit.holdout_scores)
+            share = np.bincount(ch, minlength=len(cvec)) / max(1, len(ch))
+            cost = float(share @ cvec) + (0.0 if d.constant_choice is not None else net_ms)
+            if d.constant_choice is None:
+                label_router = d
+                pool.append(PoolEntry("dispatcher-label", d, cost,
+                                      ref_hold - float(hold_correct[np.arange(len(hold)),
+                                                                    ch].mean())))
+    path = pareto_path(np.array([e.cost for e in pool]), np.array([e.drop for e in pool]), s,
+                       max_len=max_path, reference_cost=float(cvec[ref]))
+    correct_c = [_correct_on_certify(split, pool[i], cvec, ref, names) for i in path]
+    counts = [loss_gain(c, split.ref_c) for c in correct_c]
+    k = fixed_sequence(counts, val_c.n_samples, s, delta)
+    certified = [int(path[j]) for j in range(k)]
+    stop_reason = ("" if k == len(path) else
+                   f"path stopped at its {k + 1}th of {len(path)} candidates")
+    # per family: the cheapest certified candidate (the path is most expensive first)
+    best_of: dict[str, int] = {}
+    for j in range(k):
+        best_of[pool[path[j]].family] = j
+    certs: dict[str, Certificate] = {}
+    cands: dict[str, Candidate] = {}
+    ref_cert = (certificate(val_c.correct[:, ref], split.ref_c, s, delta, s >= 0,
+                            "the reference itself: drop 0" if s >= 0 else
+                            "nothing was certified at this level: the reference answers, "
+                            "uncertified"))
+
+    def family_result(fam: str) -> tuple[Any, Certificate, float, float]:
+        """(key, certificate, cost, certify-part accuracy) of a family's deployed answer."""
+        if fam in best_of:
+            j = best_of[fam]
+            e = pool[path[j]]
+            c = correct_c[j]
+            return e.key, certificate(c, split.ref_c, s, delta, True,
+                                      f"certified at position {j + 1} of the path"), \
+                e.cost, float(c.mean())
+        return None, ref_cert, float(cvec[ref]), float(split.ref_c.mean())
+
+    # the cascade and learned cascade: their cheapest certified candidate, else the reference
+    key, cert, cost, acc = family_result("cascade")
+    cfit = cascade_fit_at(cc, key if key is not None else single_stage_index(cc, ref))
+    certs["cascade"], cands["cascade"] = cert, Candidate("cascade", acc, cost, cert.certified)
+    key, cert, cost, acc = family_result("learned")
+    lfit = _learned_fit(lc, key if key is not None else single_stage_index(lc.cands, ref),
+                        split.ref_acc_s - s)
+    certs["learned-cascade"] = cert
+    cands["learned-cascade"] = Candidate("learned-cascade", acc, cost, cert.certified)
+    ds = dl = None
+    if disp:
+        fit, _ = disp["sample"]
+        key, cert, cost, acc = family_result("dispatcher-sample")
+        ds = Dispatcher.from_fit(fit, cvec, threshold=1.01 if key is None else key, fallback=ref)
+        certs["dispatcher-sample"] = cert
+        cands["dispatcher-sample"] = Candidate("dispatcher-sample", acc, cost, cert.certified)
+        fit, _ = disp["label"]
+        key, cert, cost, acc = family_result("dispatcher-label")
+        if key is None:
+            skipped = True
+            base = label_router or Dispatcher.from_fit(fit, cvec, policy=fit_policy(
+                label_policy, val_s, cvec, max(s, 0.0)), fallback=ref)
+            dl = Dispatcher("label", base.net, base.info, names, cvec,
+                            label_to_model=np.full(val_s.n_classes, ref), fallback=ref,
+                            macs=base.network_macs)
+        else:
+            dl = key
+        certs["dispatcher-label"] = cert
+        cands["dispatcher-label"] = Candidate("dispatcher-label", acc, cost, cert.certified)
+    # the baseline: single models only, on their own path
+    single_idx = [i for i, e in enumerate(pool) if e.family == "single"]
+    spath = pareto_path(np.array([pool[i].cost for i in single_idx]),
+                        np.array([pool[i].drop for i in single_idx]), s, max_len=max_path,
+                        reference_cost=float(cvec[ref]))
+    scounts = [loss_gain(val_c.correct[:, single_idx[i]], split.ref_c) for i in spath]
+    sk = fixed_sequence(scounts, val_c.n_samples, s, delta)
+    cs = single_idx[spath[sk - 1]] if sk else ref
+    certs["cheapest-single"] = (certificate(val_c.correct[:, cs], split.ref_c, s, delta, True,
+                                            "certified on the single-model path")
+                                if sk else ref_cert)
+    cands["cheapest-single"] = Candidate("cheapest-single", float(val_c.correct[:, cs].mean()),
+                                         float(cvec[cs]), certs["cheapest-single"].certified)
+    # the deployed answer: the cheapest certified candidate of the whole path
+    if k:
+        last = pool[path[k - 1]]
+        selected = FAMILY_OF[last.family]
+        if last.family == "single":
+            selected = f"single:{names[int(last.key)]}"
+            certs[selected] = certificate(correct_c[k - 1], split.ref_c, s, delta, True,
+                                          f"certified at position {k} of the path")
+    else:
+        selected = f"single:{names[ref]}"
+        certs[selected] = ref_cert
+    record = {"path": [{"family": pool[i].family, "cost": pool[i].cost, "drop_select":
+                        pool[i].drop, "loss": lg[0], "gain": lg[1]}
+                       for i, lg in zip(path, counts)],
+              "certified": k, "stop": stop_reason, "selected": selected,
+              "select_samples": int(val_s.n_samples), "certify_samples": int(val_c.n_samples),
+              "smallest_certifiable": smallest_certifiable(val_c.n_samples, delta)}
+    return CertifiedLevel(cs, cfit, lfit, ds, dl, skipped, cands, certs, selected, record)
+
+
+def _correct_on_certify(split: CertifySplit, e: PoolEntry, cvec: np.ndarray, ref: int,
+                        names: list[str]) -> np.ndarray:
+    """(n_c,) whether candidate ``e`` answers each certify-part image right."""
+    val_c = split.val_c
+    rows = np.arange(val_c.n_samples)
+    if e.family == "single":
+        return val_c.correct[:, int(e.key)]
+    if e.family == "cascade":
+        cc = split.cascades
+        stages = cc.chains[int(cc.chain_of[e.key])]
+        th = [float(t) for t in cc.thresholds[e.key]] + [0.0]
+        ch = simulate_cascade(table_precision(val_c.confidence), stages, th)
+        return val_c.correct[rows, ch]
+    if e.family == "learned":
+        fit = _learned_fit(split.learned, int(e.key), 0.0)
+        ch = LearnedCascadeRouter.from_fit(fit).simulate(val_c.probs)
+        return val_c.correct[rows, ch]
+    if e.family == "dispatcher-sample":
+        # any fit of this mode: only the threshold and the costs' order matter for choose()
+        order = np.lexsort((np.arange(len(cvec)), cvec))
+        ch = first_confident(table_precision(split.disp_scores_c["sample"]), e.key, ref,
+                             order=order)
+        return val_c.correct[rows, ch]
+    ch = e.key.choose(split.disp_scores_c["label"])
+    return val_c.correct[rows, ch]
+
+
+def describe_uncertified(level: CertifiedLevel) -> str:
+    """A line for the log when nothing cheaper than the reference was certified."""
+    return (f"nothing cheaper than the reference could be certified; the reference answers "
+            f"(with {level.record['certify_samples']} certification images the smallest level any "
+            f"answer could be certified at is {100 * level.record['smallest_certifiable']:.2f} "
+            f"points)")
+
