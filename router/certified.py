@@ -36,6 +36,7 @@ from router.dispatcher import Dispatcher, DispatcherFit, dispatcher_scores, thre
 from router.selection import Candidate
 from zoo.data import DatasetInfo
 
+REFERENCE_REASON = "the reference itself (nothing cheaper was certified): drop 0 exactly"
 FAMILY_OF = {"single": "cheapest-single", "cascade": "cascade", "learned": "learned-cascade",
              "dispatcher-sample": "dispatcher-sample", "dispatcher-label": "dispatcher-label"}
 
@@ -52,7 +53,7 @@ class CertifySplit:
     ref_c: np.ndarray                # (n_c,) reference correct on the certify part
     ref_acc_s: float
     cascades: CascadeCandidates      # simulated on the select part
-    learned: LearnedCandidates       # heads cross-fitted and refitted on the select part
+    learned: LearnedCandidates | None  # heads cross-fitted and refitted on the select part
     disp_scores_c: dict[str, np.ndarray] = field(default_factory=dict)
     disp_holdout_c: dict[str, Any] = field(default_factory=dict)
 
@@ -69,14 +70,15 @@ class PoolEntry:
 
 def prepare_split(val: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
                   *, select_share: float, seed: int, max_stages: int, grid: int,
-                  learned_folds: int) -> CertifySplit:
-    """Split val and simulate every cascade and learned cascade on the select part."""
+                  learned_folds: int, learned: bool = True) -> CertifySplit:
+    """Split val and simulate every cascade and (``learned``) learned cascade on the select
+    part."""
     sel, cer = split_calibration(val.n_samples, select_share, seed)
     val_s, val_c = rows_of(val, sel), rows_of(val, cer)
     cands = cascade_candidates(val_s, cvec, max_stages=max_stages, grid=grid, reference=ref)
     folds = learned_folds if learned_folds == 0 or val_s.n_samples >= 2 * learned_folds else 0
-    lc = learned_candidates(val_s, learned_cvec, reference=ref, max_stages=max_stages, grid=grid,
-                            folds=folds, seed=seed)
+    lc = (learned_candidates(val_s, learned_cvec, reference=ref, max_stages=max_stages,
+                             grid=grid, folds=folds, seed=seed) if learned else None)
     return CertifySplit(sel, cer, val_s, val_c, ref, val_c.correct[:, ref],
                         float(val_s.correct[:, ref].mean()), cands, lc)
 
@@ -101,7 +103,7 @@ class CertifiedLevel:
 
     cheapest_single: int
     cascade: CascadeFit
-    learned: LearnedCascadeFit
+    learned: LearnedCascadeFit | None
     dispatcher_sample: Dispatcher | None
     dispatcher_label: Dispatcher | None
     label_skipped: bool
@@ -129,7 +131,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             pool.append(PoolEntry("cascade", i, float(cc.cost[i]),
                                   split.ref_acc_s - float(cc.accuracy[i])))
     lc = split.learned
-    for i in range(len(lc.cands.accuracy)):
+    for i in range(0 if lc is None else len(lc.cands.accuracy)):
         if len(lc.cands.chains[int(lc.cands.chain_of[i])]) > 1:
             pool.append(PoolEntry("learned", i, float(lc.cands.cost[i]),
                                   lc.reference_accuracy - float(lc.cands.accuracy[i])))
@@ -170,10 +172,11 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
         best_of[pool[path[j]].family] = j
     certs: dict[str, Certificate] = {}
     cands: dict[str, Candidate] = {}
-    ref_cert = (certificate(val_c.correct[:, ref], split.ref_c, s, delta, s >= 0,
-                            "the reference itself: drop 0" if s >= 0 else
-                            "nothing was certified at this level: the reference answers, "
-                            "uncertified"))
+    # the reference itself: its drop is 0 exactly, so it meets any level >= 0 with no risk
+    ref_cert = Certificate(float(s), float(delta), int(val_c.n_samples), 0, 0, s >= 0,
+                           0.0, REFERENCE_REASON if s >= 0 else
+                           "nothing more accurate than the reference could be certified: the "
+                           "reference answers, uncertified")
 
     def family_result(fam: str) -> tuple[Any, Certificate, float, float]:
         """(key, certificate, cost, certify-part accuracy) of a family's deployed answer."""
@@ -190,11 +193,13 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     key, cert, cost, acc = family_result("cascade")
     cfit = cascade_fit_at(cc, key if key is not None else single_stage_index(cc, ref))
     certs["cascade"], cands["cascade"] = cert, Candidate("cascade", acc, cost, cert.certified)
-    key, cert, cost, acc = family_result("learned")
-    lfit = _learned_fit(lc, key if key is not None else single_stage_index(lc.cands, ref),
-                        split.ref_acc_s - s)
-    certs["learned-cascade"] = cert
-    cands["learned-cascade"] = Candidate("learned-cascade", acc, cost, cert.certified)
+    lfit = None
+    if lc is not None:
+        key, cert, cost, acc = family_result("learned")
+        lfit = _learned_fit(lc, key if key is not None else single_stage_index(lc.cands, ref),
+                            split.ref_acc_s - s)
+        certs["learned-cascade"] = cert
+        cands["learned-cascade"] = Candidate("learned-cascade", acc, cost, cert.certified)
     ds = dl = None
     if disp:
         fit, _ = disp["sample"]
@@ -216,13 +221,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
         certs["dispatcher-label"] = cert
         cands["dispatcher-label"] = Candidate("dispatcher-label", acc, cost, cert.certified)
     # the baseline: single models only, on their own path
-    single_idx = [i for i, e in enumerate(pool) if e.family == "single"]
-    spath = pareto_path(np.array([pool[i].cost for i in single_idx]),
-                        np.array([pool[i].drop for i in single_idx]), s, max_len=max_path,
-                        reference_cost=float(cvec[ref]))
-    scounts = [loss_gain(val_c.correct[:, single_idx[i]], split.ref_c) for i in spath]
-    sk = fixed_sequence(scounts, val_c.n_samples, s, delta)
-    cs = single_idx[spath[sk - 1]] if sk else ref
+    cs, sk = certify_singles(val_s.correct, val_c.correct, ref, cvec, s, delta, max_path)
     certs["cheapest-single"] = (certificate(val_c.correct[:, cs], split.ref_c, s, delta, True,
                                             "certified on the single-model path")
                                 if sk else ref_cert)
@@ -246,6 +245,19 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
               "select_samples": int(val_s.n_samples), "certify_samples": int(val_c.n_samples),
               "smallest_certifiable": smallest_certifiable(val_c.n_samples, delta)}
     return CertifiedLevel(cs, cfit, lfit, ds, dl, skipped, cands, certs, selected, record)
+
+
+def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec: np.ndarray,
+                    s: float, delta: float, max_path: int = 24) -> tuple[int, int]:
+    """The cheapest single model certified at level ``s``: the path of single models (Pareto
+    on the select part's (cost, drop)), tested in order on the certify part. ``correct_*``
+    (n, M) booleans. Returns (model, how many were certified); the reference where none was."""
+    acc_s = correct_s.mean(axis=0)
+    path = pareto_path(np.asarray(cvec, float), acc_s[ref] - acc_s, s, max_len=max_path,
+                       reference_cost=float(cvec[ref]))
+    counts = [loss_gain(correct_c[:, m], correct_c[:, ref]) for m in path]
+    k = fixed_sequence(counts, len(correct_c), s, delta)
+    return (int(path[k - 1]) if k else int(ref)), k
 
 
 def _correct_on_certify(split: CertifySplit, e: PoolEntry, cvec: np.ndarray, ref: int,

@@ -100,6 +100,7 @@ def certifies(n_loss: int, n_gain: int, n: int, sacrifice: float, delta: float) 
     return drop_pvalue(n_loss, n_gain, n, round(float(sacrifice), 10)) <= delta
 
 
+@functools.lru_cache(maxsize=100_000)
 def drop_ucb(n_loss: int, n_gain: int, n: int, delta: float, tol: float = 1e-5) -> float:
     """Upper 1 - ``delta`` confidence bound of the expected drop: the smallest level the counts
     certify (the p-value falls as the level rises; found by bisection to ``tol``)."""
@@ -194,8 +195,15 @@ class Certificate:
     n_loss: int                 # images the answer gets wrong and the reference right
     n_gain: int                 # the reverse
     certified: bool
-    drop_ucb: float             # upper 1 - delta bound of the expected drop
+    ucb: float | None = None    # upper 1 - delta bound of the drop (None: computed when asked)
     reason: str = ""            # why it is (or is not) certified, in words
+
+    @property
+    def drop_ucb(self) -> float:
+        """Upper 1 - delta confidence bound of the expected drop (computed once, on demand)."""
+        if self.ucb is None:
+            self.ucb = drop_ucb(self.n_loss, self.n_gain, self.n, self.delta)
+        return self.ucb
 
     @property
     def drop(self) -> float:
@@ -222,7 +230,7 @@ def certificate(correct: np.ndarray, reference: np.ndarray, sacrifice: float, de
     n_loss, n_gain = loss_gain(correct, reference)
     n = len(np.asarray(correct))
     return Certificate(float(sacrifice), float(delta), n, n_loss, n_gain, bool(certified),
-                       drop_ucb(n_loss, n_gain, n, delta), reason)
+                       None, reason)
 
 
 @dataclass

@@ -1,0 +1,284 @@
+"""The miss-rate experiment behind the certified budget (``scripts.bench_guarantee``).
+
+A run's val and test tables, pooled, are the population. Each draw takes |val| images from it
+with replacement (a fresh labelled val split), runs the whole selection from tables only, and
+measures the deployed answer's accuracy drop against the draw's reference on the whole
+population (its "true" drop, free of any one test split's noise). A draw *misses* level s when
+that drop exceeds s. Two rules run on every draw:
+
+- ``estimate``: today's rule: the cheapest of the cheapest adequate single model (val accuracy
+  minus ``margin_z`` paired SEs >= target), the cascade and (optionally) the learned cascade,
+  all fitted on the whole draw;
+- ``certified``: ``router.certified`` at risk ``delta``: fitted and chosen on the select part,
+  certified on the certify part, one path across the same families.
+
+Dispatchers are left out (training their networks 2 x draws times is hours on a CPU). The
+learned cascade refits its heads on every draw when ``learned`` is on (slow: off by default).
+The expected speedup is the reference's expected ms per image over the deployed answer's, both
+on the population with the costs the run's evaluate-routers measured.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
+
+from common.tables import PredictionTable
+from oracle.policy import reference_index
+from router.base import RouterError, table_precision
+from router.cascade import cascade_candidates, select_cascade, simulate_cascade
+from router.certified import certify_level, prepare_split
+from router.deferral import LearnedCascadeRouter, learned_candidates, rows_of, select_learned
+from router.selection import Candidate, cheapest_single, select_deployable
+
+RULES = ("estimate", "certified")
+COLUMNS = ["zoo", "rule", "sacrifice", "delta", "draws", "misses", "miss_rate", "miss_lo",
+           "miss_hi", "mean_drop", "p90_drop", "median_speedup", "mean_speedup",
+           "max_stages", "learned", "n_val", "population"]
+
+
+@dataclass
+class GuaranteeConfig:
+    """What ``bench_guarantee`` draws and fits."""
+
+    draws: int = 500
+    delta: float = 0.1
+    sacrifices: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+    max_stages: int = 2
+    grid: int = 24
+    margin_z: float = 1.0
+    select_share: float = 0.3
+    learned: bool = False
+    learned_folds: int = 5
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Deployed:
+    """An answer chosen on one draw, as what it decides on the population."""
+
+    rule: str
+    family: str
+    chosen: np.ndarray               # (P,) the model answering each population image
+    cost: float                      # expected ms per image on the population
+
+
+def pool_tables(val: PredictionTable, test: PredictionTable) -> PredictionTable:
+    """val and test as one population table (same models, in the same order)."""
+    if val.model_names != test.model_names:
+        raise RouterError("val and test tables hold different models; re-run profile-zoo")
+    return PredictionTable(val.model_names, np.concatenate([val.labels, test.labels]),
+                           np.concatenate([val.preds, test.preds]),
+                           np.concatenate([val.probs, test.probs]),
+                           np.arange(val.n_samples + test.n_samples), "pool")
+
+
+def _cascade_chosen(conf_pool: np.ndarray, stages: Sequence[int],
+                    thresholds: Sequence[float]) -> np.ndarray:
+    return simulate_cascade(conf_pool, stages, thresholds)
+
+
+def expected_cost(chosen: np.ndarray, stages: Sequence[int], cvec: np.ndarray) -> float:
+    """Expected ms per image of a chain whose answering model per image is ``chosen``."""
+    pos = {m: k for k, m in enumerate(stages)}
+    reached = np.array([pos[int(c)] for c in chosen])
+    return float(sum(cvec[m] * np.mean(reached >= k) for k, m in enumerate(stages)))
+
+
+def estimate_rule(draw: PredictionTable, pool: PredictionTable, conf_pool: np.ndarray,
+                  cvec: np.ndarray, learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig
+                  ) -> dict[float, Deployed]:
+    """Today's rule on one draw, at every level: the deployed answer per level."""
+    cands = cascade_candidates(draw, cvec, max_stages=cfg.max_stages, grid=cfg.grid,
+                               reference=ref)
+    lc = (learned_candidates(draw, learned_cvec, reference=ref, max_stages=cfg.max_stages,
+                             grid=cfg.grid, folds=cfg.learned_folds, seed=cfg.seed)
+          if cfg.learned else None)
+    ref_acc = float(draw.correct[:, ref].mean())
+    out = {}
+    for s in cfg.sacrifices:
+        target = ref_acc - s
+        cs, _ = cheapest_single(draw.correct, cvec, ref, target, cfg.margin_z)
+        fit = select_cascade(cands, target, z=cfg.margin_z)
+        options = {"cheapest-single": (Candidate("cheapest-single", 0, float(cvec[cs]), True),
+                                       [cs], [0.0], None),
+                   "cascade": (Candidate("cascade", fit.val_accuracy, fit.val_cost, True),
+                               fit.stages, fit.thresholds, None)}
+        if lc is not None:
+            lfit = select_learned(lc, s, z=cfg.margin_z)
+            options["learned-cascade"] = (Candidate("learned-cascade", lfit.val_accuracy,
+                                                    lfit.val_cost, True),
+                                          lfit.cascade.stages, lfit.cascade.thresholds,
+                                          LearnedCascadeRouter.from_fit(lfit))
+        pick = select_deployable([o[0] for o in options.values()])
+        _, stages, th, router = options[pick.method]
+        out[s] = _deployed("estimate", pick.method, pool, conf_pool, cvec, learned_cvec,
+                           stages, th, router)
+    return out
+
+
+def certified_rule(draw: PredictionTable, pool: PredictionTable, conf_pool: np.ndarray,
+                   cvec: np.ndarray, learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig,
+                   seed: int) -> dict[float, Deployed]:
+    """The certified rule on one draw, at every level."""
+    split = prepare_split(draw, cvec, learned_cvec, ref, select_share=cfg.select_share,
+                          seed=seed, max_stages=cfg.max_stages, grid=cfg.grid,
+                          learned_folds=cfg.learned_folds, learned=cfg.learned)
+    out = {}
+    names = list(draw.model_names)
+    for s in cfg.sacrifices:
+        lv = certify_level(split, s, cfg.delta, cvec, learned_cvec, names)
+        sel = lv.selected
+        if sel.startswith("single:"):
+            m = names.index(sel.split(":", 1)[1])
+            out[s] = _deployed("certified", "single", pool, conf_pool, cvec, learned_cvec, [m],
+                               [0.0], None)
+        elif sel == "cascade":
+            out[s] = _deployed("certified", sel, pool, conf_pool, cvec, learned_cvec,
+                               lv.cascade.stages, lv.cascade.thresholds, None)
+        else:
+            out[s] = _deployed("certified", sel, pool, conf_pool, cvec, learned_cvec,
+                               lv.learned.cascade.stages, lv.learned.cascade.thresholds,
+                               LearnedCascadeRouter.from_fit(lv.learned))
+    return out
+
+
+def _deployed(rule: str, family: str, pool: PredictionTable, conf_pool: np.ndarray,
+              cvec: np.ndarray, learned_cvec: np.ndarray, stages: Sequence[int],
+              thresholds: Sequence[float], learned: LearnedCascadeRouter | None) -> Deployed:
+    if learned is not None:
+        chosen = learned.simulate(pool.probs)
+        return Deployed(rule, family, chosen, expected_cost(chosen, stages, learned_cvec))
+    chosen = _cascade_chosen(conf_pool, stages, thresholds)
+    return Deployed(rule, family, chosen, expected_cost(chosen, stages, cvec))
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial interval for k successes in n trials."""
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def run_guarantee(val: PredictionTable, test: PredictionTable, cvec: np.ndarray,
+                  zoos: dict[str, list[str]], cfg: GuaranteeConfig,
+                  learned_extra_ms: float = 0.0) -> list[dict[str, Any]]:
+    """Rows of ``guarantee.csv``: per zoo, rule and level, the miss rate over ``cfg.draws``
+    draws with its 95 % interval, the drop's mean and 90th percentile, the expected speedup."""
+    full = pool_tables(val, test)
+    rng = np.random.default_rng(cfg.seed)
+    rows: list[dict[str, Any]] = []
+    for zoo, names in zoos.items():
+        idx = [full.model_names.index(n) for n in names]
+        pool = full.select_models(names)
+        zc = np.asarray(cvec, dtype=np.float64)[idx]
+        lc = zc + learned_extra_ms
+        conf_pool = table_precision(pool.confidence)
+        correct_pool = pool.correct
+        drops: dict[tuple[str, float], list[float]] = {}
+        speed: dict[tuple[str, float], list[float]] = {}
+        bar = tqdm(range(cfg.draws), desc=f"draws ({zoo})", disable=not cfg.progress)
+        for d in bar:
+            take = rng.integers(0, pool.n_samples, val.n_samples)
+            draw = rows_of(pool, take)
+            ref = reference_index(draw, zc)
+            ref_acc = float(correct_pool[:, ref].mean())
+            answers = {"estimate": estimate_rule(draw, pool, conf_pool, zc, lc, ref, cfg),
+                       "certified": certified_rule(draw, pool, conf_pool, zc, lc, ref, cfg,
+                                                   seed=cfg.seed + d)}
+            for rule, per_level in answers.items():
+                for s, dep in per_level.items():
+                    acc = float(correct_pool[np.arange(pool.n_samples), dep.chosen].mean())
+                    drops.setdefault((rule, s), []).append(ref_acc - acc)
+                    speed.setdefault((rule, s), []).append(float(zc[ref]) / dep.cost)
+        for (rule, s), dl in drops.items():
+            dl_a = np.asarray(dl)
+            k = int(np.sum(dl_a > s + 1e-12))
+            lo, hi = clopper_pearson(k, len(dl_a))
+            sp = np.asarray(speed[(rule, s)])
+            rows.append({"zoo": zoo, "rule": rule, "sacrifice": s, "delta": cfg.delta,
+                         "draws": len(dl_a), "misses": k, "miss_rate": k / len(dl_a),
+                         "miss_lo": lo, "miss_hi": hi, "mean_drop": float(dl_a.mean()),
+                         "p90_drop": float(np.quantile(dl_a, 0.9)),
+                         "median_speedup": float(np.median(sp)), "mean_speedup": float(sp.mean()),
+                         "max_stages": cfg.max_stages, "learned": cfg.learned,
+                         "n_val": val.n_samples, "population": pool.n_samples})
+    rows.sort(key=lambda r: (r["zoo"] != "all", r["zoo"], r["sacrifice"], r["rule"]))
+    return rows
+
+
+@dataclass
+class GuaranteeVerdict:
+    """The two targets of issue 31's benchmark, judged from ``guarantee.csv`` rows."""
+
+    lines: list[str]
+    passed: dict[str, bool]
+
+
+def judge(rows: Sequence[dict[str, Any]], *, from_level: float = 0.005,
+          price: float = 0.8) -> GuaranteeVerdict:
+    """PASS/FAIL per zoo: the certified miss rate <= delta at every level >= ``from_level``,
+    and its median expected speedup >= ``price`` x the estimate rule's there."""
+    lines, passed = [], {}
+    zoos = list(dict.fromkeys(r["zoo"] for r in rows))
+    for zoo in zoos:
+        at = {(r["rule"], float(r["sacrifice"])): r for r in rows if r["zoo"] == zoo}
+        levels = sorted({s for _, s in at if s >= from_level - 1e-12})
+        cert = [at[("certified", s)] for s in levels if ("certified", s) in at]
+        if not cert:
+            continue
+        delta = float(cert[0]["delta"])
+        worst = max(cert, key=lambda r: float(r["miss_rate"]))
+        ok = all(float(r["miss_rate"]) <= delta + 1e-12 for r in cert)
+        passed[f"miss_rate_{zoo}"] = ok
+        lines.append(f"[{'PASS' if ok else 'FAIL'}] zoo {zoo}: certified miss rate <= delta "
+                     f"{delta:g} at every level >= {100 * from_level:g}%: worst "
+                     f"{100 * float(worst['miss_rate']):.1f}% (95% CI "
+                     f"{100 * float(worst['miss_lo']):.1f}-{100 * float(worst['miss_hi']):.1f}%) "
+                     f"at s={float(worst['sacrifice']):g}")
+        ratios = [(s, float(at[("certified", s)]["median_speedup"])
+                   / float(at[("estimate", s)]["median_speedup"]))
+                  for s in levels if ("estimate", s) in at and ("certified", s) in at]
+        if ratios:
+            s_min, r_min = min(ratios, key=lambda t: t[1])
+            ok = r_min >= price - 1e-12
+            passed[f"price_{zoo}"] = ok
+            lines.append(f"[{'PASS' if ok else 'FAIL'}] zoo {zoo}: certified median expected "
+                         f"speedup >= {price:g}x the estimate rule's at every level >= "
+                         f"{100 * from_level:g}%: lowest {r_min:.2f}x at s={s_min:g}")
+    return GuaranteeVerdict(lines, passed)
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """The table the script prints."""
+    out = [f"{'zoo':<5}{'rule':<11}{'s':>7}{'miss':>8}{'95% CI':>15}{'mean drop':>11}"
+           f"{'p90 drop':>10}{'x ref (median)':>16}"]
+    for r in rows:
+        out.append(f"{r['zoo']:<5}{r['rule']:<11}{float(r['sacrifice']):>7g}"
+                   f"{100 * float(r['miss_rate']):>7.1f}%"
+                   f"{100 * float(r['miss_lo']):>7.1f}-{100 * float(r['miss_hi']):.1f}%"
+                   f"{100 * float(r['mean_drop']):>10.2f}p{100 * float(r['p90_drop']):>9.2f}p"
+                   f"{float(r['median_speedup']):>15.2f}x")
+    return "\n".join(out)
+
+
+def run_costs(run: str | Path) -> tuple[np.ndarray, list[str], dict[str, list[str]], float]:
+    """(ms per image, model names, zoo -> model names, extra ms of a learned stage) from the
+    run's ``routers/fits.json`` (written by evaluate-routers): the costs selection uses."""
+    path = Path(run) / "routers" / "fits.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `evaluate-routers --run {run}` "
+                                "first (its measured costs are what selection minimises)")
+    fits = json.loads(path.read_text())
+    names = list(fits["ms_per_image"])
+    over = fits.get("router_overhead_ms") or {}
+    cvec = np.array([fits["ms_per_image"][n] for n in names]) + float(over.get("stage_ms", 0.0))
+    zoos = {z: list(f["models"]) for z, f in fits.get("zoos", {}).items()}
+    return cvec, names, zoos or {"all": names}, float(over.get("head_ms", 0.0))

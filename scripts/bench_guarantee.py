@@ -1,0 +1,73 @@
+"""bench-guarantee: how often the answer selected on val misses its budget, today's rule
+against the certified one, over many resampled val splits of one run.
+
+    python -m scripts.bench_guarantee --run runs/standard [--draws 500] [--delta 0.1]
+        [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--max-stages 2] [--learned] [--strict]
+
+Reads RUN/tables/{val,test}.npz and the costs in RUN/routers/fits.json (run evaluate-routers
+first); writes RUN/results/guarantee.csv and RUN/reports/guarantee.png (+ .csv) and prints a
+PASS/FAIL line per target. Exit status 0, or 1 with --strict when a target fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from common.io import write_csv
+from common.tables import PredictionTable
+from router.guarantee import COLUMNS, GuaranteeConfig, format_rows, judge, run_costs, \
+    run_guarantee
+from zoo.rundir import RunDir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench-guarantee", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory (evaluate-routers has run)")
+    p.add_argument("--draws", type=int, default=500, help="resampled val splits")
+    p.add_argument("--delta", type=float, default=0.1, help="risk level of the certified rule")
+    p.add_argument("--sacrifices", type=float, nargs="+",
+                   default=[0.0, 0.005, 0.01, 0.02, 0.05, 0.1])
+    p.add_argument("--max-stages", type=int, default=2,
+                   help="longest cascade chain (evaluate-routers uses 3; 2 keeps 500 draws to "
+                        "minutes)")
+    p.add_argument("--select-share", type=float, default=0.3,
+                   help="certified rule: share of each draw that chooses (the rest certifies)")
+    p.add_argument("--learned", action="store_true",
+                   help="include the learned cascade, its heads refitted on every draw (slow)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    rd = RunDir(a.run)
+    try:
+        cvec, names, zoos, head_ms = run_costs(a.run)
+        val = PredictionTable.load(rd.tables, "val").select_models(names)
+        test = PredictionTable.load(rd.tables, "test").select_models(names)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"bench-guarantee: {e}", file=sys.stderr)
+        return 2
+    cfg = GuaranteeConfig(draws=a.draws, delta=a.delta, sacrifices=a.sacrifices,
+                          max_stages=a.max_stages, select_share=a.select_share,
+                          learned=a.learned, seed=a.seed, progress=not a.no_progress)
+    t0 = time.perf_counter()
+    rows = run_guarantee(val, test, cvec, zoos, cfg, learned_extra_ms=head_ms)
+    path = write_csv(rd.results / "guarantee.csv", rows, COLUMNS)
+    from reports.guarantee import plot_guarantee
+    png, _ = plot_guarantee(rows, rd.root / "reports" / "guarantee.png")
+    verdict = judge(rows)
+    print(f"bench-guarantee {a.run}: {a.draws} draws of {val.n_samples} images (with "
+          f"replacement) from {val.n_samples + test.n_samples} pooled val+test images; "
+          f"cascades of <= {a.max_stages} stages" + (", learned cascade" if a.learned else "")
+          + "; dispatchers left out (their networks would train on every draw); "
+          f"{time.perf_counter() - t0:.0f}s")
+    print("miss: share of draws whose deployed answer's accuracy drop against the draw's "
+          "reference, measured on the whole population, exceeds s")
+    print(format_rows(rows))
+    print("\n".join(verdict.lines))
+    print(f"wrote {path} and {png}")
+    return 1 if a.strict and not all(verdict.passed.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

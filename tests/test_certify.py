@@ -1,0 +1,204 @@
+"""Certified selection: the p-value against hand-worked values, the fixed-sequence stop, the
+s = 0 fallback to the reference, and a synthetic population whose true risks are known."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from common.tables import PredictionTable
+from router.base import RouterError
+from router.certified import REFERENCE_REASON, certify_level, certify_singles, prepare_split
+from router.certify import GAMMA, _tail, certifies, drop_pvalue, drop_ucb, fixed_sequence, \
+    loss_gain, pareto_path, smallest_certifiable, split_calibration
+from router.selection import cheapest_single
+from router.timing import median_interval, paired_speedup
+
+
+def test_pvalue_one_image_by_hand():
+    # n = 1, no loss, no gain, level 0.5. The nuisance bound for q from 0 disagreements in 1
+    # image is Beta(1, 1)'s 1 - gamma quantile = 1 - gamma. On the null boundary mu = 0.5 the
+    # tail P(T <= 0) = 1 - p_loss = 1 - (q + 0.5) / 2 is largest at the smallest q = 0.5: 0.5.
+    assert drop_pvalue(0, 0, 1, 0.5) == pytest.approx(0.5 + GAMMA, abs=1e-9)
+
+
+def test_pvalue_when_no_null_point_fits_the_disagreement_bound():
+    # 0 disagreements in 10,000 images: q <= 1 - gamma^(1/n) = 6.9e-4 < 0.01, so no null
+    # point (which needs q >= s = 0.01) is inside the bound: p = gamma
+    assert 1 - GAMMA ** (1 / 10_000) < 0.01
+    assert drop_pvalue(0, 0, 10_000, 0.01) == pytest.approx(GAMMA)
+    assert certifies(0, 0, 10_000, 0.01, 0.1)
+    # an answer identical to the reference is never certified at s = 0 (p >= 1/2)
+    assert drop_pvalue(0, 0, 10_000, 0.0) >= 0.5
+
+
+def test_tail_equals_brute_force_enumeration():
+    # P(L - G <= t) for n = 3 images, by listing all 27 outcomes of d in {-1, 0, 1}^3
+    for q, s, t in [(0.3, 0.1, 0), (0.5, -0.2, -1), (0.2, 0.0, 1), (0.9, 0.3, 2)]:
+        p = {1: (q + s) / 2, -1: (q - s) / 2, 0: 1 - q}
+        brute = sum(np.prod([p[d] for d in ds]) for ds in itertools.product((-1, 0, 1), repeat=3)
+                    if sum(ds) <= t)
+        assert _tail(t, 3, np.array([q]), s)[0] == pytest.approx(brute, abs=1e-12)
+
+
+def test_ucb_and_pvalue_agree_and_move_the_right_way():
+    u = drop_ucb(60, 45, 3000, 0.1)
+    assert certifies(60, 45, 3000, u + 1e-4, 0.1) and not certifies(60, 45, 3000, u - 1e-4, 0.1)
+    assert u > (60 - 45) / 3000                        # above the point estimate
+    assert drop_ucb(60, 45, 3000, 0.05) > u            # less risk, wider bound
+    assert drop_ucb(120, 90, 6000, 0.1) < u            # more images, tighter bound
+    assert drop_ucb(70, 45, 3000, 0.1) > u             # more losses, higher bound
+    # the smallest certifiable level is the bound of an answer that never disagrees
+    assert smallest_certifiable(4200, 0.1) == drop_ucb(0, 0, 4200, 0.1)
+    assert 0 < smallest_certifiable(4200, 0.1) < 0.002
+
+
+def test_pvalue_is_valid_at_the_null_boundary():
+    # losses and gains drawn with a true drop exactly s: rejected in at most delta of draws
+    rng = np.random.default_rng(0)
+    n, q, s = 800, 0.05, 0.01
+    draws = rng.multinomial(n, [(q + s) / 2, (q - s) / 2, 1 - q], size=400)
+    rate = np.mean([certifies(a, b, n, s, 0.1) for a, b, _ in draws])
+    assert rate <= 0.1
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    n, s = 10_000, 0.01
+    counts = [(0, 0), (100, 0), (0, 0)]                # the 2nd sits at its level: p ~ 1/2
+    assert certifies(*counts[0], n, s, 0.1) and certifies(*counts[2], n, s, 0.1)
+    assert not certifies(*counts[1], n, s, 0.1)
+    assert fixed_sequence(counts, n, s, 0.1) == 1      # the 3rd is never reached
+    assert fixed_sequence([], n, s, 0.1) == 0
+
+
+def test_pareto_path_by_hand():
+    cost = np.array([10.0, 8.0, 8.0, 5.0, 3.0, 1.0])
+    drop = np.array([0.0, 0.002, 0.001, 0.004, 0.003, 0.02])
+    # reference (cost 10) left out; at cost 8 the lower drop wins; 5 is beaten by the cheaper 3;
+    # 1 is over the level
+    assert pareto_path(cost, drop, 0.01, reference_cost=10.0).tolist() == [2, 4]
+    assert pareto_path(cost, drop, 0.001, reference_cost=10.0).tolist() == [2]
+    assert pareto_path(cost, drop, 0.05, reference_cost=10.0).tolist() == [2, 4, 5]
+    assert pareto_path(cost, drop, 0.05, max_len=2, reference_cost=10.0).tolist() == [2, 5]
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b = split_calibration(100, 0.3, 0)
+    assert len(a) == 30 and len(b) == 70 and not set(a) & set(b)
+    assert (split_calibration(100, 0.3, 0)[0] == a).all()
+    with pytest.raises(RouterError, match="select_share"):
+        split_calibration(100, 1.5, 0)
+
+
+def test_loss_gain_counts():
+    c = np.array([1, 0, 1, 0], bool)
+    r = np.array([1, 1, 0, 0], bool)
+    assert loss_gain(c, r) == (1, 1)
+
+
+def _population(rng, n, n_models, drop, q, ref_acc=0.9):
+    """Correctness (n, M + 1) of M candidates and a reference (last column): each candidate
+    disagrees with the reference on a share q of images, with expected drop ``drop``."""
+    ref = rng.random(n) < ref_acc
+    cols = []
+    for _ in range(n_models):
+        u = rng.random(n)
+        flip_loss = ref & (u < (q + drop) / 2 / ref_acc)
+        flip_gain = ~ref & (u < (q - drop) / 2 / (1 - ref_acc))
+        cols.append(np.where(flip_loss, False, np.where(flip_gain, True, ref)))
+    return np.column_stack(cols + [ref])
+
+
+def test_certified_rule_holds_its_risk_where_the_estimate_rule_does_not():
+    """30 cheap candidates, each truly 0.4 points worse than allowed (s = 1 %): any one
+    chosen is a miss. The estimate rule (cheapest with val acc - 1 SE >= target) picks one in
+    most draws; the certified rule in at most delta of them."""
+    rng = np.random.default_rng(1)
+    m, s, delta, n = 30, 0.01, 0.1, 1000
+    cvec = np.concatenate([np.linspace(1.0, 2.0, m), [10.0]])
+    est_miss = cert_miss = 0
+    draws = 150
+    for _ in range(draws):
+        correct = _population(rng, n, m, drop=s + 0.004, q=0.06)
+        ref = m
+        target = correct[:, ref].mean() - s
+        est, _ = cheapest_single(correct, cvec, ref, target, z=1.0)
+        est_miss += est != ref
+        sel, cer = split_calibration(n, 0.3, int(rng.integers(1 << 30)))
+        cs, _ = certify_singles(correct[sel], correct[cer], ref, cvec, s, delta)
+        cert_miss += cs != ref
+    assert est_miss / draws > 0.3
+    assert cert_miss / draws <= delta
+
+
+def _table(correct: np.ndarray, n_classes: int = 4, seed: int = 0,
+           informative: bool = True) -> PredictionTable:
+    """A prediction table whose correctness is ``correct`` (n, M); more confident where right
+    (``informative``) or equally confident either way."""
+    rng = np.random.default_rng(seed)
+    n, m = correct.shape
+    labels = rng.integers(0, n_classes, n)
+    preds = np.where(correct, labels[:, None], (labels[:, None] + 1) % n_classes)
+    probs = np.full((n, m, n_classes), 0.02, dtype=np.float32)
+    conf = (np.where(correct, rng.uniform(0.6, 0.99, (n, m)), rng.uniform(0.3, 0.7, (n, m)))
+            if informative else rng.uniform(0.3, 0.99, (n, m)))
+    rows, cols = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
+    probs[rows, cols, preds] = conf
+    probs /= probs.sum(axis=2, keepdims=True)
+    return PredictionTable([f"m{i}" for i in range(m)], labels, preds, probs, np.arange(n), "val")
+
+
+def test_certify_level_falls_back_to_the_reference_at_s0_and_routes_at_5pct():
+    # confidences that say nothing about correctness: no cascade can beat the reference, and
+    # at s = 0 nothing cheaper can be certified
+    rng = np.random.default_rng(3)
+    correct = _population(rng, 3000, 2, drop=0.01, q=0.04)
+    val = _table(correct, informative=False)
+    cvec = np.array([1.0, 2.0, 8.0])
+    ref = 2
+    split = prepare_split(val, cvec, cvec, ref, select_share=0.3, seed=0, max_stages=2, grid=6,
+                          learned_folds=0)
+    names = val.model_names
+    at0 = certify_level(split, 0.0, 0.1, cvec, cvec, names)
+    assert at0.selected == "single:m2" and at0.cheapest_single == ref
+    assert at0.record["certified"] == 0
+    assert at0.record["smallest_certifiable"] == pytest.approx(
+        smallest_certifiable(split.val_c.n_samples, 0.1))
+    assert at0.cascade.stages == [ref]
+    assert at0.certificates["cascade"].reason == REFERENCE_REASON
+    assert at0.certificates["cascade"].drop_ucb == 0.0
+    at5 = certify_level(split, 0.05, 0.1, cvec, cvec, names)
+    assert at5.record["certified"] >= 1
+    assert at5.selected != "single:m2"
+    chosen = at5.certificates[at5.selected]
+    assert chosen.certified and chosen.drop_ucb <= 0.05
+    # a certified single model costs less than the reference
+    assert cvec[at5.cheapest_single] < cvec[ref]
+
+
+def test_a_cascade_that_beats_the_reference_is_certified_at_s0():
+    # confidences that flag the cheap models' mistakes: the cascade m0 -> m2 is more accurate
+    # than m2 alone, so at s = 0 a routed answer is certified, cheaper than the reference
+    rng = np.random.default_rng(3)
+    val = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
+    cvec = np.array([1.0, 2.0, 8.0])
+    split = prepare_split(val, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
+                          learned_folds=0)
+    at0 = certify_level(split, 0.0, 0.1, cvec, cvec, val.model_names)
+    assert at0.selected in ("cascade", "learned-cascade")
+    cert = at0.certificates[at0.selected]
+    assert cert.certified and cert.drop_ucb <= 0.0 and cert.n_gain > cert.n_loss
+
+
+def test_median_interval_and_paired_speedup_by_hand():
+    # coverage of the (k, n-1-k) order statistics is 1 - 2 P(Binomial(n, 1/2) <= k):
+    # n = 7: P(B <= 0) = 1/128 -> 98.4 %, P(B <= 1) = 8/128 -> 87.5 %: (0, 6)
+    # n = 10: P(B <= 1) = 11/1024 -> 97.9 %, P(B <= 2) = 56/1024: (1, 8)
+    assert median_interval(7) == (0, 6)
+    assert median_interval(10) == (1, 8)
+    assert median_interval(20) == (5, 14)
+    base = [2.0, 2.0, 2.2, 2.0, 4.0, 2.0, 2.0]
+    mine = [1.0, 1.0, 1.0, 0.8, 1.0, 1.0, 2.0]
+    # per-round ratios 2, 2, 2.2, 2.5, 4, 2, 1 -> sorted 1, 2, 2, 2, 2.2, 2.5, 4
+    assert paired_speedup(base, mine) == (2.0, 1.0, 4.0)

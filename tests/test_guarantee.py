@@ -1,0 +1,77 @@
+"""bench_guarantee end to end on synthetic tables, and its verdicts on hand-made rows."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.io import read_csv
+from router.guarantee import clopper_pearson, expected_cost, judge, pool_tables
+from scripts.bench_guarantee import main
+from tests.test_certify import _population, _table
+
+
+def _rows(rule, s, miss, speed, delta=0.1, zoo="all"):
+    return {"zoo": zoo, "rule": rule, "sacrifice": s, "delta": delta, "miss_rate": miss,
+            "miss_lo": 0.0, "miss_hi": 1.0, "median_speedup": speed}
+
+
+def test_judge_by_hand():
+    rows = [_rows("estimate", 0.0, 0.4, 2.0), _rows("certified", 0.0, 0.5, 1.0),  # s=0 ignored
+            _rows("estimate", 0.01, 0.2, 3.0), _rows("certified", 0.01, 0.05, 2.7),
+            _rows("estimate", 0.02, 0.2, 4.0), _rows("certified", 0.02, 0.1, 3.0)]
+    v = judge(rows)
+    assert v.passed == {"miss_rate_all": True, "price_all": False}   # 3.0 / 4.0 = 0.75 < 0.8
+    assert "lowest 0.75x at s=0.02" in v.lines[1]
+    rows[3]["miss_rate"] = 0.11
+    assert judge(rows).passed["miss_rate_all"] is False
+
+
+def test_clopper_pearson_and_expected_cost_by_hand():
+    # 0 of n: the upper end solves (1 - p)^n = 0.025
+    lo, hi = clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** 0.1)
+    # a chain 0 -> 2 where half the images go on: 1 + 0.5 * 4
+    assert expected_cost(np.array([0, 2, 0, 2]), [0, 2], np.array([1.0, 9.0, 4.0])) == 3.0
+
+
+def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    correct = _population(rng, 1500, 2, drop=0.01, q=0.05)
+    val, test = _table(correct[:600], seed=1), _table(correct[600:], seed=2)
+    test.split = "test"
+    run = tmp_path / "run"
+    val.save(run / "tables")
+    test.save(run / "tables")
+    (run / "routers").mkdir(parents=True)
+    (run / "routers" / "fits.json").write_text(json.dumps({
+        "ms_per_image": {"m0": 1.0, "m1": 2.0, "m2": 8.0},
+        "router_overhead_ms": {"stage_ms": 0.01, "head_ms": 0.01},
+        "zoos": {"all": {"models": ["m0", "m1", "m2"]}}}))
+    assert main(["--run", str(run), "--draws", "6", "--sacrifices", "0", "0.02",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS]" in out or "[FAIL]" in out
+    rows = read_csv(run / "results" / "guarantee.csv")
+    assert {(r["rule"], float(r["sacrifice"])) for r in rows} == {
+        (rule, s) for rule in ("estimate", "certified") for s in (0.0, 0.02)}
+    for r in rows:
+        assert int(r["draws"]) == 6 and int(r["population"]) == 1500
+        assert float(r["miss_lo"]) <= float(r["miss_rate"]) <= float(r["miss_hi"])
+        assert float(r["median_speedup"]) >= 1.0 - 1e-9 or r["rule"] == "estimate"
+    assert (run / "reports" / "guarantee.png").exists()
+    assert (run / "reports" / "guarantee.csv").exists()
+
+
+def test_bench_guarantee_names_the_missing_step(tmp_path, capsys):
+    assert main(["--run", str(tmp_path), "--draws", "2"]) == 2
+    assert "evaluate-routers" in capsys.readouterr().err
+
+
+def test_pool_keeps_model_order():
+    rng = np.random.default_rng(0)
+    a, b = _table(_population(rng, 10, 1, 0.0, 0.1)), _table(_population(rng, 5, 1, 0.0, 0.1))
+    p = pool_tables(a, b)
+    assert p.n_samples == 15 and p.model_names == a.model_names
+    assert (p.labels[10:] == b.labels).all()
