@@ -34,7 +34,13 @@ from router.artifact import RoutedClassifier
 from router.base import ConstantRouter, Router, RouterError, budget_margin_se
 from router.cascade import CascadeRouter, fit_cascade
 from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
-from router.dispatcher import DispatcherConfig, dispatcher_ms_per_image, fit_dispatcher
+from router.certified import certify_level, certify_singles, dispatcher_setup, prepare_split
+from router.certify import DEFAULT_DELTA, Certificate, certificate, check_delta, drop_ucb, \
+    split_calibration
+from router.scoring import budget_status
+from router.timing import paired_speedup
+from router.dispatcher import DispatcherConfig, DispatcherFit, dispatcher_ms_per_image, \
+    fit_dispatcher
 from router.execute import ExecResult, benchmark_interleaved, execute_cascade, execute_routed, \
     model_ms_per_image, run_model
 from router.fitting import label_dispatcher_at, sample_dispatcher_at
@@ -300,24 +306,57 @@ class FittedRouter:
     expected_ms_per_image: float  # what the fit expects it to cost (costs' units)
     meets_target: bool
     details: dict[str, Any] = field(default_factory=dict)
+    certificate: Certificate | None = None   # certified selection: what the certify part says
+
+    def statement(self) -> str:
+        """The promise in plain words (or that the estimate rule makes none)."""
+        if self.certificate is None:
+            return ("selected by the estimate rule (val accuracy minus a margin): no stated "
+                    "risk; fit with selection='certified' for a guarantee")
+        return self.certificate.statement()
+
+
+def _check_sacrifice(sacrifice: float) -> float:
+    """``sacrifice`` as a fraction of accuracy, refusing values whose size looks like points."""
+    s = float(sacrifice)
+    if abs(s) >= 0.2:
+        raise RouterError(f"sacrifice is a fraction of accuracy (0.01 = one point), got {s:g}: "
+                          f"did you mean {s / 100:g} for {s:g} points?")
+    if s < 0:
+        raise RouterError(f"sacrifice must be >= 0 (0.01 = one point), got {s:g}")
+    return s
 
 
 def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
-               margin_z: float = 1.0, val_data: ImageData | None = None, max_stages: int = 3,
+               delta: float = DEFAULT_DELTA, selection: str = "certified",
+               select_share: float = 0.3, margin_z: float = 1.0,
+               val_data: ImageData | None = None, max_stages: int = 3,
                grid: int = 24, learned_folds: int = 5, seed: int = 0,
                dispatcher: DispatcherConfig | None = None, dispatcher_time_share: float = 0.25,
-               label_policy: str = "budget", macs: Sequence[int] | None = None) -> FittedRouter:
-    """Fit a ``kind`` router (``ROUTER_KINDS``) on the val table at ``sacrifice`` (0.01 = one
-    point below the most accurate member on val, with ``margin_z`` paired standard errors of
-    margin). Dispatchers also need ``val_data`` (the val images, in table order) and are
-    trained here; ``macs`` (or ``costs.macs``) sets their MAC cap at 1/4 of the cheapest
-    member's. The same functions as ``evaluate-routers``: the same inputs give the same settings.
+               label_policy: str = "budget", macs: Sequence[int] | None = None,
+               overhead: dict[str, float] | None = None) -> FittedRouter:
+    """Fit a ``kind`` router (``ROUTER_KINDS``) on the val table at ``sacrifice`` (a fraction:
+    0.01 = one point below the most accurate member on val).
+
+    ``selection="certified"`` (default): settings are chosen on a ``select_share`` part of val
+    and the budget is certified on the rest at risk ``delta``: with probability >= 1 - delta
+    over the draw of the val images, the router's expected accuracy drop against the most
+    accurate member is at most ``sacrifice`` (``FittedRouter.certificate``; where nothing
+    cheaper can be certified the router answers with that member alone, and the certificate
+    says so). ``selection="estimate"``: the older rule, val accuracy minus ``margin_z`` paired
+    standard errors, no stated risk. Dispatchers also need ``val_data`` (the val images, in
+    table order) and are trained here; ``macs`` (or ``costs.macs``) sets their MAC cap at 1/4
+    of the cheapest member's. ``overhead`` (``stage_ms``, ``head_ms``, as ``evaluate-routers``
+    records in ``fits.json: router_overhead_ms``) adds each stage's own routing time to the
+    costs the same way. The same functions as ``evaluate-routers``.
     """
     if kind not in ROUTER_KINDS:
         raise RouterError(f"unknown router kind {kind!r}; use one of {ROUTER_KINDS} (oracle "
                           "policies: fit_oracle_policy)")
-    if not 0.0 <= sacrifice <= 1.0:
-        raise RouterError(f"sacrifice is a fraction in [0, 1] (0.01 = one point), got {sacrifice}")
+    sacrifice = _check_sacrifice(sacrifice)
+    if selection not in ("certified", "estimate"):
+        raise RouterError(f"selection must be 'certified' or 'estimate', got {selection!r}")
+    check_delta(delta)
     names = list(val.model_names)
     cvec = costs.vector(names) if isinstance(costs, Costs) else np.asarray(costs, np.float64)
     if cvec.shape != (len(names),):
@@ -325,6 +364,17 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
                           f"got shape {cvec.shape}")
     ref = reference_index(val, cvec)
     target = float(val.correct[:, ref].mean()) - sacrifice
+    cvec = cvec + float((overhead or {}).get("stage_ms", 0.0))
+    learned_cvec = cvec + float((overhead or {}).get("head_ms", 0.0))
+    if kind == "learned-cascade":
+        cvec = learned_cvec
+    if selection == "certified":
+        return _fit_certified(kind, val, cvec, sacrifice, ref, target, delta=delta,
+                              select_share=select_share, val_data=val_data,
+                              max_stages=max_stages, grid=grid, learned_folds=learned_folds,
+                              seed=seed, dispatcher=dispatcher,
+                              dispatcher_time_share=dispatcher_time_share,
+                              label_policy=label_policy, macs=macs, costs=costs)
     if kind == "cascade":
         fit = fit_cascade(val, cvec, target, max_stages=max_stages, grid=grid, z=margin_z,
                           reference=ref)
@@ -342,18 +392,10 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
                              "thresholds": lfit.cascade.thresholds[:-1],
                              "fit_samples": lfit.fit_samples,
                              "threshold_samples": lfit.threshold_samples})
-    if val_data is None or len(val_data) != val.n_samples:
-        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
-                          f"{val.n_samples} images of the val table, in its order")
     mode = kind.split("-", 1)[1]
-    macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
-    budget_macs = float(min(m for m in macs if m > 0)) / 4.0 if any(m > 0 for m in macs) \
-        else float("inf")
-    info = val_data.info()
-    max_ms = dispatcher_time_share * float(cvec.min()) if dispatcher_time_share else None
-    dfit = fit_dispatcher(mode, val_data.images, val, info, budget_macs,
-                          dispatcher or DispatcherConfig(seed=seed), max_ms=max_ms)
-    net_ms = dispatcher_ms_per_image(dfit.arch, normalize(val_data.images[:1024], info))
+    dfit, net_ms = _fit_dispatcher_on(mode, val, val_data, val_data.images if val_data else None,
+                                      cvec, costs, macs, dispatcher or DispatcherConfig(seed=seed),
+                                      dispatcher_time_share)
     if mode == "label":
         pol = fit_policy(label_policy, val, cvec, sacrifice)
         d, skipped, cand = label_dispatcher_at(dfit, net_ms, val, cvec, ref, pol, sacrifice,
@@ -365,6 +407,76 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
     details.update(arch=dfit.arch.to_dict(), macs=dfit.macs, ms_per_image=net_ms)
     return FittedRouter(kind, sacrifice, d, names, target, cand.val_accuracy,
                         cand.fit_ms_per_image, cand.meets_target, details)
+
+
+def _fit_dispatcher_on(mode: str, table: PredictionTable, val_data: ImageData | None,
+                       images: torch.Tensor | None, cvec: np.ndarray, costs: Costs | np.ndarray,
+                       macs: Sequence[int] | None, config: DispatcherConfig,
+                       time_share: float | None) -> tuple[DispatcherFit, float]:
+    """Train a ``mode`` dispatcher on ``images`` (aligned with ``table``): its fit and its
+    network's ms per image."""
+    if val_data is None or images is None or len(images) != table.n_samples:
+        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
+                          f"images of the val table, in its order")
+    macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
+    budget_macs = float(min(m for m in macs if m > 0)) / 4.0 if any(m > 0 for m in macs) \
+        else float("inf")
+    info = val_data.info()
+    max_ms = time_share * float(cvec.min()) if time_share else None
+    dfit = fit_dispatcher(mode, images, table, info, budget_macs, config, max_ms=max_ms)
+    return dfit, dispatcher_ms_per_image(dfit.arch, normalize(images[:1024], info))
+
+
+def _fit_certified(kind: str, val: PredictionTable, cvec: np.ndarray, sacrifice: float,
+                   ref: int, target: float, *, delta: float, select_share: float,
+                   val_data: ImageData | None, max_stages: int, grid: int, learned_folds: int,
+                   seed: int, dispatcher: DispatcherConfig | None,
+                   dispatcher_time_share: float | None, label_policy: str,
+                   macs: Sequence[int] | None, costs: Costs | np.ndarray) -> FittedRouter:
+    """``fit_router`` under certified selection (``router.certified``): one kind's candidates
+    on the path, chosen on the select part, certified on the rest."""
+    if val_data is None and kind.startswith("dispatcher"):
+        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
+                          f"{val.n_samples} images of the val table, in its order")
+    names = list(val.model_names)
+    split = prepare_split(val, cvec, cvec, ref, select_share=select_share, seed=seed,
+                          max_stages=max_stages, grid=grid, learned_folds=learned_folds,
+                          learned=kind == "learned-cascade")
+    family = {"cascade": "cascade", "learned-cascade": "learned"}.get(kind, kind)
+    disp = None
+    if kind.startswith("dispatcher"):
+        mode = kind.split("-", 1)[1]
+        sel_images = val_data.images[torch.from_numpy(split.select)]
+        dfit, net_ms = _fit_dispatcher_on(mode, split.val_s, val_data, sel_images, cvec, costs,
+                                          macs, dispatcher or DispatcherConfig(seed=seed),
+                                          dispatcher_time_share)
+        dispatcher_setup(split, mode, dfit, val_data.images, dfit.info)
+        disp = {mode: (dfit, net_ms)}
+    lv = certify_level(split, sacrifice, delta, cvec, cvec, names, disp, label_policy,
+                       families=(family,))
+    cert = lv.certificates[kind]
+    cand = lv.candidates[kind]
+    if kind == "cascade":
+        router: Router = CascadeRouter.from_fit(lv.cascade)
+        details = {"stages": [names[i] for i in lv.cascade.stages],
+                   "thresholds": lv.cascade.thresholds[:-1]}
+    elif kind == "learned-cascade":
+        router = LearnedCascadeRouter.from_fit(lv.learned)
+        details = {"stages": [names[i] for i in lv.learned.cascade.stages],
+                   "thresholds": lv.learned.cascade.thresholds[:-1],
+                   "fit_samples": lv.learned.fit_samples,
+                   "threshold_samples": lv.learned.threshold_samples}
+    else:
+        router = lv.dispatcher_sample if kind == "dispatcher-sample" else lv.dispatcher_label
+        details = {"threshold": getattr(router, "threshold", None),
+                   "network_skipped": router.constant_choice is not None}
+    details.update(selection="certified", delta=delta, certificate=cert.to_dict(),
+                   statement=cert.statement(), path=lv.record["path"],
+                   select_samples=lv.record["select_samples"],
+                   certify_samples=lv.record["certify_samples"],
+                   smallest_certifiable=lv.record["smallest_certifiable"])
+    return FittedRouter(kind, sacrifice, router, names, target, cand.val_accuracy,
+                        cand.fit_ms_per_image, cert.certified, details, certificate=cert)
 
 
 def fit_oracle_policy(kind: str, val: PredictionTable, costs: Costs | np.ndarray,
@@ -390,7 +502,10 @@ def routed_classifier(fitted: FittedRouter, members: Sequence[Member], *, name: 
                             [None] * len(members), batch_size,
                             meta={"sacrifice": fitted.sacrifice, "method": fitted.kind,
                                   "settings": fitted.router.describe(),
-                                  "specs": [m.spec for m in members]},
+                                  "specs": [m.spec for m in members],
+                                  "certificate": (None if fitted.certificate is None
+                                                  else fitted.certificate.to_dict()),
+                                  "statement": fitted.statement()},
                             info=getattr(fitted.router, "info", None))
 
 
@@ -407,6 +522,7 @@ class Comparison:
     device: str
     threads: int
     timing_samples: int
+    statement: str = ""              # the router's promise in words (its certificate)
 
     def row(self, role: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["role"] == role)
@@ -414,12 +530,16 @@ class Comparison:
     def format(self) -> str:
         out = [f"s={self.sacrifice:g} on {self.device}, {self.threads} threads, timed on "
                f"{self.timing_samples} test images",
-               f"{'role':<16} {'method':<28} {'acc':>7} {'held':>5} {'img/s':>9} {'x best':>7} "
-               f"{'x cheap':>7}"]
+               f"{'role':<16} {'method':<28} {'acc':>7} {'val bound':>10} {'on test':>18} "
+               f"{'img/s':>9} {'x best [95% CI]':>20} {'x cheap [95% CI]':>20}"]
         for r in self.rows:
+            ucb = r.get("certified_drop_ucb")
             out.append(f"{r['role']:<16} {r['method']:<28} {r['accuracy']:>7.4f} "
-                       f"{str(r['budget_held']):>5} {r['images_per_second']:>9.0f} "
-                       f"{r['speedup_vs_best']:>6.2f}x {r['speedup_vs_cheapest_single']:>6.2f}x")
+                       f"{'' if ucb is None else f'{100 * ucb:.2f}p':>10} "
+                       f"{r['budget_status']:>18} {r['images_per_second']:>9.0f} "
+                       f"{_ci(r, 'speedup_vs_best'):>20} {_ci(r, 'speedup_vs_cheapest'):>20}")
+        if self.statement:
+            out.append(f"router: {self.statement}")
         return "\n".join(out)
 
 
@@ -434,20 +554,39 @@ def run_classifier(clf: RoutedClassifier, images: torch.Tensor) -> ExecResult:
     return execute_routed(router, images, clf.models, clf.infos, clf.batch_size)
 
 
+def _ci(row: dict[str, Any], col: str) -> str:
+    med = row[col if col == "speedup_vs_best" else "speedup_vs_cheapest_single"]
+    return f"{med:.2f}x [{row[col + '_lo']:.2f}-{row[col + '_hi']:.2f}]"
+
+
 def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
             val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
-            margin_z: float = 1.0, timing_samples: int | None = 2000, repeats: int = 3,
+            delta: float = DEFAULT_DELTA, selection: str = "certified",
+            select_share: float = 0.3, seed: int = 0, margin_z: float = 1.0,
+            timing_samples: int | None = 2000, repeats: int = 7,
             warmup: int = 1, batch_size: int = 256) -> Comparison:
-    """Score on ``test`` and time (interleaved rounds, median; router inside the clock) the
-    routed classifier, the best single member and the cheapest adequate single member. The
-    two baselines are chosen on ``val`` (never on test)."""
+    """Score on ``test`` and time (``repeats`` interleaved rounds in a shuffled order after a
+    warm-up; router inside the clock) the routed classifier, the best single member and the
+    cheapest adequate single member, chosen on ``val`` (never on test) by the same rule as the
+    router (``selection``; certified: the same select/certify split as ``fit_router`` with the
+    same ``select_share`` and ``seed``). Each row reports the certificate from val beside the
+    test result: "held", "within test noise" (missed by less than 1.96 paired test SEs) or
+    "violated"; speedups are per-round ratios with a 95 % interval."""
     names = [m.name for m in members]
     if names != list(val.model_names):
         raise RouterError(f"members {names} must be the val table's models {val.model_names}")
+    sacrifice = _check_sacrifice(sacrifice)
     cvec = costs.vector(names) if isinstance(costs, Costs) else np.asarray(costs, np.float64)
     ref = reference_index(val, cvec)
     ref_val = float(val.correct[:, ref].mean())
-    cs, _ = cheapest_single(val.correct, cvec, ref, ref_val - sacrifice, margin_z)
+    cs_cert: Certificate | None = None
+    if selection == "certified":
+        sel, cer = split_calibration(val.n_samples, select_share, seed)
+        cs, k = certify_singles(val.correct[sel], val.correct[cer], ref, cvec, sacrifice, delta)
+        cs_cert = certificate(val.correct[cer, cs], val.correct[cer, ref], sacrifice, delta,
+                              bool(k) or sacrifice >= 0)
+    else:
+        cs, _ = cheapest_single(val.correct, cvec, ref, ref_val - sacrifice, margin_z)
     k = len(test) if timing_samples is None else min(len(test), int(timing_samples))
     x = test.images[:k]
     models, preps = [m.model for m in members], [m.preprocess for m in members]
@@ -459,7 +598,8 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
             "router": lambda xx: run_classifier(clf, xx)}
     answers = {key: run(test.images) for key, run in runs.items()}      # also warms up
     timings = benchmark_interleaved({key: (lambda r=run: r(x)) for key, run in runs.items()},
-                                    k, warmup=max(0, warmup - 1), repeats=repeats)
+                                    k, warmup=max(0, warmup - 1), repeats=repeats,
+                                    shuffle_seed=seed)
     ref_right = answers["best-single"].preds == test.labels
     ref_test = float(ref_right.mean())
     rows = []
@@ -467,21 +607,33 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
                          ("router", clf.name)):
         res, tm = answers[role], timings[role]
         acc = float((res.preds == test.labels).mean())
+        held = bool(acc >= ref_test - sacrifice - 1e-9)
+        margin = budget_margin_se(res.preds == test.labels, ref_right, sacrifice)
+        cert = {"best-single": None, "cheapest-single": cs_cert and cs_cert.to_dict(),
+                "router": clf.meta.get("certificate")}[role]
         rows.append({"role": role, "method": method, "accuracy": acc,
-                     "budget_held": bool(acc >= ref_test - sacrifice - 1e-9),
-                     "budget_margin_se": budget_margin_se(res.preds == test.labels, ref_right,
-                                                          sacrifice),
+                     "budget_held": held, "budget_margin_se": margin,
+                     "budget_status": budget_status(held, margin),
+                     "certified": None if cert is None else cert["certified"],
+                     "certified_drop_ucb": None if cert is None else (
+                         cert.get("drop_ucb") if cert.get("drop_ucb") is not None
+                         else drop_ucb(cert["n_loss"], cert["n_gain"], cert["n"],
+                                       cert["delta"])),
                      "target_accuracy": ref_test - sacrifice, "seconds": tm.seconds,
                      "images_per_second": tm.images_per_second,
                      "router_seconds": tm.router_seconds, "wasted_seconds": tm.wasted_seconds,
                      "overhead_share": tm.overhead_share,
                      "shares": {n: float(np.mean(res.chosen == i)) for i, n in enumerate(names)}
                      if role == "router" else {method: 1.0}})
-    for r in rows:
-        r["speedup_vs_best"] = r["images_per_second"] / rows[0]["images_per_second"]
-        r["speedup_vs_cheapest_single"] = r["images_per_second"] / rows[1]["images_per_second"]
+    for r, role in zip(rows, ("best-single", "cheapest-single", "router")):
+        for base, col in (("best-single", "speedup_vs_best"),
+                          ("cheapest-single", "speedup_vs_cheapest")):
+            med, lo, hi = paired_speedup(timings[base].all_seconds, timings[role].all_seconds)
+            r["speedup_vs_best" if base == "best-single" else "speedup_vs_cheapest_single"] = med
+            r[f"{col}_lo"], r[f"{col}_hi"] = lo, hi
     devices = sorted({describe_device(device_of(m)) for m in models})
-    return Comparison(sacrifice, rows, ", ".join(devices), torch.get_num_threads(), k)
+    return Comparison(sacrifice, rows, ", ".join(devices), torch.get_num_threads(), k,
+                      clf.meta.get("statement", ""))
 
 
 def _check_members(members: Sequence[Member]) -> None:

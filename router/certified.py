@@ -116,10 +116,12 @@ class CertifiedLevel:
 def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
                   learned_cvec: np.ndarray, names: list[str],
                   disp: dict[str, tuple[DispatcherFit, float]] | None = None,
-                  label_policy: str = "budget", max_path: int = 24) -> CertifiedLevel:
+                  label_policy: str = "budget", max_path: int = 24,
+                  families: tuple[str, ...] | None = None) -> CertifiedLevel:
     """Build one path from every family's candidates on the select part, certify it on the
     certify part (see the module doc). ``disp``: mode -> (fit on the select part, network ms
-    per image), or None to leave the dispatchers out."""
+    per image), or None to leave the dispatchers out. ``families`` (keys of ``FAMILY_OF``)
+    limits the path to those (the library fits one kind at a time); default: all."""
     ref, val_s, val_c = split.ref, split.val_s, split.val_c
     pool: list[PoolEntry] = []
     acc_s = val_s.accuracy()
@@ -158,6 +160,8 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
                 pool.append(PoolEntry("dispatcher-label", d, cost,
                                       ref_hold - float(hold_correct[np.arange(len(hold)),
                                                                     ch].mean())))
+    if families is not None:
+        pool = [e for e in pool if e.family in families]
     path = pareto_path(np.array([e.cost for e in pool]), np.array([e.drop for e in pool]), s,
                        max_len=max_path, reference_cost=float(cvec[ref]))
     correct_c = [_correct_on_certify(split, pool[i], cvec, ref, names) for i in path]
@@ -201,12 +205,14 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
         certs["learned-cascade"] = cert
         cands["learned-cascade"] = Candidate("learned-cascade", acc, cost, cert.certified)
     ds = dl = None
-    if disp:
+    disp = disp or {}
+    if "sample" in disp:
         fit, _ = disp["sample"]
         key, cert, cost, acc = family_result("dispatcher-sample")
         ds = Dispatcher.from_fit(fit, cvec, threshold=1.01 if key is None else key, fallback=ref)
         certs["dispatcher-sample"] = cert
         cands["dispatcher-sample"] = Candidate("dispatcher-sample", acc, cost, cert.certified)
+    if "label" in disp:
         fit, _ = disp["label"]
         key, cert, cost, acc = family_result("dispatcher-label")
         if key is None:

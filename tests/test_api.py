@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.tables import PredictionTable
 from router.api import ImageData, Member, build_table, compare, fit_router, load_images, \
     measure_costs, routed_classifier
 from router.artifact import RoutedClassifier
@@ -97,7 +98,7 @@ def test_router_answers_equal_direct_calls(tmp_path):
                for k in "ab"]
     vt = build_table(members, val, "val", batch_size=8)
     costs = np.array([1.0, 2.0])                       # fixed costs: a two-stage cascade is cheap
-    fitted = fit_router("cascade", vt, costs, 0.5)
+    fitted = fit_router("cascade", vt, costs, 0.15, selection="estimate")
     clf = routed_classifier(fitted, members, batch_size=8)
     out = clf(test.images)
     with torch.inference_mode():
@@ -182,6 +183,22 @@ def test_measure_costs_and_compare_on_cpu():
     assert ref["accuracy"] == pytest.approx(float(vt.accuracy()[vt.model_names.index(
         ref["method"])]))                                      # same images: the table's figure
     assert rep.device == "cpu" and rep.row("router")["images_per_second"] > 0
+    # the certificate from val beside the test result, not a bare held flag
+    router = rep.row("router")
+    assert router["certified"] is True and router["certified_drop_ucb"] == 0.0  # the reference
+    assert router["budget_status"] in ("held", "within test noise", "violated")
+    assert router["speedup_vs_best_lo"] <= router["speedup_vs_best"] <= router["speedup_vs_best_hi"]
+    assert "reference" in fitted.statement() and "x best [95% CI]" in rep.format()
+
+
+def test_sacrifice_is_a_fraction_and_points_are_refused():
+    vt = PredictionTable(["a", "b"], np.array([0, 1]), np.array([[0, 0], [1, 1]]),
+                         np.full((2, 2, 2), 0.5), np.arange(2), "val")
+    for points in (1, 5, 0.5, -0.3):
+        with pytest.raises(RouterError, match="did you mean"):
+            fit_router("cascade", vt, np.array([1.0, 2.0]), points)
+    with pytest.raises(RouterError, match="delta"):
+        fit_router("cascade", vt, np.array([1.0, 2.0]), 0.01, delta=0.9)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -274,7 +274,8 @@ def test_library_fit_gives_the_settings_evaluate_routers_saved(evaluated_run):
     for s in LEVELS:
         for kind in ("cascade", "learned-cascade"):
             saved = RoutedClassifier.load(rd.root / "routers" / f"{kind}-s{float(s):g}.pt").router
-            ours = fit_router(kind, val, costs, float(s), margin_z=1.0).router
+            ours = fit_router(kind, val, costs, float(s), margin_z=1.0, selection="estimate",
+                              overhead=fits["router_overhead_ms"]).router
             assert ours.stages == saved.stages, (kind, s)
             assert ours.thresholds == saved.thresholds, (kind, s)
             if kind == "learned-cascade":
