@@ -16,6 +16,7 @@ from common.io import write_csv
 from reports import style
 from reports.compression import CompressionBarsDisplay, PruneSweepDisplay, WeightHistDisplay
 from reports.frontier import FrontierDisplay
+from reports.guarantee import plot_guarantee
 from reports.heatmap import ConfusionDisplay, OverlapDisplay
 from reports.html import FigureRef, Section, render_page, write_page
 from reports.inputs import DEFAULT_ZOO, RunArtifacts, read_frame, load_run, zoo_rows, zoos_of
@@ -68,11 +69,22 @@ def _headline_line(r: pd.Series) -> str:
              else "test accuracy unknown"]
     if r["target_accuracy"] is not None:
         parts[-1] += f" (target {_pct(r['target_accuracy'])})"
+    if r.get("selection") == "certified" and r.get("certified") is not None:
+        ucb = r.get("certified_drop_ucb")
+        parts.insert(0, (f"certified on val at risk {r['delta']:g}: with probability >= "
+                         f"{1 - r['delta']:.0%} over the draw of the val images its expected "
+                         f"drop against the reference is at most {level}"
+                         + ("" if ucb is None else f" (bound {100 * ucb:.2f} points)"))
+                     if r["certified"] else "not certified on val")
     held = r["budget_held"]
-    parts.append("budget held on test" if held is True else
+    status = r.get("budget_status")
+    parts.append(f"on test: {status}" if isinstance(status, str) and status else
+                 "budget held on test" if held is True else
                  "budget MISSED on test" if held is False else "budget on test not recorded")
     if r["speedup_vs_best"] is not None:
-        parts.append(f"{r['speedup_vs_best']:.2f}x the best single model"
+        ci = ("" if r.get("speedup_vs_best_lo") is None else
+              f" (95% interval {r['speedup_vs_best_lo']:.2f}-{r['speedup_vs_best_hi']:.2f})")
+        parts.append(f"{r['speedup_vs_best']:.2f}x{ci} the best single model"
                      + (f" ({r['best_single']})" if r["best_single"] else ""))
     if r["speedup_vs_cheapest_single"] is not None:
         parts.append(f"{r['speedup_vs_cheapest_single']:.2f}x the cheapest adequate single model"
@@ -98,10 +110,12 @@ def _summary_lines(s: Summary) -> list[str]:
     if s.selection_note:
         lines.append(f"Deployed router: not known ({s.selection_note}).")
     else:
-        lines.append("The deployed answer at each level is the one selected on validation (the "
-                     "least expected cost among the cheapest adequate single model and the "
-                     "routers whose val accuracy met the target); its test row is reported as it "
-                     "came out, held or not. No figure here is a maximum over test rows.")
+        lines.append("The deployed answer at each level is the one selected on validation "
+                     "(certified selection: the cheapest answer whose budget a held-out part of "
+                     "val certifies at the stated risk; estimate rule: the least expected cost "
+                     "among the answers whose val accuracy met the target); its test row is "
+                     "reported as it came out, held or not. No figure here is a maximum over "
+                     "test rows.")
         at = s.headline[np.isclose(s.headline["sacrifice"].astype(float), SUMMARY_SACRIFICE)]
         if at.empty:
             lines.append(f"No level at {100 * SUMMARY_SACRIFICE:g}% sacrifice was evaluated; "
@@ -378,6 +392,28 @@ def _compression_section(b: _Builder, art: RunArtifacts) -> Section:
     return sec
 
 
+def _guarantee_section(b: _Builder, run: Path) -> Section:
+    """Promised against delivered, from results/guarantee.csv (``scripts.bench_guarantee``)."""
+    sec = Section("Does the budget hold? The miss-rate benchmark")
+    path = run / "results" / "guarantee.csv"
+    if not path.exists():              # an optional benchmark: a hint, not a skipped figure
+        sec.paragraphs.append("Not measured for this run: `python -m scripts.bench_guarantee "
+                              "--run RUN` adds the figure (minutes on a CPU).")
+        return sec
+    frame = pd.read_csv(path)
+    sec.paragraphs.append(
+        "Each draw resamples a val split of the same size from the pooled val and test tables, "
+        "runs the selection, and measures the deployed answer's accuracy drop against the "
+        "draw's reference on the whole pool. A miss: that drop exceeds the level. The certified "
+        "rule promises a miss rate of at most delta; the estimate rule promises nothing.")
+    png, csv = plot_guarantee(frame.to_dict("records"), b.out / "guarantee.png")
+    b.figures.append(png)
+    sec.figures.append(FigureRef(png.name, csv.name, "Miss rate (95% interval) and median "
+                                 "expected speedup over the reference, per rule and level"))
+    sec.tables.append(("results/guarantee.csv", frame))
+    return sec
+
+
 def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = style.DEFAULT_DPI,
                  overlap_split: str = "test") -> ReportResult:
     """Draw every figure of run ``run`` into ``out`` (default RUN/reports) and write index.html."""
@@ -400,7 +436,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = s
     sections = [*_router_sections(b, art), _learned_section(b, art),
                 _overlap_section(b, art, overlap_split),
                 _zoo_section(b, art), _confusion_section(b, art, summary),
-                _compression_section(b, art)]
+                _compression_section(b, art), _guarantee_section(b, Path(run))]
     index = write_page(out / "index.html",
                        render_page(f"Adaptive-inference router report: {Path(run).name}",
                                    _summary_lines(summary), sections, summary_tables))

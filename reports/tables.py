@@ -176,7 +176,9 @@ def compression_table(compression: pd.DataFrame) -> pd.DataFrame:
 HEADLINE_COLUMNS = ("zoo", "sacrifice", "method", "family", "val_accuracy", "fit_ms_per_image",
                     "accuracy", "target_accuracy", "budget_held", "budget_margin_se",
                     "images_per_second", "speedup_vs_best", "speedup_vs_cheapest_single",
-                    "overhead_share", "best_single", "cheapest_single")
+                    "overhead_share", "best_single", "cheapest_single", "selection", "delta",
+                    "certified", "certified_drop_ucb", "budget_status", "speedup_vs_best_lo",
+                    "speedup_vs_best_hi")
 RERUN_HINT = "re-run `evaluate-routers`"
 ZOO_DESCRIPTIONS = {"all": "whole zoo, compressed variants included",
                     "base": "uncompressed models only"}
@@ -222,6 +224,15 @@ def has_selection(routers: pd.DataFrame | None) -> bool:
     return routers is not None and "selected" in routers.columns
 
 
+def _bool(v: Any) -> bool | None:
+    """A CSV cell read by pandas as a boolean, or None where empty."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    return None
+
+
 def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
     """One row per (zoo, level): the deployable answer **selected on val** (``selected``) and
     its test figures as they came out, held or not. Nothing here compares test rows.
@@ -260,7 +271,15 @@ def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
                            speedup_vs_best=_speedup(r, best, "speedup_vs_best"),
                            speedup_vs_cheapest_single=_speedup(r, cheap,
                                                                "speedup_vs_cheapest_single"),
-                           overhead_share=overhead_share(r))
+                           overhead_share=overhead_share(r),
+                           selection=r.get("selection") if isinstance(r.get("selection"), str)
+                           else None, delta=_finite(r.get("delta")),
+                           certified=_bool(r.get("certified")),
+                           certified_drop_ucb=_finite(r.get("certified_drop_ucb")),
+                           budget_status=r.get("budget_status")
+                           if isinstance(r.get("budget_status"), str) else None,
+                           speedup_vs_best_lo=_finite(r.get("speedup_vs_best_lo")),
+                           speedup_vs_best_hi=_finite(r.get("speedup_vs_best_hi")))
             out.append(rec)
     return pd.DataFrame(out, columns=list(HEADLINE_COLUMNS))
 
@@ -280,6 +299,18 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
         m = _finite(margin)
         return text if m is None else f"{text} ({m:+.1f} SE)"
 
+    def certified(r: pd.Series) -> str:
+        if r.get("selection") != "certified" or r.get("certified") is None:
+            return "no (estimate rule)" if r.get("selection") == "estimate" else ""
+        ucb = _finite(r.get("certified_drop_ucb"))
+        bound = "" if ucb is None else f", drop <= {100 * ucb:.2f} pts"
+        return (f"{'yes' if r['certified'] else 'no'} at delta {r['delta']:g}{bound}"
+                if r.get("delta") is not None else "")
+
+    def interval(r: pd.Series) -> str:
+        lo, hi = _finite(r.get("speedup_vs_best_lo")), _finite(r.get("speedup_vs_best_hi"))
+        return "" if lo is None or hi is None else f" [{lo:.2f}-{hi:.2f}]"
+
     rows = []
     for _, r in headline.iterrows():
         rows.append({"zoo": r["zoo"], "s": f"{100 * float(r['sacrifice']):g}%",
@@ -289,8 +320,9 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
                      "expected ms/image (val)": _finite(r["fit_ms_per_image"]),
                      "test accuracy": pct(r["accuracy"]),
                      "target (test)": pct(r["target_accuracy"]),
+                     "certified on val": certified(r),
                      "budget on test": held(r["budget_held"], r.get("budget_margin_se")),
-                     "x best single": times(r["speedup_vs_best"]),
+                     "x best single": times(r["speedup_vs_best"]) + interval(r),
                      "x cheapest single": times(r["speedup_vs_cheapest_single"]),
                      "overhead share": pct(r["overhead_share"], 1),
                      "best single": r["best_single"] or "",

@@ -62,6 +62,10 @@ def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
         assert float(r["median_speedup"]) >= 1.0 - 1e-9 or r["rule"] == "estimate"
     assert (run / "reports" / "guarantee.png").exists()
     assert (run / "reports" / "guarantee.csv").exists()
+    # the report draws it from results/guarantee.csv
+    from reports.build import build_report
+    html = build_report(run).index.read_text()
+    assert "guarantee.png" in html and "miss-rate benchmark" in html
 
 
 def test_bench_guarantee_names_the_missing_step(tmp_path, capsys):
