@@ -30,6 +30,7 @@ DEPLOYABLE_FAMILIES = ("cascade", "learned", "dispatcher")   # routers that see 
 LEARNED_FAMILY = "learned"
 CASCADE_METHOD = "cascade"
 AREA_COLUMNS = ("zoo", "method", "family", "levels", "area_points_doublings",
+                "area_common_range", "common_ips_lo", "common_ips_hi",
                 "mean_gap_recovered", "gap_recovered_s0")
 DISAGREEMENT_COLUMNS = ("label", "class", "images", "routed_differently",
                         "learned_right_cascade_wrong", "cascade_right_learned_wrong")
@@ -48,12 +49,16 @@ def _num(v: Any) -> float:
 # ---- area above the random router -------------------------------------------------------
 
 def area_above_random(images_per_second: Sequence[float], accuracy: Sequence[float],
-                      random_accuracy: Sequence[float]) -> float:
+                      random_accuracy: Sequence[float],
+                      x_range: tuple[float, float] | None = None) -> float:
     """Trapezoid integral of ``100 * (accuracy - random_accuracy)`` over ``log2(images/s)``,
     along the router's own points sorted by images/s (accuracy points x doublings).
 
     Points with a missing value or a non-positive rate are left out; fewer than two points
-    span no throughput: NaN. A router below its random twin adds negative area.
+    span no throughput: NaN. A router below its random twin adds negative area. ``x_range``
+    (images/s lo, hi) clips the integral to that range (the gap interpolated linearly in
+    log2 images/s at its ends), so routers are compared over the same throughputs; NaN where
+    the router's points do not cover it.
     """
     x = np.asarray(images_per_second, dtype=float)
     acc = np.asarray(accuracy, dtype=float)
@@ -67,7 +72,26 @@ def area_above_random(images_per_second: Sequence[float], accuracy: Sequence[flo
     order = np.argsort(x[ok], kind="stable")
     lx = np.log2(x[ok][order])
     gap = 100.0 * (acc[ok] - rnd[ok])[order]
+    if x_range is not None:
+        lo, hi = np.log2(x_range[0]), np.log2(x_range[1])
+        if not lx[0] - _EPS <= lo < hi <= lx[-1] + _EPS:
+            return float("nan")
+        inside = (lx > lo) & (lx < hi)
+        lx, gap = (np.concatenate([[lo], lx[inside], [hi]]),
+                   np.concatenate([[np.interp(lo, lx, gap)], gap[inside],
+                                   [np.interp(hi, lx, gap)]]))
     return float(np.sum(np.diff(lx) * (gap[1:] + gap[:-1]) / 2.0))
+
+
+def common_range(curves: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """The images/s range every curve (its finite positive points, >= 2 of them) covers: the
+    largest of their lowest rates to the smallest of their highest; None if empty."""
+    kept = [c[np.isfinite(c) & (c > 0)] for c in (np.asarray(v, float) for v in curves)]
+    spans = [(c.min(), c.max()) for c in kept if c.size >= 2]
+    if not spans:
+        return None
+    lo, hi = max(a for a, _ in spans), min(b for _, b in spans)
+    return (lo, hi) if hi > lo else None
 
 
 def random_accuracy_of(frame: pd.DataFrame) -> pd.Series:
@@ -126,6 +150,9 @@ def router_areas(routers: pd.DataFrame) -> pd.DataFrame:
         gaps = _gaps(rows, everything, rnd)
         pairs = sorted(dict.fromkeys(zip(rows["method"], rows["family"])),
                        key=lambda p: (rank[p[1]], p[0]))
+        common = common_range([pd.to_numeric(rows[rows["method"] == m]["images_per_second"],
+                                             errors="coerce").to_numpy(float)
+                               for m, _ in pairs])
         for method, family in pairs:
             part = rows[rows["method"] == method].sort_values("sacrifice", kind="stable")
             ips = pd.to_numeric(part["images_per_second"], errors="coerce").to_numpy(float)
@@ -137,6 +164,10 @@ def router_areas(routers: pd.DataFrame) -> pd.DataFrame:
             out.append({"zoo": zoo, "method": method, "family": family,
                         "levels": int(used.sum()),
                         "area_points_doublings": area_above_random(ips, acc, r),
+                        "area_common_range": (np.nan if common is None else
+                                              area_above_random(ips, acc, r, common)),
+                        "common_ips_lo": np.nan if common is None else common[0],
+                        "common_ips_hi": np.nan if common is None else common[1],
                         "mean_gap_recovered": float(g.mean()) if g.notna().any() else np.nan,
                         "gap_recovered_s0": float(at0.iloc[0]) if len(at0) else np.nan})
     return pd.DataFrame(out, columns=list(AREA_COLUMNS))
@@ -151,6 +182,7 @@ def areas_display(areas: pd.DataFrame) -> pd.DataFrame:
         "zoo": r["zoo"], "router": r["method"], "family": r["family"],
         "levels": int(r["levels"]),
         "area above random (points x doublings)": fmt(r["area_points_doublings"], ".2f"),
+        "area over the common range": fmt(r.get("area_common_range"), ".2f"),
         "mean gap_recovered": fmt(r["mean_gap_recovered"], ".3f"),
         "gap_recovered at s = 0": fmt(r["gap_recovered_s0"], ".3f")}
         for _, r in areas.iterrows()])

@@ -40,29 +40,57 @@ def budget_status(held: bool, margin_se: float | None) -> str:
     return "violated"
 
 
-def random_matched(chosen: np.ndarray, target_ms: float, cvec: np.ndarray, ref: int,
+def random_matched(target_ms: float, cvec: np.ndarray, val_acc: np.ndarray, n: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random router with the same expected cost: (assignment (N,), model shares q (M,)).
+    """The cost-matched random router: (assignment (n,), model shares q (M,)).
 
-    It sends inputs to models at random in the router's own answer shares; when the router
-    paid more than those shares cost (a cascade also pays for the stages an input passed
-    through), the missing cost is spent on the reference model.
+    It mixes at random the two single models around ``target_ms`` on the upper hull of (cost,
+    val accuracy): the best a router that ignores the image can do at that expected cost, by
+    val. It does not copy any router's own shares, so a router that sends traffic to a weak
+    model does not lower its own baseline. Below the cheapest model's cost it is that model;
+    above the hull's last (most accurate) model, that model.
     """
-    m = len(cvec)
-    q = np.bincount(chosen, minlength=m) / max(1, len(chosen))
-    base = float(q @ cvec)
-    if target_ms > base + EPS and cvec[ref] > base + EPS:
-        lam = min(1.0, (target_ms - base) / (cvec[ref] - base))
-        q = (1 - lam) * q
-        q[ref] += lam
-    counts = np.floor(q * len(chosen)).astype(int)
-    rest = len(chosen) - counts.sum()
+    cvec = np.asarray(cvec, dtype=np.float64)
+    hull = cost_accuracy_hull(cvec, np.asarray(val_acc, dtype=np.float64))
+    q = np.zeros(len(cvec))
+    costs = cvec[hull]
+    if target_ms <= costs[0] + EPS:
+        q[hull[0]] = 1.0
+    elif target_ms >= costs[-1] - EPS:
+        q[hull[-1]] = 1.0
+    else:
+        j = int(np.searchsorted(costs, target_ms))          # costs[j-1] < target <= costs[j]
+        lam = (target_ms - costs[j - 1]) / (costs[j] - costs[j - 1])
+        q[hull[j - 1]], q[hull[j]] = 1.0 - lam, lam
+    counts = np.floor(q * n).astype(int)
+    rest = n - counts.sum()
     if rest > 0:
-        frac = q * len(chosen) - counts
+        frac = q * n - counts
         counts[np.argsort(-frac, kind="stable")[:rest]] += 1
-    assign = np.repeat(np.arange(m), counts)
+    assign = np.repeat(np.arange(len(cvec)), counts)
     rng.shuffle(assign)
     return assign.astype(np.int64), q
+
+
+def cost_accuracy_hull(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Indices of the models on the upper concave hull of (cost, accuracy), cheapest first,
+    from the cheapest model to the most accurate one (mixing two hull neighbours at random is
+    the best cost-matched random router)."""
+    order = np.lexsort((-accuracy, cost))
+    pts: list[int] = []
+    for i in order:
+        if pts and accuracy[i] <= accuracy[pts[-1]] + EPS:
+            continue                                        # dearer and not more accurate
+        while len(pts) >= 2:
+            a, b = pts[-2], pts[-1]
+            # b lies on or below the chord a -> i: not on the upper hull
+            if ((accuracy[b] - accuracy[a]) * (cost[i] - cost[a])
+                    <= (accuracy[i] - accuracy[a]) * (cost[b] - cost[a]) + EPS):
+                pts.pop()
+            else:
+                break
+        pts.append(int(i))
+    return np.asarray(pts, dtype=np.int64)
 
 
 def cascade_cost(chosen: np.ndarray, stages: Sequence[int], per_model: np.ndarray) -> float:
@@ -106,6 +134,7 @@ class ZooScorer:
         self.ceiling_acc = float(self.test.correct[np.arange(self.test.n_samples),
                                                    self.ceiling_choice].mean())
         self.acc_test = self.test.accuracy()
+        self.acc_val = self.val.accuracy()
         self.rows: list[dict[str, Any]] = []
         self.preds: dict[tuple[str, str, float], np.ndarray] = {}
         self.chosen: dict[tuple[str, str, float], np.ndarray] = {}
@@ -155,7 +184,7 @@ class ZooScorer:
         if timed is not None:
             self.pending.append((row, timed[1]))
         if random_of:
-            _, q = random_matched(chosen, exp_ms, zf.cvec, zf.ref, self.rng)
+            _, q = random_matched(exp_ms, zf.cvec, self.acc_val, N, self.rng)
             r_acc = float(q @ self.acc_test)
             row["random_accuracy"] = r_acc
             gap = self.ceiling_acc - r_acc
@@ -171,7 +200,7 @@ class ZooScorer:
         return row
 
     def emit_random(self, of: dict[str, Any], chosen: np.ndarray, s: float, exp_ms: float) -> None:
-        assign, _ = random_matched(chosen, exp_ms, self.zf.cvec, self.zf.ref, self.rng)
+        assign, _ = random_matched(exp_ms, self.zf.cvec, self.acc_val, len(chosen), self.rng)
         self.emit(f"random~{of['method']}", "random", s, assign, None, random_of=False,
                   settings={"matched_to": of["method"], "expected_ms_per_image": exp_ms})
 

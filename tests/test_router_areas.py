@@ -73,6 +73,7 @@ def test_areas_of_a_hand_run(tmp_path):
     result = build_report(run, dpi=DPI)
     areas = pd.read_csv(result.index.parent / "router_areas.csv")
     assert list(areas.columns) == ["zoo", "method", "family", "levels", "area_points_doublings",
+                                   "area_common_range", "common_ips_lo", "common_ips_hi",
                                    "mean_gap_recovered", "gap_recovered_s0"]
     assert list(zip(areas.zoo, areas.method)) == [
         (z, m) for z in ("all", "base") for m in ("cascade", "learned-cascade", "dispatcher-label")]
@@ -240,3 +241,15 @@ def test_chosen_of_the_wrong_shape_names_the_file(tmp_path):
     np.savez(npz, **arrays)
     with pytest.raises(ValueError, match="router_predictions.npz: chosen"):
         load_run(run)
+
+
+def test_area_over_a_common_range_by_hand():
+    from reports.learned import area_above_random, common_range
+    # gap 1 point at 2 img/s, 3 points at 8 img/s: linear in log2 (1 at x=1, 3 at x=3)
+    ips, acc, rnd = [2.0, 8.0], [0.51, 0.53], [0.50, 0.50]
+    assert area_above_random(ips, acc, rnd) == pytest.approx(2 * (1 + 3) / 2)
+    # clipped to 4-8 img/s: gap 2 at x=2, 3 at x=3: one doubling of mean 2.5
+    assert area_above_random(ips, acc, rnd, (4.0, 8.0)) == pytest.approx(2.5)
+    assert np.isnan(area_above_random(ips, acc, rnd, (1.0, 8.0)))   # not covered
+    assert common_range([np.array([2.0, 8.0]), np.array([4.0, 16.0, np.nan])]) == (4.0, 8.0)
+    assert common_range([np.array([2.0, 3.0]), np.array([4.0, 16.0])]) is None

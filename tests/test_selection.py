@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from router.base import Router, RouterError
-from router.execute import benchmark, execute_cascade, execute_routed
+from router.execute import Timing, benchmark, execute_cascade, execute_routed
 from router.selection import Candidate, cheapest_single, select_deployable
 from zoo.data import DatasetInfo
 
@@ -102,7 +102,8 @@ def test_a_sleeping_routing_step_shows_in_router_seconds():
     _, timing = benchmark(lambda: execute_routed(SleepyRouter(0.03), x, [SleepyModel(0.0)],
                                                  [INFO], 4), 8, warmup=0, repeats=2)
     assert timing.router_seconds >= 0.03
-    assert timing.overhead_share == pytest.approx(timing.router_seconds / timing.seconds)
+    # by hand: 0.5 s of routing and 0.25 s wasted in a 1.5 s run is half of it overhead
+    assert Timing(1.5, 0.5, 8, 1, 1, 0, wasted_seconds=0.25).overhead_share == 0.5
 
 
 def test_cascade_wasted_seconds_is_the_first_stage_time_on_escalated_images():
@@ -120,3 +121,20 @@ def test_cascade_wasted_seconds_is_the_first_stage_time_on_escalated_images():
     # nothing escalates: nothing wasted
     res = execute_cascade([0, 1], [0.5, 0.0], x[:4], models, [INFO, INFO], batch_size=4)
     assert res.wasted_seconds == 0.0
+
+
+def test_cost_matched_random_router_mixes_hull_neighbours_by_hand():
+    from router.scoring import cost_accuracy_hull, random_matched
+    cost = np.array([1.0, 2.0, 3.0, 4.0])
+    acc = np.array([0.80, 0.82, 0.88, 0.90])
+    # (2, 0.82) lies below the chord from (1, 0.80) to (3, 0.88), which passes 0.84 there
+    assert cost_accuracy_hull(cost, acc).tolist() == [0, 2, 3]
+    rng = np.random.default_rng(0)
+    assign, q = random_matched(2.0, cost, acc, 10, rng)
+    assert q.tolist() == [0.5, 0.0, 0.5, 0.0]                # halfway between costs 1 and 3
+    assert sorted(assign.tolist()) == [0] * 5 + [2] * 5
+    assert random_matched(0.5, cost, acc, 4, rng)[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert random_matched(9.0, cost, acc, 4, rng)[1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    # a dearer, less accurate model never enters the hull
+    assert cost_accuracy_hull(np.array([1.0, 5.0, 3.0]), np.array([0.8, 0.85, 0.9])).tolist() \
+        == [0, 2]
