@@ -335,6 +335,37 @@ def test_fused_optimizers_match_the_plain_update(bundle):
         assert moved > 1e-3, name          # the steps did change the weights
 
 
+def test_a_run_too_short_for_one_cycle_trains_with_a_fallback_schedule(tmp_path, capsys):
+    """`train-zoo --models tiny_vgg1 --epochs 1 --limit-train 512` (quick preset: one-cycle,
+    batch 128) is 4 steps: torch's OneCycleLR divided by zero there; the run now trains on a
+    cosine schedule, says so once, and writes its checkpoint."""
+    from tests.conftest import make_fake_idx_dataset
+
+    data = make_fake_idx_dataset(tmp_path / "data", n_train=600, n_test=40)
+    argv = ["--run", str(tmp_path / "run"), "--models", "tiny_vgg1", "--epochs", "1",
+            "--limit-train", "512", "--limit-eval", "40", "--width", "0.25",
+            "--data-dir", str(data), "--no-download", "--no-progress", "--threads", "1"]
+    assert train_zoo_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("one-cycle needs at least") == 1, out
+    rows = read_csv(tmp_path / "run" / "results" / "train_zoo.csv")
+    assert [(r["model"], r["status"]) for r in rows] == [("tiny_vgg1", "trained")]
+    assert (tmp_path / "run" / "zoo" / "tiny_vgg1" / "checkpoint.pt").exists()
+
+    # every short length gets a schedule that steps through the run; long ones keep one-cycle
+    from zoo.train import ONECYCLE_MIN_STEPS, make_scheduler, schedule_fallback
+    for total in range(1, ONECYCLE_MIN_STEPS + 2):
+        cfg = TrainConfig(epochs=1, batch_size=8, schedule="onecycle", lr=1e-2)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1e-2)
+        sched = make_scheduler(opt, cfg, total)
+        for _ in range(total):
+            opt.step()
+            sched.step()
+        short = total < ONECYCLE_MIN_STEPS
+        assert (schedule_fallback(cfg, total) is not None) == short
+        assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) != short
+
+
 def test_train_zoo_trains_a_torchvision_classifier(tmp_path, fake_fmnist_dir):
     """`train-zoo --models mobilenet_v3_small`: built by name with the data's channels, trained
     by the same loop and recipes, saved as a plain checkpoint that rebuilds to the same outputs,

@@ -309,15 +309,37 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=fused)
 
 
+ONECYCLE_PCT_START = 0.25   # share of the run spent warming up to the peak rate
+# OneCycleLR's warm-up phase ends at step pct_start * total - 1: at 4 steps that is step 0 and
+# torch divides by zero; below 8 the warm-up is shorter than one step. Shorter runs fall back.
+ONECYCLE_MIN_STEPS = math.ceil(2 / ONECYCLE_PCT_START)
+
+
+def schedule_fallback(config: TrainConfig, steps_per_epoch: int) -> str | None:
+    """Why the run cannot have the schedule it asked for, or None when it can.
+
+    One-cycle needs ``ONECYCLE_MIN_STEPS`` steps for its warm-up and anneal phases; a shorter
+    run (``--epochs 1 --limit-train 512`` at batch 128 is 4 steps) gets cosine annealing from
+    the peak rate instead, without warm-up.
+    """
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle" and total < ONECYCLE_MIN_STEPS:
+        return (f"one-cycle needs at least {ONECYCLE_MIN_STEPS} steps for its warm-up and "
+                f"anneal phases and this run has {total}: cosine annealing from lr "
+                f"{config.lr:g} instead, without warm-up")
+    return None
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule over the whole run."""
+    """Per-step schedule over the whole run (see ``schedule_fallback`` for a too-short run)."""
     total = max(1, config.epochs * steps_per_epoch)
-    if config.schedule == "onecycle":
+    fallback = schedule_fallback(config, steps_per_epoch) is not None
+    if config.schedule == "onecycle" and not fallback:
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=ONECYCLE_PCT_START,
             cycle_momentum=config.optimizer == "sgd")
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = 0 if fallback else int(round(config.warmup_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -405,6 +427,9 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
                else dp.steps_per_epoch(len(train), config))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, n_steps)
+    fallback = schedule_fallback(config, n_steps)
+    if fallback is not None and log_epochs:
+        tqdm.write(f"{desc} {fallback}".strip())
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[dict[str, float]] = []
