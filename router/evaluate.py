@@ -139,9 +139,10 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         score_zoo(inp, zf, cfg, timer, sc, label_scores, sample_scores)
         routers_dir = inp.root / "routers" / zf.zoo if zf.zoo != "all" else inp.root / "routers"
         tag = "" if zf.zoo == "all" else f"{zf.zoo}/"
+        certs = {(lv.sacrifice, m): c for lv in zf.levels for m, c in lv.certificates.items()}
         for method, s, router in sc.to_save:
             saved[f"{tag}{method}@{s:g}"] = _save(routers_dir, method, s, router, inp, cfg,
-                                                  zf.index)
+                                                  zf.index, certs.get((s, method)))
         scorers.append(sc)
     policy_paths = write_policies(rd, zoo_fits)
     write_deferral_curves(rd, zoo_fits, inp.test)
@@ -210,13 +211,17 @@ def write_policies(rd: RunDir, zoo_fits: Sequence[ZooFit]) -> list[Path]:
 
 
 def _save(directory: Path, method: str, s: float, router: Router, inp: RunInputs,
-          cfg: EvalConfig, index: np.ndarray) -> str:
+          cfg: EvalConfig, index: np.ndarray, cert: Any = None) -> str:
     if not cfg.save_routers:
         return ""
+    meta = {"sacrifice": s, "method": method, "settings": router.describe(),
+            "selection": cfg.selection}
+    if cert is not None:                 # certified selection: the promise travels with it
+        meta.update(certificate=cert.to_dict(),
+                    statement=cert.statement())
     clf = RoutedClassifier(f"{method}@{s:g}", router, [inp.models[i] for i in index],
                            [inp.infos[i] for i in index], [inp.checkpoints[i] for i in index],
-                           cfg.batch_size, meta={"sacrifice": s, "method": method,
-                                                 "settings": router.describe()})
+                           cfg.batch_size, meta=meta)
     return str(clf.save(directory / f"{method}-s{s:g}.pt", run_root=inp.root,
                         embed=cfg.embed_models))
 

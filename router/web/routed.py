@@ -77,6 +77,8 @@ class LoadedRouter:
         for i, label in enumerate(labels):
             pred = int(out.preds[i])
             text = f"{out.rule}. The whole routed call took {took} (router plus the models it ran)."
+            if rc.meta.get("statement"):
+                text += f" Its budget: {rc.meta['statement']}."
             entries.append(StripEntry(self.title, self.family, "ok", model=out.chosen_names[i],
                                       answer=classes[pred] if pred < len(classes) else str(pred),
                                       answer_index=pred,
