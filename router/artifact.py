@@ -17,6 +17,7 @@ its models instead of loading second copies of them.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,11 @@ class RoutedClassifier:
         self.batch_size, self.meta = batch_size, dict(meta or {})
         self.embedded: dict[int, dict[str, Any]] = {}   # model index -> checkpoint read from file
         if isinstance(router, CascadeRouter):
-            router.attach(self.models, self.infos, batch_size)
+            # a cascade routes by running its models: bind them to this classifier's own
+            # shallow copy, never to the fitted router (another classifier built from the same
+            # fit keeps its own models and batch size)
+            self.router = copy.copy(router)
+            self.router.attach(self.models, self.infos, batch_size)
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> RoutedOutput:
         x = _as_images(images, self._info())

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from common.tables import PredictionTable
-from router.api import ImageData, Member, build_table, compare, fit_router, load_images, \
+from router.api import FittedRouter, ImageData, Member, build_table, compare, fit_router, load_images, \
     measure_costs, routed_classifier
 from router.artifact import RoutedClassifier
 from router.base import RouterError
@@ -155,6 +155,43 @@ def test_own_module_saves_and_loads_with_a_provider(tmp_path):
     assert isinstance(again.infos[fitted.router.stages[-1]], Preprocess)   # stored, not given
     assert np.array_equal(again(x).preds, clf(x).preds)
     assert (again(x).preds == y).mean() == 1.0                 # the cascade ends at two-pixel
+
+
+class FlippedTwoPixel(TwoPixel):
+    """TwoPixel's answers swapped: the same member name with another module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -super().forward(x)
+
+
+def two_pixel_fit() -> tuple[torch.Tensor, np.ndarray, ImageData, list[Member], FittedRouter]:
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0, 0, 0] > x[:, 0, 0, 1]).long().numpy()
+    data = ImageData(x, y, ["no", "yes"])
+    pre = Preprocess([0.5], [0.5])
+    torch.manual_seed(0)
+    members = [Member("const", nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), pre),
+               Member("two-pixel", TwoPixel(), pre)]
+    fitted = fit_router("cascade", build_table(members, data, "val"), np.array([1.0, 2.0]), 0.0)
+    return x, y, data, members, fitted
+
+
+def test_fitted_router_is_not_changed_by_a_second_classifier():
+    x, y, data, members, fitted = two_pixel_fit()
+    stages = list(fitted.router.stages)
+    first = routed_classifier(fitted, members, batch_size=7)
+    assert (first(x).preds == y).all()                       # the cascade ends at two-pixel
+    flipped = [members[0], Member("two-pixel", FlippedTwoPixel(), members[1].preprocess)]
+    second = routed_classifier(fitted, flipped, batch_size=5)
+    out2 = second(x)
+    at_two = out2.chosen == 1
+    assert at_two.any() and (out2.preds[at_two] != y[at_two]).all()   # its own modules
+    assert (first(x).preds == y).all()                       # the first keeps its own
+    assert first.router.batch_size == 7 and second.router.batch_size == 5
+    assert first.router.models[1] is members[1].model and second.router.models[1] is flipped[1].model
+    # the fit itself holds no models: a third classifier starts from the same untouched fit
+    assert fitted.router.models is None and fitted.router.stages == stages
 
 
 def test_torchvision_builder_refuses_weights_and_unknown_names():
