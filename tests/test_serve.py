@@ -541,6 +541,45 @@ def test_bad_sample_or_empty_request(client, query, status, needle):
     assert_still_serving(client)
 
 
+def test_bad_level_or_method_is_a_400_naming_the_parameter_and_its_values(client, web_run,
+                                                                           tmp_path):
+    """`level=abc` or `level=-5` used to be answered 200 and ignored; an unknown method was a
+    404. Each is now a 400 whose body names the parameter and what it may be: the levels of
+    the run's routers.csv, the methods the server has."""
+    from common.io import write_csv
+    # without routers.csv the run has no levels at all, so any level is refused
+    for q in ("sample=0&level=abc", "sample=0&level=-5", "sample=0&level=0.01",
+              "sample=0&method=single:tiny_vgg1&level=0.01"):
+        r = client.get(f"/api/predict?{q}")
+        d = r.get_json()
+        assert r.status_code == 400 and d["parameter"] == "level" and d["allowed"] == [], q
+        assert "level=" in d["error"] and "no levels" in d["error"], d
+    run = copy_run(web_run, tmp_path / "run")
+    write_csv(run / "results" / "routers.csv", [
+        {"zoo": "all", "sacrifice": s, "method": "best-single:tiny_vgg2",
+         "family": "best-single", "selected": 0} for s in (0.01, 0.05)])
+    c = create_app(WebService.load(run, TimingConfig(repeats=1, threads=1)), LIMITS).test_client()
+    for q in ("sample=0&level=abc", "sample=0&level=-5", "sample=0&level=nan",
+              "sample=0&method=best-single&level=0.02",
+              "sample=0&method=single:tiny_vgg1&level=-5"):
+        r = c.get(f"/api/predict?{q}")
+        d = r.get_json()
+        assert r.status_code == 400, (q, d)
+        assert d["parameter"] == "level" and d["allowed"] == ["0.01", "0.05"], (q, d)
+        assert "level=" in d["error"] and "0.01, 0.05" in d["error"], (q, d)
+    r = c.get("/api/predict?sample=0&method=nope")
+    d = r.get_json()
+    assert r.status_code == 400 and d["parameter"] == "method", d
+    assert {"single:tiny_vgg1", "single:tiny_vgg2", "router:cascade-0.01",
+            "best-single", "selected"} <= set(d["allowed"])
+    assert "method='nope'" in d["error"] and "single:tiny_vgg1" in d["error"]
+    # good values still answer
+    ok = c.get("/api/predict?sample=0&method=best-single&level=0.05")
+    assert ok.status_code == 200 and ok.get_json()["method"] == "single:tiny_vgg2"
+    assert c.get("/api/predict?sample=0&level=0.01").status_code == 200
+    assert c.get("/api/predict?sample=0&method=single:tiny_vgg1&level=0.01").status_code == 200
+    assert_still_serving(c)
+
 def test_form_without_file_and_unknown_route(client):
     r = client.post("/api/predict", data={}, content_type="multipart/form-data")
     assert r.status_code == 400 and "field 'image'" in r.get_json()["error"]

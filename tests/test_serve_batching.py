@@ -213,7 +213,8 @@ def test_a_stuck_method_gets_504_and_does_not_hang_the_others(service):
 def test_unknown_method_and_alias_without_routers_csv(service):
     c = create_app(service).test_client()
     r = c.get("/api/predict?sample=0&method=nope")
-    assert r.status_code == 404 and "single:<model>" in r.get_json()["error"]
+    assert r.status_code == 400 and r.get_json()["parameter"] == "method"
+    assert "single:tiny_vgg1" in r.get_json()["error"]
     r = c.get("/api/predict?sample=0&method=selected")
     assert r.status_code == 404 and "routers.csv" in r.get_json()["error"]
     r = c.get("/api/predict?sample=0&method=single:tiny_vgg1&level=abc")

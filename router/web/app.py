@@ -49,10 +49,11 @@ def create_app(service: WebService, limits: Limits | None = None,
         values = request.values
         policy = values.get("policy") or None
         method = values.get("method") or None
-        if method is not None and request.path.startswith("/api/"):
-            m = engine.resolve(method, _level(values.get("level")))
-            image, source, label = read_input(service, limits, m.info)
-            return classify_payload(engine.classify(m, image), method, source, label), 200
+        if request.path.startswith("/api/"):   # a bad method or level is a 400, named
+            m = engine.resolve_request(method, values.get("level"))
+            if method is not None:
+                image, source, label = read_input(service, limits, m.info)
+                return classify_payload(engine.classify(m, image), method, source, label), 200
         if "sample" in values and not request.files.get("image"):
             return analyse_sample(engine, values.get("sample", ""), policy), 200
         if request.method == "POST":
@@ -84,7 +85,7 @@ def create_app(service: WebService, limits: Limits | None = None,
         try:
             payload, status = analyse()
         except InputError as e:
-            return jsonify({"error": str(e), "status": e.status}), e.status
+            return jsonify({"error": str(e), "status": e.status, **e.fields}), e.status
         except Overloaded as e:
             r = jsonify({"error": str(e), "status": 503, "retry_after_s": e.retry_after_s})
             r.status_code, r.headers["Retry-After"] = 503, str(e.retry_after_s)
@@ -165,16 +166,6 @@ def _policy_param() -> str | None:
         return request.values.get("policy") or None
     except HTTPException:
         return request.args.get("policy") or None
-
-
-def _level(raw: str | None) -> float | None:
-    if raw in (None, ""):
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError(f"level must be a number (a sacrifice such as 0.005), got {raw!r}",
-                         400) from None
 
 
 def _upload_file() -> Any:

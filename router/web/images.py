@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -25,9 +26,10 @@ DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any camera photo, far below a 
 class InputError(ValueError):
     """Bad input from a client: ``status`` is the HTTP code to answer with."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, **fields: Any):
         super().__init__(message)
         self.status = status
+        self.fields = fields   # added to a JSON error body (e.g. parameter, allowed)
 
 
 @dataclass

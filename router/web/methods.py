@@ -112,6 +112,60 @@ def resolve_key(name: str, level: float, methods: Mapping[str, Any],
                       "single:<model> or router:<artifact stem>; see GET /api/methods")
 
 
+class BadParameter(LookupError):
+    """A request parameter whose value the server cannot take (HTTP 400): names the parameter
+    and the values it may have."""
+
+    def __init__(self, parameter: str, value: Any, allowed: Sequence[str], note: str = ""):
+        self.parameter, self.value, self.allowed = parameter, value, list(allowed)
+        shown = ", ".join(self.allowed) if self.allowed else "none"
+        super().__init__(f"bad parameter {parameter}={value!r}: allowed values are {shown}"
+                         + (f" ({note})" if note else ""))
+
+    def fields(self) -> dict[str, Any]:
+        """What a JSON error body adds to the message."""
+        return {"parameter": self.parameter, "allowed": self.allowed}
+
+
+def run_levels(rows: Sequence[Mapping[str, str]] | None, zoo: str = "all") -> list[float]:
+    """The sacrifice levels routers.csv has for ``zoo``, ascending; [] without routers.csv."""
+    return sorted({float(r["sacrifice"]) for r in rows or [] if r.get("zoo", "all") == zoo})
+
+
+def parse_level(raw: str | None, rows: Sequence[Mapping[str, str]] | None,
+                rows_note: str = "") -> float | None:
+    """A request's ``level=S``: None when absent, else one of the run's levels;
+    ``BadParameter`` names the levels there are (none without routers.csv)."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    levels = run_levels(rows)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not any(abs(value - v) < _EPS for v in levels):   # nan and inf match nothing
+        note = ("the levels of RUN/results/routers.csv, zoo 'all'" if rows is not None
+                else f"this run has no levels: {rows_note or 'no routers.csv'}")
+        raise BadParameter("level", raw, [f"{v:g}" for v in levels], note)
+    return value
+
+
+def request_key(name: str | None, level_raw: str | None, default_level: float,
+                methods: Mapping[str, Any], rows: Sequence[Mapping[str, str]] | None,
+                rows_note: str = "") -> str | None:
+    """The served key a request's ``method`` and ``level`` parameters name (None: no method
+    given, serve the default). A malformed parameter raises ``BadParameter`` (HTTP 400: the
+    parameter and its allowed values); a known alias the run cannot resolve ``LookupError``."""
+    level = parse_level(level_raw, rows, rows_note)
+    if not name:
+        return None
+    if name not in methods and name not in ALIASES:
+        raise BadParameter("method", name, [*methods, *ALIASES],
+                           "an alias takes level=S; see GET /api/methods")
+    return resolve_key(name, default_level if level is None else level, methods, rows,
+                       rows_note)
+
+
 def load_rows_or_none(run: str | Path) -> tuple[list[dict[str, str]] | None, str]:
     """RUN/results/routers.csv rows, or None and why (the aliases then cannot be resolved)."""
     from router.bench import load_rows
