@@ -374,6 +374,54 @@ def test_bench_targets_from_hand_rows():
         cost_targets(rows[1:], "vgg19")
 
 
+def _table_row(variant: str, batch: int) -> dict:
+    return {"variant": variant, "params": 1000, "nonzero_params": 1000, "macs": 2e6,
+            "size_mb": 1.0, "size_reduction": 0.0, "top1": 0.9, "top5": 0.99,
+            "latency_ms_b1": 1.0, "latency_ms_b64": 4.0, "speedup_b1": 1.0, "speedup_b64": 1.0,
+            "peak_memory_mb": float("nan"), "big_batch": batch}
+
+
+def test_console_table_heads_the_big_batch_columns_with_the_batch_timed():
+    from zoo.compress.measure import format_table
+    head = format_table([_table_row("vgg19", 8), _table_row("int8-static", 8)]).splitlines()[0]
+    assert "ms@8" in head and "x@8" in head and "@64" not in head
+    assert "ms@64" in format_table([_table_row("b", 64)]).splitlines()[0]
+    mixed = format_table([_table_row("a", 8), _table_row("b", 64)]).splitlines()[0]
+    assert "ms@big" in mixed and "@64" not in mixed and "@8" not in mixed
+
+
+def test_bench_compress_reads_accuracy_from_the_run_or_says_which_flag(tmp_path, monkeypatch,
+                                                                       capsys):
+    """No more default of runs/quick1/...: the accuracy table is RUN/results/compression.csv
+    of --run unless --accuracy-csv names one; when there is none, it says which flag to pass."""
+    from scripts import bench_compress
+    from zoo.compress.bench import BenchResult
+    seen = []
+
+    def fake_bench(run, *, accuracy_csv, **kw):
+        seen.append(accuracy_csv)
+        return BenchResult([], [], str(accuracy_csv) if accuracy_csv else None)
+    monkeypatch.setattr(bench_compress, "run_bench", fake_bench)
+    run = tmp_path / "run"
+    assert bench_compress.main(["--run", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert seen == [None]
+    assert str(run / "results" / "compression.csv") in out and "--accuracy-csv" in out
+    assert "quick1" not in out and "accuracy: not judged" in out
+    (run / "results").mkdir(parents=True)
+    (run / "results" / "compression.csv").write_text("variant,base,top1\nb,b,0.9\n")
+    assert bench_compress.main(["--run", str(run), "--no-progress"]) == 0
+    assert seen[-1] == run / "results" / "compression.csv"
+    assert "--accuracy-csv" not in capsys.readouterr().out
+    other = tmp_path / "other.csv"
+    other.write_text("variant,base,top1\n")
+    assert bench_compress.main(["--run", str(run), "--accuracy-csv", str(other)]) == 0
+    assert Path(seen[-1]) == other
+    assert bench_compress.main(["--run", str(run), "--accuracy-csv",
+                                str(tmp_path / "missing.csv")]) == 0
+    assert seen[-1] is None and "missing.csv does not exist" in capsys.readouterr().out
+
+
 # ---- `compress` end to end on a tiny run ----------------------------------------------------
 
 def make_tiny_run(run: Path, data_dir: Path, base: str = "tiny_vgg3", steps: int = 25) -> Path:

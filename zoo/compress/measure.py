@@ -164,10 +164,20 @@ def measure(model: nn.Module, *, variant: str, base: str, model_name: str,
     return row
 
 
+def table_batch(rows: list[dict[str, Any]]) -> str:
+    """The big batch the rows were timed at (their ``big_batch``), as a column label: ``8``;
+    ``big`` when the rows were timed at different batches or do not say."""
+    batches = {str(r.get("big_batch", "")) for r in rows}
+    return batches.pop() if len(batches) == 1 and "" not in batches else "big"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width console table of the main columns."""
+    """A fixed-width console table of the main columns; the big-batch columns are headed with
+    the batch the rows were timed at (``ms@8``, ``x@8`` for ``--big-batch 8``)."""
+    b = table_batch(rows)
     head = (f"{'variant':<22}{'params':>11}{'nz%':>6}{'MMACs':>9}{'MB':>9}{'red%':>6}"
-            f"{'top1%':>7}{'top5%':>7}{'ms@1':>8}{'ms@64':>9}{'x@1':>6}{'x@64':>6}{'memMB':>7}")
+            f"{'top1%':>7}{'top5%':>7}{'ms@1':>8}{'ms@' + b:>9}{'x@1':>6}{'x@' + b:>6}"
+            f"{'memMB':>7}")
     lines = [head, "-" * len(head)]
     pct = lambda v: "" if v == "" or v is None or (isinstance(v, float) and math.isnan(v)) \
         else f"{100 * v:.1f}"  # noqa: E731
