@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from common.tables import PredictionTable
 from oracle.policy import LABEL_KINDS, Policy, fit_policy, reference_index
+from router.api_inputs import CHANNELS, channels_first, fitted_class_count, fitted_input_shape, \
+    member_outputs, to_uint8
 from router.artifact import RoutedClassifier
 from router.base import ConstantRouter, Router, RouterError, budget_margin_se
 from router.cascade import CascadeRouter, fit_cascade
@@ -135,11 +137,22 @@ class ImageData:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise RouterError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
                               f"{tuple(self.images.shape)}; see load_images")
+        c, last = int(self.images.shape[1]), int(self.images.shape[-1])
+        if c not in CHANNELS:
+            raise RouterError(f"images must be (N, C, H, W) with C = 1 (grey) or 3 (RGB), got "
+                              f"{tuple(self.images.shape)}"
+                              + ("; they look channel-last (N, H, W, C): load_images converts "
+                                 "them" if last in CHANNELS else ""))
         if len(self.images) != len(self.labels):
             raise RouterError(f"{len(self.images)} images but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's shape ``(C, H, W)``: what ``routed_classifier(..., data=)`` records."""
+        return tuple(int(v) for v in self.images.shape[1:])  # type: ignore[return-value]
 
     def info(self) -> DatasetInfo:
         """The data's own description (channels, size, classes, per-channel mean and std): what
@@ -152,20 +165,14 @@ class ImageData:
 
 
 def _to_uint8(img: Any) -> torch.Tensor:
-    """A PIL image, an HWC numpy array or a CHW tensor -> CHW uint8 tensor."""
-    if isinstance(img, torch.Tensor):
-        t = img
-        if t.dtype != torch.uint8:
-            if t.is_floating_point() and float(t.max()) <= 1.0 + 1e-6:
-                t = (t * 255.0).round()
-            t = t.clamp(0, 255).to(torch.uint8)
-        return t.unsqueeze(0) if t.ndim == 2 else t
-    if isinstance(img, np.ndarray):
-        a = torch.from_numpy(np.ascontiguousarray(img))
-        a = a.unsqueeze(-1) if a.ndim == 2 else a
-        return _to_uint8(a.permute(2, 0, 1))
-    from torchvision.transforms.v2.functional import pil_to_tensor
-    return pil_to_tensor(img)
+    """One image (PIL, numpy array or tensor; ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)``) ->
+    CHW uint8 tensor by ``router.api_inputs``' rules, the same for numpy and torch: floats in
+    [0, 1] are scaled by 255 and rounded, integers in 0..255 cast, anything else refused;
+    channel-last images permuted."""
+    if not isinstance(img, (torch.Tensor, np.ndarray)):
+        from torchvision.transforms.v2.functional import pil_to_tensor
+        img = pil_to_tensor(img)
+    return channels_first(to_uint8(img, "an image"), batched=False, what="an image")
 
 
 def _fit_square(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -179,18 +186,23 @@ def load_images(source: Any, *, size: int | None = None, classes: Sequence[str] 
                 progress: bool = False) -> ImageData:
     """All images of ``source`` in memory as uint8, with labels.
 
-    ``source``: a pair ``(images, labels)`` (uint8 tensor or array), a dataset yielding
+    ``source``: a pair ``(images, labels)`` (a tensor or an array), a dataset yielding
     ``(image, label)`` (e.g. torchvision's ``ImageFolder``; PIL, arrays or tensors), or a
     ``DataLoader`` yielding batches. ``size``: resize every image's shorter side to ``size`` and
     centre-crop a square, so images of different sizes batch together (each member then applies
     its own preprocessing); required when sizes differ. ``classes`` default to the dataset's
     ``classes`` attribute or ``0..C-1``.
+
+    Numpy arrays and tensors follow the same rules (``router.api_inputs``): uint8 is kept,
+    floats in [0, 1] become ``round(255 x)``, integers in 0..255 are cast, anything else (floats
+    in 0-255, normalised values, NaN) is refused. Images are channel-first with 1 (grey) or 3
+    (RGB) channels; a batch whose second axis is not 1 or 3 but whose last is (``(N, H, W, C)``,
+    e.g. ``(N, 32, 32, 3)``) is channel-last and is permuted to ``(N, C, H, W)``; ``(N, H, W)``
+    is grey. Other shapes are refused.
     """
     if isinstance(source, tuple) and len(source) == 2:
         x, y = source
-        x = _to_uint8(torch.as_tensor(x)) if not isinstance(x, torch.Tensor) else x
-        if x.dtype != torch.uint8:
-            raise RouterError(f"images must be uint8 0-255, got {x.dtype}")
+        x = channels_first(to_uint8(x), batched=True)
         if size is not None:
             x = _fit_square(x, size)
         x, y = x[:limit], np.asarray(y)[:limit]
@@ -489,14 +501,46 @@ def fit_oracle_policy(kind: str, val: PredictionTable, costs: Costs | np.ndarray
     return fit_policy(kind, val, cvec, sacrifice)
 
 
-def routed_classifier(fitted: FittedRouter, members: Sequence[Member], *, name: str | None = None,
+def routed_classifier(fitted: FittedRouter, members: Sequence[Member], *,
+                      data: ImageData | None = None,
+                      input_shape: Sequence[int] | None = None, name: str | None = None,
                       batch_size: int = 256) -> RoutedClassifier:
-    """The fitted router and its members as one callable classifier (uint8 images in)."""
+    """The fitted router and its members as one callable classifier (uint8 images in).
+
+    ``data``: the val images the router was fitted on (``ImageData``), or ``input_shape``:
+    their ``(C, H, W)``; a dispatcher knows both already. The classifier records that shape
+    (``meta["input_shape"]``, saved with it) and refuses every batch of another shape or
+    layout; each member is run once on one image of that shape and must give one output per
+    class (``len(data.classes)``, the dispatcher's classes, and the other members' count).
+    The fitted router is never changed: each classifier binds its members to its own copy.
+    """
     _check_members(members)
     names = [m.name for m in members]
     if names != fitted.model_names:
         raise RouterError(f"members {names} are not the models the router was fitted over "
                           f"{fitted.model_names} (same names, same order)")
+    rinfo = getattr(fitted.router, "info", None)
+    details = fitted.details or {}
+    shape = fitted_input_shape([
+        ("input_shape=", input_shape), ("data=", None if data is None else data.shape),
+        ("the dispatcher", None if rinfo is None else
+         (rinfo.in_channels, rinfo.input_size, rinfo.input_size)),
+        ("the fit (details['input_shape'])", details.get("input_shape"))])
+    n_cls = fitted_class_count([
+        (f"data= ({data.name!r})" if data is not None else "data=",
+         None if data is None else len(data.classes)),
+        ("the dispatcher", None if rinfo is None else rinfo.num_classes),
+        ("the fit (details['num_classes'])", details.get("num_classes"))])
+    outputs = {m.name: member_outputs(m.name, m.model, m.preprocess, shape) for m in members}
+    for m in members:
+        want = n_cls if n_cls is not None else outputs[members[0].name]
+        if outputs[m.name] != want:
+            against = (f"the router was fitted on {n_cls} classes" if n_cls is not None else
+                       f"member {members[0].name!r} gives {want}")
+            raise RouterError(f"member {m.name!r} gives {outputs[m.name]} outputs but {against}: "
+                              f"give members built for the fitted classes (e.g. "
+                              f"Member.torchvision(arch, {want}, ...))")
+    n_cls = outputs[members[0].name]
     return RoutedClassifier(name or f"{fitted.kind}@{fitted.sacrifice:g}", fitted.router,
                             [m.model for m in members], [m.preprocess for m in members],
                             [None] * len(members), batch_size,
@@ -505,7 +549,8 @@ def routed_classifier(fitted: FittedRouter, members: Sequence[Member], *, name: 
                                   "specs": [m.spec for m in members],
                                   "certificate": (None if fitted.certificate is None
                                                   else fitted.certificate.to_dict()),
-                                  "statement": fitted.statement()},
+                                  "statement": fitted.statement(),
+                                  "input_shape": list(shape), "num_classes": n_cls},
                             info=getattr(fitted.router, "info", None))
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from router.api_inputs import check_batch
 from router.base import AssignmentRouter, Router, RouterError
 from router.cascade import CascadeRouter
 from router.deferral import DeferralHead, LearnedCascadeRouter
@@ -90,7 +91,7 @@ class RoutedClassifier:
             self.router.attach(self.models, self.infos, batch_size)
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> RoutedOutput:
-        x = _as_images(images, self._info())
+        x = _as_images(images, self._info(), self.meta.get("input_shape"))
         if isinstance(self.router, CascadeRouter):   # routing = running the stages
             res = self.router.run(x)
             routing = self.router.routing_of(res)
@@ -234,22 +235,14 @@ class RoutedClassifier:
         return clf
 
 
-def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo | None) -> torch.Tensor:
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8:
-        raise RouterError(f"images must be uint8 (0-255), got {x.dtype}; pass raw pixels, the "
-                          "classifier normalises them itself")
-    if info is None:                        # members with their own preprocessing
-        if x.ndim != 4:
-            raise RouterError(f"images must be a batch (N, C, H, W), got {tuple(x.shape)}")
-        return x
-    if x.ndim == 3 and info.in_channels == 1:
-        x = x.unsqueeze(1)
-    want = (info.in_channels, info.input_size, info.input_size)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise RouterError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}), got "
-                          f"{tuple(x.shape)}")
-    return x
+def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo | None,
+               shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A uint8 (N, C, H, W) batch of the shape the classifier was fitted on (the recorded
+    ``meta["input_shape"]``, else its ``DatasetInfo``'s), else a ``RouterError`` naming the
+    problem (dtype, channel-last layout, channels, size) and the fix."""
+    if shape is None and info is not None:
+        shape = (info.in_channels, info.input_size, info.input_size)
+    return check_batch(images, shape)
 
 
 def _preprocess_payload(how: Any) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ def test_router_answers_equal_direct_calls(tmp_path):
     vt = build_table(members, val, "val", batch_size=8)
     costs = np.array([1.0, 2.0])                       # fixed costs: a two-stage cascade is cheap
     fitted = fit_router("cascade", vt, costs, 0.15, selection="estimate")
-    clf = routed_classifier(fitted, members, batch_size=8)
+    clf = routed_classifier(fitted, members, data=val, batch_size=8)
     out = clf(test.images)
     with torch.inference_mode():
         direct = torch.stack([m.model(pre(test.images)).argmax(1) for m in members], 1).numpy()
@@ -144,7 +144,7 @@ def test_own_module_saves_and_loads_with_a_provider(tmp_path):
                Member("two-pixel", TwoPixel(), pre)]
     vt = build_table(members, data, "val")
     fitted = fit_router("cascade", vt, np.array([1.0, 2.0]), 0.0)
-    clf = routed_classifier(fitted, members)
+    clf = routed_classifier(fitted, members, data=data)
     with pytest.raises(RouterError, match="model_provider"):
         clf.save(tmp_path / "r.pt", embed=True)
     path = clf.save(tmp_path / "r.pt")
@@ -180,10 +180,10 @@ def two_pixel_fit() -> tuple[torch.Tensor, np.ndarray, ImageData, list[Member], 
 def test_fitted_router_is_not_changed_by_a_second_classifier():
     x, y, data, members, fitted = two_pixel_fit()
     stages = list(fitted.router.stages)
-    first = routed_classifier(fitted, members, batch_size=7)
+    first = routed_classifier(fitted, members, data=data, batch_size=7)
     assert (first(x).preds == y).all()                       # the cascade ends at two-pixel
     flipped = [members[0], Member("two-pixel", FlippedTwoPixel(), members[1].preprocess)]
-    second = routed_classifier(fitted, flipped, batch_size=5)
+    second = routed_classifier(fitted, flipped, data=data, batch_size=5)
     out2 = second(x)
     at_two = out2.chosen == 1
     assert at_two.any() and (out2.preds[at_two] != y[at_two]).all()   # its own modules
@@ -214,7 +214,7 @@ def test_measure_costs_and_compare_on_cpu():
     assert (costs.ms_per_image > 0).all() and costs.macs[1] > costs.macs[0] > 0
     vt = build_table(members, data, "val")
     fitted = fit_router("cascade", vt, costs, 0.0)
-    rep = compare(routed_classifier(fitted, members), members, data, vt, costs, 0.0, repeats=1,
+    rep = compare(routed_classifier(fitted, members, data=data), members, data, vt, costs, 0.0, repeats=1,
                   warmup=0)
     ref = rep.row("best-single")
     assert ref["accuracy"] == pytest.approx(float(vt.accuracy()[vt.model_names.index(

@@ -28,8 +28,9 @@ class Preprocess:
 
     ``resize``: the shorter side is resized to this many pixels (bilinear, antialiased, as
     torchvision's ``Resize(int)``); None keeps the size. ``crop``: a centred square of this
-    side (None: no crop). ``channels``: repeat a grey channel to 3 (or average 3 to 1) when the
-    model wants another count (None: as given). ``mean``/``std``: per channel, after /255.
+    side (None: no crop). ``channels``: the count the model takes: a grey image is repeated to
+    it, an RGB image is averaged to grey (plain mean) for ``channels=1``; any other count is
+    refused (None: as given). ``mean``/``std``: per channel, after /255.
     """
 
     mean: Sequence[float]
@@ -58,12 +59,17 @@ class Preprocess:
                              f"{images.dtype} of shape {tuple(images.shape)}")
         x = images.float().div_(255.0)
         if self.channels is not None and x.shape[1] != self.channels:
-            if x.shape[1] == 1:
+            if x.shape[1] == 1:                     # grey -> repeated to every channel
                 x = x.expand(-1, self.channels, -1, -1)
-            elif self.channels == 1:
+            elif self.channels == 1 and x.shape[1] == 3:   # RGB -> grey: the plain mean
                 x = x.mean(dim=1, keepdim=True)
             else:
-                raise ValueError(f"cannot turn {x.shape[1]} channels into {self.channels}")
+                raise ValueError(
+                    f"Preprocess(channels={self.channels}) takes {self.channels}-channel images"
+                    + (", grey ones (repeated) or RGB ones (averaged to grey)"
+                       if self.channels == 1 else " or grey ones (repeated)")
+                    + f", got {x.shape[1]} channels; convert the images (RGBA: drop alpha, "
+                    "x[:, :3]) or build the preprocessing for them")
         if self.resize is not None:
             h, w = x.shape[-2:]
             s = self.resize / min(h, w)
