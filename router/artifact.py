@@ -8,7 +8,9 @@ path as written, and its SHA-256, checked on load so a changed checkpoint is ref
 of silently used) or, with ``save(..., embed=True)``, copied in: the whole checkpoint dict of
 every model the router can choose, so the one file is all a user needs (the zoo's tiny VGGs
 weigh about 26 MB each, which is why embedding is not the default for the per-level files
-evaluate-routers writes).
+evaluate-routers writes). A library member without a checkpoint is embedded by its spec
+(``Member.torchvision``: arch and state dict) or, a module of the user's own, as TorchScript
+bytes (a uint8 tensor of ``torch.jit.save``'s output), so no user class is needed to load it.
 
 ``RoutedClassifier.load(path)`` gives a callable: uint8 images in -> ``RoutedOutput`` with
 predictions, chosen models, each answer's confidence and the scores behind each choice. A
@@ -18,7 +20,9 @@ its models instead of loading second copies of them.
 from __future__ import annotations
 
 import copy
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,7 +40,8 @@ from router.execute import execute_routed
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
     load_torch_file, preprocess_of, read_checkpoint
 from zoo.data import DatasetInfo
-from zoo.preprocess import Preprocess, PreprocessLike
+from zoo.device import device_of
+from zoo.preprocess import Preprocess, PreprocessLike, prepare
 
 FORMAT = "adaptive-router-routed/1"
 # (model name, resolved checkpoint path) -> (the loaded model, its DatasetInfo or None for the
@@ -127,13 +132,26 @@ class RoutedClassifier:
         return torchvision_arch_dict(spec["torchvision"], spec["num_classes"],
                                      **(spec.get("kwargs") or {}))
 
+    def _input_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) the classifier takes: recorded at fit (``meta``), else its info's."""
+        shape = self.meta.get("input_shape")
+        if shape is not None:
+            return tuple(int(v) for v in shape)  # type: ignore[return-value]
+        info = self._info()
+        return None if info is None else (info.in_channels, info.input_size, info.input_size)
+
     # ---- persistence ------------------------------------------------------------------
     def save(self, path: str | Path, run_root: str | Path | None = None,
              embed: bool = False) -> Path:
         """Write the artifact atomically; checkpoint paths are stored relative to ``run_root``.
 
         ``embed``: copy the checkpoint of every model the router can choose into the file, so
-        it loads anywhere without the run directory.
+        it loads anywhere without the run directory. A model without a checkpoint is stored by
+        its spec (``Member.torchvision``: arch + state dict) or, a module of the user's own, as
+        TorchScript (``torch.jit.script``, else ``torch.jit.trace`` on one image of the
+        recorded input shape; the bytes of ``torch.jit.save`` as a uint8 tensor), so the file
+        loads without the user's class; one that can be neither scripted nor traced cleanly
+        is refused with the reason (save without ``embed`` and load with ``model_provider=``).
         """
         path = Path(path)
         run_root = Path(run_root) if run_root is not None else path.parent.parent
@@ -142,6 +160,7 @@ class RoutedClassifier:
         for i, (name, ckpt) in enumerate(zip(self.model_names, self.checkpoints)):
             if ckpt is None and i in self.embedded:      # loaded from an embedded artifact
                 models.append({"name": name, "checkpoint": "", "checkpoint_abs": "", "sha256": "",
+                               "preprocess": _preprocess_payload(self.infos[i]),
                                "embedded": self.embedded[i]})
                 continue
             if ckpt is None:
@@ -149,13 +168,17 @@ class RoutedClassifier:
                          "preprocess": _preprocess_payload(self.infos[i])}
                 spec = self._spec(i)
                 if embed and i in needed:
-                    if spec is None:
+                    if entry["preprocess"] is None:
                         raise RouterError(
-                            f"cannot embed model {name!r}: it has neither a checkpoint nor a "
-                            "rebuildable spec (Member.torchvision); save without embed= and load "
-                            "with model_provider=")
-                    entry["embedded"] = {"arch": spec, "state_dict": {
-                        k: v.detach().cpu() for k, v in self.models[i].state_dict().items()}}
+                            f"cannot embed model {name!r}: its preprocessing is a callable, which "
+                            "an artifact cannot store; give it a zoo.preprocess.Preprocess, or "
+                            "save without embed= and load with model_provider=")
+                    if spec is not None:
+                        entry["embedded"] = {"arch": spec, "state_dict": {
+                            k: v.detach().cpu() for k, v in self.models[i].state_dict().items()}}
+                    else:                                # a module of the user's own
+                        entry["embedded"] = {"torchscript": _torchscript_bytes(
+                            name, self.models[i], self.infos[i], self._input_shape())}
                 models.append(entry)
                 continue
             rel = os.path.relpath(ckpt.resolve(), run_root.resolve())
@@ -202,8 +225,12 @@ class RoutedClassifier:
                 continue
             if entry.get("embedded") is not None:
                 c = entry["embedded"]
-                model = build_from_arch(c["arch"])
-                model.load_state_dict(c["state_dict"])
+                if "torchscript" in c:                  # a module of the user's own
+                    model = torch.jit.load(io.BytesIO(c["torchscript"].numpy().tobytes()),
+                                           map_location="cpu")
+                else:
+                    model = build_from_arch(c["arch"])
+                    model.load_state_dict(c["state_dict"])
                 model.eval()
                 ckpt, embedded[i] = None, c
                 minfo = preprocess_of(c) or _preprocess_from(entry.get("preprocess"))
@@ -233,6 +260,52 @@ class RoutedClassifier:
                   d.get("meta"), info=info)
         clf.embedded = embedded
         return clf
+
+
+def _torchscript_bytes(name: str, model: nn.Module, how: PreprocessLike | None,
+                      shape: Sequence[int] | None) -> torch.Tensor:
+    """``model`` as TorchScript (scripted, else traced on one mid-grey image of ``shape``
+    through its preprocessing ``how``), the bytes of ``torch.jit.save`` as a uint8 tensor (what
+    ``torch.load(..., weights_only=True)`` reads back); refused with each attempt's reason."""
+    reasons = []
+    module: torch.jit.ScriptModule | None = None
+    if isinstance(model, torch.jit.ScriptModule):     # Member.torchscript: already TorchScript
+        module = model
+    else:
+        try:
+            module = torch.jit.script(model)
+        except Exception as e:                       # noqa: BLE001 - reported below
+            reasons.append(f"torch.jit.script: {_first_line(e)}")
+    if module is None and shape is None:
+        reasons.append("torch.jit.trace: no recorded input shape to trace with (build the "
+                       "classifier with routed_classifier(..., data=val))")
+    elif module is None:
+        example = prepare(torch.full((1, *[int(v) for v in shape]), 128, dtype=torch.uint8,
+                                     device=device_of(model)), how)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with torch.no_grad():
+                    module = torch.jit.trace(model, example)
+            except Exception as e:                   # noqa: BLE001 - reported below
+                reasons.append(f"torch.jit.trace: {_first_line(e)}")
+        unsafe = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        if module is not None and unsafe:            # the trace may not hold for other inputs
+            module = None
+            reasons.append(f"torch.jit.trace: {_first_line(unsafe[0].message)}")
+    if module is None:
+        raise RouterError(f"cannot embed model {name!r}: it can be neither scripted nor traced "
+                          f"({'; '.join(reasons)}); save without embed= and load with "
+                          "model_provider=, or make the module scriptable")
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def _first_line(e: Any) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
 
 
 def _as_images(images: torch.Tensor | np.ndarray, info: DatasetInfo | None,

@@ -145,8 +145,6 @@ def test_own_module_saves_and_loads_with_a_provider(tmp_path):
     vt = build_table(members, data, "val")
     fitted = fit_router("cascade", vt, np.array([1.0, 2.0]), 0.0)
     clf = routed_classifier(fitted, members, data=data)
-    with pytest.raises(RouterError, match="model_provider"):
-        clf.save(tmp_path / "r.pt", embed=True)
     path = clf.save(tmp_path / "r.pt")
     with pytest.raises(RouterError, match="model_provider"):
         RoutedClassifier.load(path)
@@ -192,6 +190,55 @@ def test_fitted_router_is_not_changed_by_a_second_classifier():
     assert first.router.models[1] is members[1].model and second.router.models[1] is flipped[1].model
     # the fit itself holds no models: a third classifier starts from the same untouched fit
     assert fitted.router.models is None and fitted.router.stages == stages
+
+
+class Untraceable(nn.Module):
+    """Goes through numpy: neither scriptable nor traceable without baking in one input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x[:, 0, 0, 0] - x[:, 0, 0, 1]
+        return torch.from_numpy(np.stack([-d.numpy(), d.numpy()], 1))
+
+
+def test_own_modules_embed_as_torchscript_and_load_without_their_class(tmp_path):
+    x, y, data, members, fitted = two_pixel_fit()
+    # TwoPixel scripts; a module that only traces (a Python-varargs forward) goes by trace
+    class Traced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = TwoPixel()
+
+        def forward(self, *xs):                      # varargs: torch.jit.script refuses them
+            return self.inner(xs[0])
+
+    for second in (TwoPixel(), Traced()):
+        own = [members[0], Member("two-pixel", second, members[1].preprocess)]
+        clf = routed_classifier(fitted, own, data=data)
+        path = clf.save(tmp_path / "own.pt", embed=True)
+        raw = torch.load(path, weights_only=True)            # plain tensors, nothing pickled
+        assert raw["models"][1]["embedded"]["torchscript"].dtype == torch.uint8
+        again = RoutedClassifier.load(path)                  # no provider, no user class
+        assert isinstance(again.models[1], torch.jit.ScriptModule)
+        assert np.array_equal(again(x).preds, clf(x).preds) and (again(x).preds == y).all()
+        resaved = RoutedClassifier.load(again.save(tmp_path / "own2.pt", embed=True))
+        assert np.array_equal(resaved(x).preds, y)
+    # a TorchScript file member embeds as it is
+    torch.jit.save(torch.jit.script(TwoPixel()), str(tmp_path / "tp.pt"))
+    ts = [members[0], Member.torchscript(tmp_path / "tp.pt", members[1].preprocess,
+                                         name="two-pixel")]
+    path = routed_classifier(fitted, ts, data=data).save(tmp_path / "ts.pt", embed=True)
+    assert (RoutedClassifier.load(path)(x).preds == y).all()
+    # neither scriptable nor traceable: refused with the reason and the alternative
+    bad = [members[0], Member("two-pixel", Untraceable(), members[1].preprocess)]
+    clf = routed_classifier(fitted, bad, data=data)
+    with pytest.raises(RouterError) as e:
+        clf.save(tmp_path / "bad.pt", embed=True)
+    assert all(w in str(e.value) for w in ("'two-pixel'", "torch.jit.script:", "torch.jit.trace:",
+                                           "model_provider="))
+    # a callable preprocessing cannot be stored: refused too
+    fn = [members[0], Member("two-pixel", TwoPixel(), lambda u: u.float() / 255)]
+    with pytest.raises(RouterError, match="callable"):
+        routed_classifier(fitted, fn, data=data).save(tmp_path / "fn.pt", embed=True)
 
 
 def test_torchvision_builder_refuses_weights_and_unknown_names():
