@@ -64,8 +64,9 @@ class Member:
     ``preprocess``: a ``zoo.preprocess.Preprocess`` (resize, crop, mean, std; stored in
     artifacts), a ``DatasetInfo`` (this project's normalisation) or any callable on a uint8
     batch. ``spec``: how to rebuild the module without this object (``{"torchvision": arch,
-    "num_classes": C}``), or None (then a saved artifact embeds a TorchScript copy or needs a
-    ``model_provider`` to load).
+    "num_classes": C}``), or None (then ``save(..., embed=True)`` embeds a TorchScript copy,
+    scripted or else traced, and refuses a module that is neither; saved without ``embed`` it
+    needs a ``model_provider`` to load).
     """
 
     name: str
