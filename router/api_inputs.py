@@ -54,7 +54,7 @@ def to_uint8(x: Any, what: str = "images") -> torch.Tensor:
                    "each member normalises its inputs itself")
             raise RouterError(f"float {what} must lie in [0, 1] (scaled by 255 and rounded to "
                               f"uint8), got values in [{lo:g}, {hi:g}]; {fix}")
-        return t.double().mul(255.0).round().to(torch.uint8)
+        return t.to(torch.float32).mul(255.0).round_().to(torch.uint8)
     lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi > 255:
         raise RouterError(f"integer {what} ({t.dtype}) must lie in 0..255 to be 8-bit pixels, got "

@@ -12,8 +12,8 @@ from PIL import Image
 from torch import nn
 
 from common.tables import PredictionTable
-from router.api import FittedRouter, ImageData, Member, build_table, compare, fit_router, load_images, \
-    measure_costs, routed_classifier
+from router.api import FittedRouter, ImageData, Member, build_table, compare, fit_router, \
+    load_images, measure_costs, routed_classifier
 from router.artifact import RoutedClassifier
 from router.base import RouterError
 from zoo.preprocess import Preprocess, prepare
@@ -187,7 +187,8 @@ def test_fitted_router_is_not_changed_by_a_second_classifier():
     assert at_two.any() and (out2.preds[at_two] != y[at_two]).all()   # its own modules
     assert (first(x).preds == y).all()                       # the first keeps its own
     assert first.router.batch_size == 7 and second.router.batch_size == 5
-    assert first.router.models[1] is members[1].model and second.router.models[1] is flipped[1].model
+    assert first.router.models[1] is members[1].model
+    assert second.router.models[1] is flipped[1].model
     # the fit itself holds no models: a third classifier starts from the same untouched fit
     assert fitted.router.models is None and fitted.router.stages == stages
 
@@ -261,7 +262,8 @@ def test_measure_costs_and_compare_on_cpu():
     assert (costs.ms_per_image > 0).all() and costs.macs[1] > costs.macs[0] > 0
     vt = build_table(members, data, "val")
     fitted = fit_router("cascade", vt, costs, 0.0)
-    rep = compare(routed_classifier(fitted, members, data=data), members, data, vt, costs, 0.0, repeats=1,
+    rep = compare(routed_classifier(fitted, members, data=data), members, data, vt, costs, 0.0,
+                  repeats=1,
                   warmup=0)
     ref = rep.row("best-single")
     assert ref["accuracy"] == pytest.approx(float(vt.accuracy()[vt.model_names.index(

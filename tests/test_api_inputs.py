@@ -66,7 +66,8 @@ def test_load_images_turns_channel_last_batches_channel_first():
     # one image per item (a dataset): HWC arrays and CHW tensors, same rule
     items = [(nhwc[0], 0), (torch.from_numpy(nhwc[1]).permute(2, 0, 1), 1)]
     d = load_images(items)
-    assert d.shape == (3, 32, 32) and torch.equal(d.images[0], torch.from_numpy(nhwc[0]).permute(2, 0, 1))
+    assert d.shape == (3, 32, 32)
+    assert torch.equal(d.images[0], torch.from_numpy(nhwc[0]).permute(2, 0, 1))
     with pytest.raises(RouterError, match="channel-last"):
         ImageData(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.zeros(2), ["a"])
 
@@ -118,7 +119,8 @@ def test_routed_classifier_needs_the_shape_and_refuses_other_class_counts():
     data, members, fitted = fitted_on((1, 8, 8))
     with pytest.raises(RouterError, match="data=val"):
         routed_classifier(fitted, members)
-    with pytest.raises(RouterError, match=r"input_shape= gives images of shape \(1, 9, 9\) but data= gives \(1, 8, 8\)"):
+    with pytest.raises(RouterError, match=r"input_shape= gives images of shape \(1, 9, 9\) "
+                                          r"but data= gives \(1, 8, 8\)"):
         routed_classifier(fitted, members, data=data, input_shape=(1, 9, 9))
     assert routed_classifier(fitted, members, input_shape=(1, 8, 8)).meta["num_classes"] == 2
     three = [members[0], flat_member("big", (1, 8, 8), classes=3)]
