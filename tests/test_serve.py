@@ -75,15 +75,15 @@ def make_web_run(root: Path, data_dir: Path, with_extras: bool = True, steps: in
 CASCADE_THRESHOLDS = {0.01: 0.0, 0.05: 1.01}  # 0: stage 1 always stops; > 1: never
 
 
-def add_routers(root: Path) -> bool:
+def add_routers(root: Path) -> None:
     """Two cascades (sacrifice 1%: threshold 0, so always tiny_vgg1; 5%: threshold 1.01, so
-    always tiny_vgg2) and an untrained label dispatcher (predicted label -> LABEL_TO_MODEL)."""
-    try:
-        from router.artifact import RoutedClassifier
-        from router.cascade import CascadeRouter
-        from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
-    except ImportError:
-        return False
+    always tiny_vgg2) and an untrained label dispatcher (predicted label -> LABEL_TO_MODEL).
+
+    The router modules need nothing optional (torch and numpy only), so an import error here
+    is a broken router and fails the test that asked for the routers, never a skip."""
+    from router.artifact import RoutedClassifier
+    from router.cascade import CascadeRouter
+    from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
     from zoo.checkpoint import load_model
     run = RunDir(root)
     loaded = [load_model(run.checkpoint(n)) for n in MODELS]
@@ -101,8 +101,15 @@ def add_routers(root: Path) -> bool:
     RoutedClassifier("dispatcher-label", disp, models, infos, ckpts,
                      meta={"sacrifice": 0.01}).save(root / "routers" / "dispatcher-label-0.01.pt",
                                                     root)
-    return True
 
+
+def test_a_broken_router_import_fails_add_routers_instead_of_skipping(tmp_path, monkeypatch):
+    """add_routers used to swallow ImportError and return False, so every test built on it
+    went on without routers (or skipped) when a router module stopped importing."""
+    import sys
+    monkeypatch.setitem(sys.modules, "router.cascade", None)   # its import now raises
+    with pytest.raises(ImportError):
+        add_routers(tmp_path)
 
 def quick_train(model: torch.nn.Module, train, info: DatasetInfo, steps: int = 12) -> torch.nn.Module:
     """A few Adam steps so the cards show real (if rough) answers, not uniform guesses."""
