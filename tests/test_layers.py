@@ -6,6 +6,7 @@ lazy import counts) and checked against ``ALLOWED``; ``oracle/`` and ``common/``
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,34 @@ def test_package_never_imports_torch(package):
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ---- the repository explains itself ---------------------------------------------------------
+
+TEXT_SUFFIXES = (".py", ".md", ".cfg", ".toml", ".txt", ".html", ".js", ".css", ".yml", ".yaml")
+
+
+def tracked_text_files() -> list[Path]:
+    done = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    return [ROOT / f for f in done.stdout.split()
+            if (f.endswith(TEXT_SUFFIXES) or Path(f).name == "Makefile") and (ROOT / f).is_file()]
+
+
+def test_no_file_points_outside_the_repository_or_to_a_missing_document():
+    """Every ``X.md`` a tracked file names is a file of the repository (there is no DESIGN.md),
+    and nothing points into ``../shared/``."""
+    files = tracked_text_files()
+    here = {str(p.relative_to(ROOT)) for p in files} | {p.name for p in files}
+    found = []
+    for path in files:
+        if path == Path(__file__).resolve():   # this test spells out what it looks for
+            continue
+        text = path.read_text(errors="ignore")
+        for line_no, line in enumerate(text.splitlines(), 1):
+            for doc in re.findall(r"[\w./-]*\.md\b", line):
+                if doc not in here and Path(doc).name not in here:
+                    found.append(f"{path.relative_to(ROOT)}:{line_no}: names {doc}")
+            if "../shared" in line:
+                found.append(f"{path.relative_to(ROOT)}:{line_no}: points into ../shared/")
+    assert not found, "references to files that are not in the repository:\n" + "\n".join(found)

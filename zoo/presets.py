@@ -67,7 +67,7 @@ def _quick() -> Preset:
     # 180 random batches of 128 = 46k images, a fresh random subset of the 54k each epoch);
     # BatchNorm lets the deep ones train at a high rate in that budget.
     # Width 0.5 for the tiny VGGs (as in the standard preset): at width 1 the quick run took 85
-    # minutes on a 2-core AVX2-only EPYC (train-zoo 2,844 s of it; DESIGN.md); width 0.5 costs
+    # minutes on a 2-core AVX2-only EPYC (train-zoo 2,844 s of it, measured there); width 0.5 costs
     # 3-4x less per training image.
     steps = 180
     recipes = {m: ModelRecipe(width=0.5, batch_norm=True, epochs=2, lr=2e-3,

@@ -67,7 +67,8 @@ def _tiny(depth: int) -> Builder:
     features and leaving it fewer parameters than depth 4 (3.37M vs 3.92M); ceil mode keeps
     4x4 (4.28M). Measured, it did not lift depth 5 above depth 4 on the full preset (95.08 /
     94.26% val / test against 95.33 / 94.53% in floor mode; see the README). At even sizes
-    such as 32 px the two modes agree, so the flattened sizes in DESIGN.md hold.
+    such as 32 px the two modes agree (32 -> 16 -> 8 -> 4), so the flattened size there is
+    4 x 4 x the last conv's channels either way.
     """
     def build(*, num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> VGGArch:
         return VGGArch(cfg=scale_cfg(CFGS[f"tiny{depth}"], width), in_channels=in_channels,
