@@ -8,7 +8,7 @@ The flow, each step one function (``docs/library.md`` has a runnable example)::
     costs = measure_costs(members, val.images[:512])                   # ms/image, on their device
     val_table = build_table(members, val, "val")
     fitted = fit_router("cascade", val_table, costs, sacrifice=0.01)   # sees val only
-    clf = routed_classifier(fitted, members)                           # callable on uint8 images
+    clf = routed_classifier(fitted, members, data=val)                 # callable on uint8 images
     report = compare(clf, members, test, val_table, costs, 0.01)       # vs best and cheapest single
     clf.save("routed.pt", embed=True); RoutedClassifier.load("routed.pt")
 
@@ -484,6 +484,7 @@ def _fit_certified(kind: str, val: PredictionTable, cvec: np.ndarray, sacrifice:
         details = {"threshold": getattr(router, "threshold", None),
                    "network_skipped": router.constant_choice is not None}
     details.update(selection="certified", delta=delta, certificate=cert.to_dict(),
+                   num_classes=val.n_classes,
                    statement=cert.statement(), path=lv.record["path"],
                    select_samples=lv.record["select_samples"],
                    certify_samples=lv.record["certify_samples"],
