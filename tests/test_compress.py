@@ -19,10 +19,10 @@ from torch import nn
 import zoo
 from common.io import read_csv, read_json, write_json
 from zoo.checkpoint import file_sha256, load_model, save_checkpoint
-from zoo.compress import quant
+from zoo import quant
 from zoo.compress.bench import Target, accuracy_targets, cost_targets
 from zoo.compress.measure import COLUMNS, EXTRA_COLUMNS
-from zoo.compress.resolution import ResizedVGG, resized_arch
+from zoo.resolution import ResizedVGG, resized_arch
 from zoo.compress.structured import (apply_plan, conv_modules, filter_norms, filters_to_keep,
                                      fold_batchnorm, masked_copy, plan_pruning, prune_filters,
                                      select_layers)

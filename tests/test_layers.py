@@ -1,5 +1,8 @@
 """Layers: imports go one way (common <- zoo, oracle <- router <- router.web; reports on tables).
 
+No import circles either: not between two modules (lazy and type-only imports count), and not
+between a package's own modules and one of its subpackages (``zoo`` <- ``zoo.compress``).
+
 Every ``import`` in the library is read with ``ast`` (module level and inside functions, so a
 lazy import counts) and checked against ``ALLOWED``; ``oracle/`` and ``common/`` never import torch.
 """
@@ -140,6 +143,138 @@ def test_package_never_imports_torch(package):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
+
+# ---- no import circles: between modules, and between a package and its subpackages --------
+
+def import_edges(source: str, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The project modules ``module`` imports (lazy and type-only imports included):
+    ``from pkg import sub`` names the module ``pkg.sub``, anything else its longest prefix
+    that is a module of ``modules``."""
+    def known(name: str) -> str | None:
+        parts = name.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        return ".".join(parts) or None
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {m for a in node.names if (m := known(a.name))}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join(package + ([base] if base else []))
+            for a in node.names:
+                target = f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base)
+                if target:
+                    out.add(target)
+    out.discard(module)
+    return out
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one node (each an import circle), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def package_of(module: str, is_package: bool) -> str:
+    """``zoo.compress.run`` -> ``zoo.compress``; a package's ``__init__`` is the package."""
+    return module if is_package else module.rpartition(".")[0]
+
+
+def package_graph(graph: dict[str, set[str]], packages: set[str]) -> dict[str, set[str]]:
+    """Imports between packages (``zoo`` -> ``zoo.compress`` when a module directly in ``zoo``
+    imports one in ``zoo.compress``): a subpackage above its parent must not be imported back."""
+    out: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        a = package_of(m, m in packages)
+        out.setdefault(a, set()).update(
+            b for t in targets if (b := package_of(t, t in packages)) != a)
+    return out
+
+
+def project_graph() -> tuple[dict[str, set[str]], set[str]]:
+    files = library_files()
+    modules = {module_name(p) for p in files}
+    packages = {module_name(p) for p in files if p.name == "__init__.py"}
+    graph = {module_name(p): import_edges(p.read_text(), module_name(p),
+                                          p.name == "__init__.py", modules) for p in files}
+    return graph, packages
+
+
+def test_no_import_circles_between_modules():
+    graph, _ = project_graph()
+    found = circles(graph)
+    assert not found, "modules that import each other (directly or round a loop):\n" + \
+        "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_no_package_imports_a_subpackage_that_imports_it():
+    """A subpackage sits above (``zoo.compress``, ``router.web``) or below (``zoo.data``) its
+    parent; imports between a package's own modules and a subpackage go one way only."""
+    graph, packages = project_graph()
+    pg = package_graph(graph, packages)
+    found = []
+    for c in circles(pg):
+        edges = sorted(f"{m} -> {t}" for m, ts in graph.items() for t in ts
+                       if package_of(m, m in packages) in c and package_of(t, t in packages) in c
+                       and package_of(m, m in packages) != package_of(t, t in packages))
+        found.append(" <-> ".join(c) + ": " + "; ".join(edges))
+    assert not found, "packages that import each other:\n" + "\n".join(found)
+
+
+def test_circle_checkers_flag_crafted_circles():
+    modules = {"zoo", "zoo.a", "zoo.b", "zoo.sub", "zoo.sub.c", "zoo.data", "zoo.data.fetch"}
+    # lazy and type-only imports count; ``from pkg import sub`` is the submodule, not pkg
+    assert import_edges("def f():\n    from zoo.b import X\n", "zoo.a", False,
+                        modules) == {"zoo.b"}
+    assert import_edges("if TYPE_CHECKING:\n    from zoo import b\n", "zoo.a", False,
+                        modules) == {"zoo.b"}
+    assert import_edges("from zoo.data import fetch\nfrom . import a\n", "zoo.data.x",
+                        False, modules) == {"zoo.data.fetch", "zoo.data"}
+    assert import_edges("from .sub.c import Y\n", "zoo.a", False, modules) == {"zoo.sub.c"}
+    graph = {"zoo.a": {"zoo.b"}, "zoo.b": {"zoo.a"}, "zoo.sub.c": {"zoo.a"}, "zoo": set()}
+    assert circles(graph) == [["zoo.a", "zoo.b"]]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+    # zoo.a -> zoo.sub.c and zoo.sub.c -> zoo.b: no module circle, but an arrow back up
+    graph = {"zoo.a": {"zoo.sub.c"}, "zoo.sub.c": {"zoo.b"}, "zoo.b": set()}
+    assert circles(graph) == []
+    pg = package_graph(graph, {"zoo", "zoo.sub"})
+    assert pg == {"zoo": {"zoo.sub"}, "zoo.sub": {"zoo"}} and circles(pg) == [["zoo",
+                                                                              "zoo.sub"]]
+    # a package's __init__ re-exporting its subpackage is no arrow back when the subpackage
+    # does not import the package's other modules
+    ok = {"zoo": {"zoo.data.fetch"}, "zoo.data.fetch": set(), "zoo.a": {"zoo.data.fetch"}}
+    assert circles(package_graph(ok, {"zoo", "zoo.data"})) == []
 
 # ---- the repository explains itself ---------------------------------------------------------
 

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,6 @@ from tqdm.auto import tqdm
 from common.io import write_csv
 from zoo.checkpoint import atomic_torch_save, load_torch_file
 from zoo.data import DatasetInfo, ImageSet, normalize
-
-if TYPE_CHECKING:   # zoo.distributed imports this module
-    from zoo.distributed import DataParallel
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                    "seconds"]
@@ -280,6 +277,29 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, p: float, *,
     mask = (in_rows[:, :, None] & in_cols[:, None, :]) & chosen[:, None, None]   # (B, H, W)
     noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8, device=g)
     return torch.where(mask[:, None], noise, x)
+
+
+# ---- what fit needs to train on every rank ---------------------------------------------------
+
+class DataParallel(Protocol):
+    """The data-parallel hooks ``fit`` calls (``zoo.distributed.DataParallel`` implements them
+    under torchrun). Declared here, where they are used, so this module never imports
+    ``zoo.distributed`` (which imports this one)."""
+
+    @property
+    def is_main(self) -> bool: ...
+    @property
+    def seed_offset(self) -> int: ...
+    def check(self, config: TrainConfig) -> None: ...
+    def steps_per_epoch(self, n_train: int, config: TrainConfig) -> int: ...
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+    def unwrap(self, model: nn.Module) -> nn.Module: ...
+    def local_part(self, n: int) -> slice: ...
+    def loss_weight(self, n_local: int, n_global: int) -> float: ...
+    def sum_over_ranks(self, *values: float) -> list[float]: ...
+    def evaluate(self, model: nn.Module, images: ImageSet, info: DatasetInfo,
+                 batch_size: int = 512, device: str | torch.device = "cpu",
+                 channels_last: bool = False) -> dict[str, float]: ...
 
 
 # ---- optimisation pieces ---------------------------------------------------------------------

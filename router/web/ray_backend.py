@@ -21,7 +21,6 @@ the same path (README: the multi-node commands).
 """
 from __future__ import annotations
 
-import io
 import re
 import signal
 import threading
@@ -32,9 +31,9 @@ import torch
 from torch import nn
 
 from router.web.batching import BatchConfig
-from router.web.images import InputError, Limits
-from router.web.methods import (DEFAULT_LEVEL, ServedMethod, load_rows_or_none,
-                                resolve_key, router_method, single_method)
+from router.web.images import Limits
+from router.web.methods import DEFAULT_LEVEL, load_rows_or_none, resolve_key
+from router.web.ray_parts import load_methods, model_infos
 
 RAY_HINT = "pip install adaptive-router[ray]"
 APP_NAME = "adaptive-router"
@@ -57,63 +56,7 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model)
 
 
-class RemoteModel(nn.Module):
-    """A zoo model that lives in its own deployment: ``forward`` sends the (preprocessed) batch
-    to it and waits. The executor treats it as any module on the CPU."""
-
-    def __init__(self, name: str, handle: Any, timeout_s: float):
-        super().__init__()
-        self.name, self.handle, self.timeout_s = name, handle, timeout_s
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.handle.remote(x.detach().cpu()).result(timeout_s=self.timeout_s)
-
-
 # ---- which models and routers ------------------------------------------------------------
-
-def model_infos(run: str | Path) -> dict[str, Any]:
-    """Finished zoo models of the run -> their DatasetInfo (from the cards; nothing loaded)."""
-    from zoo.data import DatasetInfo
-    from zoo.rundir import RunDir
-    rd = RunDir(run)
-    out = {}
-    for name in rd.finished_models():
-        card = rd.read_card(name)
-        if card.get("dataset"):
-            out[name] = DatasetInfo.from_dict(card["dataset"])
-    return out
-
-
-def load_methods(run: str | Path, providers: dict[str, nn.Module], infos: dict[str, Any],
-                 keys: list[str] | None = None) -> dict[str, ServedMethod]:
-    """Served methods over ``providers`` (model name -> module, local or ``RemoteModel``):
-    ``single:<model>`` for each, ``router:<stem>`` for each artifact of ``RUN/routers`` whose
-    models are all provided; only ``keys`` when given."""
-    from router.artifact import RoutedClassifier
-    run = Path(run)
-    by_file = {(run / "zoo" / n / "checkpoint.pt").resolve(): n for n in providers}
-
-    def provide(name: str, checkpoint: Path | None) -> tuple[nn.Module, Any]:
-        if checkpoint is None or checkpoint.resolve() not in by_file:
-            raise ValueError(f"model {name!r} is not deployed")
-        n = by_file[checkpoint.resolve()]
-        return providers[n], infos[n]
-
-    methods = {f"single:{n}": single_method(n, m, infos[n]) for n, m in providers.items()}
-    hashes: dict[Path, str] = {}
-    for f in sorted((run / "routers").glob("*.pt")):
-        if keys is not None and f"router:{f.stem}" not in keys:
-            continue
-        try:
-            rc = RoutedClassifier.load(f, run, model_provider=provide, checksums=hashes)
-        except Exception:  # an artifact over models not deployed here (or a stale one)
-            continue
-        rm = router_method(f.stem, rc)
-        methods[rm.key] = rm
-    if keys is not None:
-        methods = {k: m for k, m in methods.items() if k in keys}
-    return methods
-
 
 class _Probe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never called
@@ -171,28 +114,6 @@ def build_app(run: str | Path, *, batching: BatchConfig | None = None,
         max_queued_requests=batching.max_queue)
     return ingress.bind(str(run), handles, threads, batching, limits, level, default_method,
                         keys)
-
-
-def error_response(msg: str, status: int, headers: dict[str, str] | None = None, **extra: Any) -> Any:
-    from starlette.responses import JSONResponse
-    return JSONResponse({"error": msg, "status": status, **extra}, status_code=status,
-                        headers=headers)
-
-
-def form_file(body: bytes, content_type: str, limits: Limits) -> tuple[bytes, str | None]:
-    """The bytes and file name of multipart field ``image`` (parsed as Flask parses it)."""
-    from werkzeug.formparser import parse_form_data
-    if len(body) > limits.max_bytes + 64 * 1024:
-        raise InputError(f"the upload is over the limit of {limits.max_bytes / 2**20:.1f} MB",
-                         413)
-    environ = {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
-               "CONTENT_TYPE": content_type, "REQUEST_METHOD": "POST"}
-    _, _, files = parse_form_data(environ)
-    if "image" not in files:
-        raise InputError("no file in the form field 'image'; choose a PNG or JPEG file "
-                         "(or pass sample=I for a test image)", 400)
-    f = files["image"]
-    return f.read(limits.max_bytes + 1), f.filename
 
 
 def serve_ray(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,

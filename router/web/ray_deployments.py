@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from router.web.batching import BatchConfig
 from router.web.images import InputError, Limits, check_upload, resize_input, to_input
 from router.web.methods import BadParameter, ServedMethod, load_rows_or_none, request_key
-from router.web.ray_backend import RemoteModel, error_response, form_file, load_methods, \
+from router.web.ray_parts import RemoteModel, error_response, form_file, load_methods, \
     model_infos
 
 INGRESS_CONCURRENT_BATCHES = 2   # a batch routes while the previous one waits on its models

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.compress import quant
-from zoo.compress.archs import float_arch
+from zoo import quant
+from zoo.compressed_archs import float_arch
 from zoo.costs import CostSettings, count_macs, count_params, peak_memory_mb, time_latency, \
     time_throughput
 from zoo.data import DatasetInfo, ImageSet, normalize

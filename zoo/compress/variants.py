@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.compress import quant
-from zoo.compress.archs import make_arch
-from zoo.compress.resolution import ResizedVGG, resized_arch
+from zoo import quant
+from zoo.compressed_archs import make_arch
+from zoo.resolution import ResizedVGG, resized_arch
 from zoo.compress.structured import NORMS, fold_batchnorm, prune_filters
 from zoo.compress.unstructured import gradual_prune, sparsity_report
 from zoo.data import DatasetInfo, ImageSet, normalize

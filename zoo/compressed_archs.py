@@ -1,6 +1,10 @@
 """Arch kinds of compressed variants and their builders (``BUILDERS``, listed in the
 architecture table ``zoo.arch_kinds``).
 
+They live in ``zoo`` itself, beside ``zoo.quant`` and ``zoo.resolution`` whose modules they
+build, because loading a checkpoint (``zoo.checkpoint``) must rebuild any variant and the zoo
+core never imports ``zoo.compress``, the package that makes the variants.
+
 Every variant's arch is ``{"kind": ..., "float_arch": <plain VGG arch>, ...}``; the float
 arch has the variant's shape (MACs are counted on it). Builders return an untrained module
 whose ``load_state_dict`` accepts the saved state:
@@ -18,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.compress import quant
-from zoo.compress.resolution import ResizedVGG
+from zoo import quant
+from zoo.resolution import ResizedVGG
 from zoo.vgg import VGG, VGGArch
 
 KINDS = ("pruned", "sparse", "resized", "quantized", "qat4-packed")
