@@ -3,9 +3,8 @@
 A checkpoint's ``arch`` names its kind ("vgg" for a plain VGG, the default when ``kind`` is
 missing); ``build_from_arch`` looks the kind up in ``ARCH_KINDS`` and builds the module whose
 ``load_state_dict`` accepts the saved weights. The table lists every kind this repository
-makes: plain VGGs, the compressed variants (``zoo.compressed_archs.BUILDERS``), torchvision
-classifiers by name (``zoo.torchvision_models``) and committees of k same-architecture members
-(``zoo.committee``: ``arch["member_arch"]`` is built through this table again).
+makes: plain VGGs, the compressed variants (``zoo.compressed_archs.BUILDERS``) and torchvision
+classifiers by name (``zoo.torchvision_models``).
 ``register_arch_kind`` adds a kind from outside (an extension, a test).
 """
 from __future__ import annotations
@@ -25,14 +24,8 @@ def build_vgg(arch: dict[str, Any]) -> nn.Module:
     return VGG.from_arch(arch)
 
 
-def build_committee(arch: dict[str, Any]) -> nn.Module:
-    from zoo.committee import committee_from_arch   # here: zoo.committee imports this module
-    return committee_from_arch(arch)
-
-
 ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": build_vgg, **COMPRESSED_BUILDERS,
-                                      "torchvision": build_from_torchvision_arch,
-                                      "committee": build_committee}
+                                      "torchvision": build_from_torchvision_arch}
 
 
 def register_arch_kind(kind: str, builder: ArchBuilder) -> None:
