@@ -4,6 +4,13 @@
               [--dataset fashion-mnist] [--data-dir D] [--no-download] [--limit-train N]
               [--limit-eval N] [--seed S] [--device cpu|cuda] [--threads N] [--width W]
               [--amp off|bf16|auto] [--ddp-macs M] [--ddp-models NAME ...]
+              [--seeds S ...] [--committees MODEL:K ...]
+
+``--seeds 0 1 2`` trains every requested model once per seed: the first seed keeps the plain name
+(``tiny_vgg2``), the others are ``tiny_vgg2@s1``, ``tiny_vgg2@s2``. ``--committees tiny_vgg2:3``
+then builds zoo member ``committee-tiny_vgg2x3`` from three seeds of tiny_vgg2 (the seeds given,
+continued by consecutive ones where fewer than 3; missing members are trained first): one
+module answering with its members' mean probability (``zoo.committee``).
 
 Under ``torchrun --nproc-per-node N -m scripts.train_zoo -- --run ...`` the ranks share the work:
 models below ``--ddp-macs`` million MACs per input are spread across the ranks, the others (and
@@ -20,11 +27,12 @@ from common.io import write_csv
 from zoo.data import DataError, prepare_data
 from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.distributed import DDP_MIN_MACS, Dist, init_distributed, launched_by_torchrun
+from zoo.committee import parse_committee
 from zoo.presets import PRESETS, Preset, get_preset
 from zoo.registry import list_models
 from zoo.torchvision_models import torchvision_archs
 from zoo.rundir import RunConfig, RunDir
-from zoo.train_zoo import ZooRunSettings, ladder_violations, train_zoo
+from zoo.train_zoo import ZooRunSettings, ladder_rows, ladder_violations, train_zoo
 
 COLUMNS = ["model", "status", "width", "batch_norm", "params", "macs", "epochs", "best_epoch",
            "val_accuracy", "test_accuracy", "train_seconds"]
@@ -59,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "model DDP; inf: none)")
     p.add_argument("--ddp-models", nargs="+", default=None,
                    help="under torchrun: these models train with DDP whatever their MACs")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train every model once per seed; the first keeps the plain name, the "
+                   "others are MODEL@sSEED (default: the preset's, else --seed)")
+    p.add_argument("--committees", nargs="+", default=None, metavar="MODEL:K",
+                   help="build committee-MODELxK from K seeds of MODEL (trained if missing); "
+                   "default: the preset's (none but standard-committee's)")
     return p.parse_args(argv)
 
 
@@ -71,7 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = get_preset(args.preset)
     tv = set(torchvision_archs())
-    unknown = [m for m in (args.models or []) if m not in list_models() and m not in tv]
+    try:
+        committee_models = [parse_committee(c)[0] for c in args.committees or []]
+    except ValueError as e:
+        print(f"train-zoo: {e}", file=sys.stderr)
+        return 2
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        print(f"train-zoo: --seeds must be distinct, got {args.seeds}", file=sys.stderr)
+        return 2
+    unknown = [m for m in [*(args.models or []), *committee_models]
+               if m not in list_models() and m not in tv]
     if unknown:
         print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())} and "
               "torchvision's classifiers (e.g. resnet18, mobilenet_v3_small)",
@@ -109,7 +132,8 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
                               width=args.width, lr=args.lr, seed=args.seed, device=args.device,
                               threads=args.threads, amp=resolve_amp(args.amp, args.device),
                               progress=not args.no_progress, ddp_min_macs=args.ddp_macs * 1e6,
-                              ddp_models=args.ddp_models)
+                              ddp_models=args.ddp_models, seeds=args.seeds,
+                              committees=args.committees)
     command = shlex.join(["train-zoo", *argv])
     try:
         rows = train_zoo(rd.root, bundle, settings, command=command, dist=dist)
@@ -120,22 +144,24 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
         return 0
     write_csv(rd.results / "train_zoo.csv", rows, COLUMNS)
 
-    print(f"\n{'model':<12} {'status':<8} {'params':>10} {'MMACs':>8} {'epochs':>6} "
+    w = max([12, *(len(r["model"]) for r in rows)])
+    print(f"\n{'model':<{w}} {'status':<8} {'params':>10} {'MMACs':>8} {'epochs':>6} "
           f"{'val %':>7} {'test %':>7} {'seconds':>8}")
     for r in rows:
-        print(f"{r['model']:<12} {r['status']:<8} {r['params']:>10,} {r['macs'] / 1e6:>8.1f} "
+        print(f"{r['model']:<{w}} {r['status']:<8} {r['params']:>10,} {r['macs'] / 1e6:>8.1f} "
               f"{r['epochs']:>6} {_pct(r['val_accuracy']):>7} {_pct(r['test_accuracy']):>7} "
               f"{r['train_seconds']:>8.0f}")
-    names = [r["model"] for r in rows]
-    for split in ("val", "test") if len(rows) > 1 else ():
-        bad = ladder_violations(names, [r[f"{split}_accuracy"] for r in rows])
+    ladder = ladder_rows(rows)      # other seeds' models and committees are not ladder steps
+    names = [r["model"] for r in ladder]
+    for split in ("val", "test") if len(ladder) > 1 else ():
+        bad = ladder_violations(names, [r[f"{split}_accuracy"] for r in ladder])
         if bad:
             print(f"WARNING: the accuracy ladder does NOT hold on {split} (models in the preset's "
                   f"order, cheapest first; others last):\n  " + "\n  ".join(bad)
                   + "\n  (the report's ladder table says which steps are beyond noise)")
         else:
             print(f"ladder holds on {split}: each model more accurate than every one before it")
-    by_macs = [r["model"] for r in sorted(rows, key=lambda r: r["macs"])]
+    by_macs = [r["model"] for r in sorted(ladder, key=lambda r: r["macs"])]
     if by_macs != names:
         print(f"note: ordered by counted MACs the models are {by_macs} (MACs are a count, not "
               "a time: profile-zoo measures the seconds that order the router's tables)")

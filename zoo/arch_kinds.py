@@ -3,8 +3,9 @@
 A checkpoint's ``arch`` names its kind ("vgg" for a plain VGG, the default when ``kind`` is
 missing); ``build_from_arch`` looks the kind up in ``ARCH_KINDS`` and builds the module whose
 ``load_state_dict`` accepts the saved weights. The table lists every kind this repository
-makes: plain VGGs, the compressed variants (``zoo.compressed_archs.BUILDERS``) and torchvision
-classifiers by name (``zoo.torchvision_models``).
+makes: plain VGGs, the compressed variants (``zoo.compressed_archs.BUILDERS``), torchvision
+classifiers by name (``zoo.torchvision_models``) and committees of k same-architecture members
+(``zoo.committee``: ``arch["member_arch"]`` is built through this table again).
 ``register_arch_kind`` adds a kind from outside (an extension, a test).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from zoo.committee import Committee
 from zoo.compressed_archs import BUILDERS as COMPRESSED_BUILDERS
 from zoo.torchvision_models import build_from_torchvision_arch
 from zoo.vgg import VGG
@@ -24,8 +26,13 @@ def build_vgg(arch: dict[str, Any]) -> nn.Module:
     return VGG.from_arch(arch)
 
 
+def build_committee(arch: dict[str, Any]) -> nn.Module:
+    return Committee.from_arch(arch, build_from_arch)     # each member through this table
+
+
 ARCH_KINDS: dict[str, ArchBuilder] = {"vgg": build_vgg, **COMPRESSED_BUILDERS,
-                                      "torchvision": build_from_torchvision_arch}
+                                      "torchvision": build_from_torchvision_arch,
+                                      "committee": build_committee}
 
 
 def register_arch_kind(kind: str, builder: ArchBuilder) -> None:

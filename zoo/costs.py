@@ -87,13 +87,17 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 def macs_model(arch: dict[str, Any]) -> tuple[nn.Module, str]:
     """The module to count MACs on for a checkpoint's ``arch`` and a word saying which it is.
 
-    Plain VGGs and ``resized`` variants (float, they shrink their input themselves) are counted
-    as they are; other compressed kinds on ``arch["float_arch"]`` (a plain VGG of the same
+    Plain VGGs, committees (k float members) and ``resized`` variants (float, they shrink their
+    input themselves) are counted as they are; other compressed kinds on ``arch["float_arch"]`` (a plain VGG of the same
     shape). Without ``float_arch`` the compressed module itself is counted, with a warning,
     because quantized ops would be missed.
     """
     kind = arch.get("kind", "vgg")
     if kind == "vgg":
+        return build_from_arch(arch), "model"
+    if kind == "committee":
+        # float members run batched (vmap turns the k convs into one grouped conv, which the
+        # counter counts in full): k times one member's MACs
         return build_from_arch(arch), "model"
     if kind == "resized":
         # a float module that resizes its input first: counted as it runs (its float_arch

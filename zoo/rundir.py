@@ -2,6 +2,10 @@
 
 Layout: ``RUN/{config.json, splits/, zoo/<model>/(checkpoint.pt, card.json, history.csv),
 tables/, costs.json, policies/, results/*.csv, reports/*.png, reports/index.html}``.
+
+A model name is a plain folder name (``check_model_name`` refuses path separators, ``.`` and
+``..``); ``@`` is fine, so another seed's model (``tiny_vgg2@s1``) and a committee
+(``committee-tiny_vgg2x3``) are folders and table columns like any model.
 """
 from __future__ import annotations
 
@@ -34,6 +38,15 @@ class RunConfig:
                 "val_fraction": self.val_fraction}
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it can be a folder under ``RUN/zoo/``: not empty, not ``.``/``..``, no path
+    separator, no control character; else ``ValueError``."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 for c in name)):
+        raise ValueError(f"model name {name!r} must be a plain folder name")
+    return name
+
+
 class RunDir:
     """Paths inside one run directory."""
 
@@ -45,7 +58,7 @@ class RunDir:
         return self.root / "config.json"
 
     def model_dir(self, model: str) -> Path:
-        return self.root / "zoo" / model
+        return self.root / "zoo" / check_model_name(model)
 
     def checkpoint(self, model: str) -> Path:
         return self.model_dir(model) / "checkpoint.pt"

@@ -2,9 +2,12 @@
 
 ``train_zoo_model`` trains one model into ``RUN/zoo/<model>/`` (history.csv, a resumable state
 file, checkpoint.pt, then card.json, which marks it finished) or skips one already finished
-with the same settings. ``train_zoo`` does that for each model a preset names and returns one
-``train_zoo.csv`` row per base model (``zoo_row``); ``ladder_violations`` says where a costlier
-model is not more accurate than a cheaper one. The training loop itself is ``zoo.train``.
+with the same settings. ``train_zoo`` does that for each model a preset names (once per seed:
+the first seed keeps the plain name, the others are ``<model>@s<seed>``), then builds the
+requested committees (``build_committee``: ``committee-<model>x<k>`` from k seeds of one model,
+``zoo.committee``) and returns one ``train_zoo.csv`` row per base model (``zoo_row``);
+``ladder_violations`` says where a costlier model is not more accurate than a cheaper one. The
+training loop itself is ``zoo.train``.
 
 Under torchrun (``dist``, a ``zoo.distributed.Dist`` of several ranks) ``train_zoo`` spreads the
 models over the ranks and trains the large ones with DDP on all of them (the rule is
@@ -20,7 +23,10 @@ from typing import Any, Callable
 import torch
 
 from common.io import read_json, write_json
-from zoo.checkpoint import file_sha256, save_checkpoint
+from zoo.arch_kinds import build_from_arch
+from zoo.checkpoint import file_sha256, load_model, save_checkpoint
+from zoo.committee import (KIND as COMMITTEE_KIND, Committee, committee_arch, committee_name,
+                           parse_committee, registry_name, seed_model_name)
 from zoo.costs import count_macs
 from zoo.data import DatasetInfo
 from zoo.distributed import (DDP_MIN_MACS, DataParallel, Dist, assign_to_ranks, parallel_modes,
@@ -167,6 +173,31 @@ class ZooRunSettings:
     # for these models whatever their MACs; the others are spread across the ranks
     ddp_min_macs: float = DDP_MIN_MACS
     ddp_models: list[str] | None = None
+    # training seeds: every model once per seed (None: the preset's, else [seed]); the first
+    # keeps the plain name, the others are <model>@s<seed>
+    seeds: list[int] | None = None
+    # "MODEL:K" committees (None: the preset's): built from the first K seeds of MODEL (the
+    # seeds list continued by consecutive seeds where it is shorter), trained if missing
+    committees: list[str] | None = None
+
+    def run_seeds(self) -> list[int]:
+        seeds = list(self.seeds if self.seeds is not None else
+                     get_preset(self.preset).seeds or [self.seed])
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+        return seeds
+
+    def committee_specs(self) -> list[tuple[str, int]]:
+        specs = self.committees if self.committees is not None else \
+            get_preset(self.preset).committees
+        return [parse_committee(c) for c in specs]
+
+    def committee_seeds(self, k: int) -> list[int]:
+        """The seeds of a k-member committee: the run's seeds, continued past the last one."""
+        seeds = self.run_seeds()
+        while len(seeds) < k:
+            seeds.append(max(seeds) + 1)
+        return seeds[:k]
 
 
 @dataclass
@@ -190,31 +221,50 @@ class ZooJob:
 
 
 def zoo_jobs(bundle: Any, settings: ZooRunSettings) -> list[ZooJob]:
-    """The requested models (default: the preset's) with their architectures and configs."""
+    """The requested models (default: the preset's) with their architectures and configs: once
+    per seed (``settings.run_seeds()``; seeds after the first as ``<model>@s<seed>``), then the
+    seeded members committees need that are not among those."""
+    preset = get_preset(settings.preset)
+    seeds = settings.run_seeds()
+    wanted = [(seed_model_name(m, s, seeds[0]), m, s)
+              for s in seeds for m in settings.models or preset.models]
+    names = {w[0] for w in wanted}
+    for model, k in settings.committee_specs():
+        for s in settings.committee_seeds(k):
+            name = seed_model_name(model, s, seeds[0])
+            if name not in names:
+                wanted.append((name, model, s))
+                names.add(name)
+    return [_job(i + 1, name, model, seed, bundle, settings)
+            for i, (name, model, seed) in enumerate(wanted)]
+
+
+def _job(index: int, name: str, model: str, seed: int, bundle: Any,
+         settings: ZooRunSettings) -> ZooJob:
+    """Zoo member ``name``: registered ``model`` trained with ``seed``, as the preset says."""
     preset = get_preset(settings.preset)
     info = bundle.info
-    jobs = []
-    for i, name in enumerate(settings.models or preset.models):
-        recipe = preset.recipe(name, epochs=settings.epochs, width=settings.width, lr=settings.lr)
-        arch = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
-                          input_size=info.input_size, width=recipe.width)
-        arch.batch_norm = recipe.batch_norm
-        if recipe.dropout is not None:
-            arch.dropout = recipe.dropout
-        config = preset.train_config(recipe, seed=settings.seed, device=settings.device,
-                                     threads=settings.threads, amp=settings.amp)
-        if config.augment and not flip_makes_sense(info.name):
-            config.flip = False
-        jobs.append(ZooJob(i + 1, name, arch, config, recipe.width))
-    return jobs
+    recipe = preset.recipe(model, epochs=settings.epochs, width=settings.width, lr=settings.lr)
+    arch = model_arch(model, num_classes=info.num_classes, in_channels=info.in_channels,
+                      input_size=info.input_size, width=recipe.width)
+    arch.batch_norm = recipe.batch_norm
+    if recipe.dropout is not None:
+        arch.dropout = recipe.dropout
+    config = preset.train_config(recipe, seed=seed, device=settings.device,
+                                 threads=settings.threads, amp=settings.amp)
+    if config.augment and not flip_makes_sense(info.name):
+        config.flip = False
+    return ZooJob(index, name, arch, config, recipe.width)
 
 
 def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, command: str,
               log: Callable[[str], None] = print, dist: Dist | None = None
               ) -> list[dict[str, Any]]:
-    """Train (or resume, or skip) every requested model; return one summary row per base model
-    of the run (status trained / resumed / skipped, or "earlier" for one finished by an earlier
-    call and not named in this one), in the preset's order, cheapest first.
+    """Train (or resume, or skip) every requested model (once per seed), then build (or skip)
+    every requested committee on rank 0; return one summary row per base model of the run
+    (status trained / resumed / skipped / built, or "earlier" for one finished by an earlier
+    call and not named in this one): the preset's models in its order, cheapest first, then
+    other models, the other seeds' models, the committees.
 
     ``dist`` of several ranks (torchrun): see ``train_zoo_parallel``; call it on every rank.
     """
@@ -231,6 +281,12 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
             res = train_zoo_model(run_dir, job.name, job.arch, bundle, job.config,
                                   command=command, progress=settings.progress)
             rows.append(_logged_row(job, len(jobs), res, info, log))
+    if dist is None or dist.is_main:
+        seeds = settings.run_seeds()
+        for model, k in settings.committee_specs():
+            members = [seed_model_name(model, s, seeds[0]) for s in settings.committee_seeds(k)]
+            res = build_committee(run_dir, model, members, bundle, command=command, log=log)
+            rows.append(zoo_row(res.model_name, res.status, res.card, info))
     # base models the run finished in an earlier call that this one did not name: the table
     # and the ladder cover the run's whole zoo (compressed variants, with a parent, are not here)
     rd = RunDir(run_dir)
@@ -242,8 +298,92 @@ def train_zoo(run_dir: str | Path, bundle: Any, settings: ZooRunSettings, *, com
         if card.get("parent") is None:
             rows.append(zoo_row(name, "earlier", card, info))
     order = {m: i for i, m in enumerate(preset.models)}
-    rows.sort(key=lambda r: order.get(r["model"], len(order)))   # stable: others keep theirs
+    rows.sort(key=lambda r: (_row_group(r["model"]),           # stable: others keep theirs
+                             order.get(registry_name(r["model"]), len(order))))
     return rows
+
+
+def _row_group(name: str) -> int:
+    """0: a plain model (on the ladder), 1: another seed's, 2: a committee."""
+    return 2 if name.startswith("committee-") else 1 if "@" in name else 0
+
+
+def ladder_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the accuracy ladder is checked on: plain models (not other seeds' models, not
+    committees, which are not steps of the ladder)."""
+    return [r for r in rows if _row_group(r["model"]) == 0]
+
+
+# ---- committees -------------------------------------------------------------------------------
+
+def build_committee(run_dir: str | Path, model: str, members: list[str], bundle: Any, *,
+                    command: str, log: Callable[[str], None] = print,
+                    batch_size: int = 512) -> ZooModelResult:
+    """Zoo member ``committee-<model>x<k>`` from the finished ``members`` (k seeds of ``model``,
+    all of one architecture): checkpoint (the stacked state dict, ``arch`` of kind committee)
+    and card (members, k, their val accuracies; no parent: it counts in the base zoo).
+
+    Status "built", or "skipped" when its card names the same member checkpoints (by SHA-256);
+    a committee whose members were retrained since is built again ("rebuilt").
+    """
+    rd = RunDir(run_dir)
+    name = committee_name(model, len(members))
+    missing = [m for m in members if not (rd.card(m).exists() and rd.checkpoint(m).exists())]
+    if missing:
+        raise ValueError(f"{name} needs the finished models {missing} in {rd.root}")
+    cards = {m: rd.read_card(m) for m in members}
+    shas = {m: cards[m]["checkpoint_sha256"] for m in members}
+    archs = [cards[m]["arch"] for m in members]
+    if any(a != archs[0] for a in archs[1:]):
+        raise ValueError(f"{name}: the members {members} are not all of one architecture")
+    card_path, ckpt_path = rd.card(name), rd.checkpoint(name)
+    status = "built"
+    if card_path.exists() and ckpt_path.exists():
+        old = read_json(card_path)
+        if old.get("member_checkpoints") == shas and \
+                old.get("split_fingerprint") == bundle.splits.fingerprint:
+            log(f"{name}: skipped (members unchanged)")
+            return ZooModelResult(name, "skipped", old)
+        status = "rebuilt"
+    start = dt.datetime.now()
+    committee = Committee([load_model(rd.checkpoint(m))[0] for m in members])
+    info = bundle.info
+    val = evaluate(committee, bundle.val, info, batch_size)
+    test = evaluate(committee, bundle.test, info, batch_size)
+    arch = committee_arch(archs[0], members)
+    member_val = {m: cards[m]["val_accuracy"] for m in members}
+    member_test = {m: cards[m]["test_accuracy"] for m in members}
+    metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_top5": val["top5"],
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "test_top5": test["top5"],
+               "mean_member_val_accuracy": sum(member_val.values()) / len(members),
+               "best_member_val_accuracy": max(member_val.values()),
+               "build_seconds": round((dt.datetime.now() - start).total_seconds(), 2)}
+    train_seconds = round(sum(c["train_seconds"] for c in cards.values()), 2)
+    extra = {"split_fingerprint": bundle.splits.fingerprint, "command": command,
+             "members": members, "member_checkpoints": shas}
+    save_checkpoint(ckpt_path, model_name=name, arch=arch, state_dict=committee.state_dict(),
+                    parent=None, metrics=metrics, train_config=cards[members[0]]["train_config"],
+                    data=info.to_dict(), extra=extra)
+    card = {"model_name": name, "arch": arch, "parent": None, "variant": None,
+            "kind": COMMITTEE_KIND, "members": members, "k": len(members),
+            "member_val_accuracy": member_val, "member_test_accuracy": member_test,
+            "member_checkpoints": shas,
+            "dataset": info.to_dict(), "split_fingerprint": bundle.splits.fingerprint,
+            "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            "params": sum(p.numel() for p in committee.parameters()),
+            # what the committee cost to train: its members' training, added up
+            "train_seconds": train_seconds,
+            "train_config": cards[members[0]]["train_config"], "command": command,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint_sha256": file_sha256(ckpt_path), "metrics": metrics,
+            "threads": torch.get_num_threads(), "n_train": len(bundle.train),
+            "n_val": len(bundle.val), "n_test": len(bundle.test)}
+    write_json(card_path, card)
+    log(f"{name}: {status} from {', '.join(members)}; val {100 * val['accuracy']:.2f}% (members "
+        f"{', '.join(f'{100 * v:.2f}' for v in member_val.values())}) test "
+        f"{100 * test['accuracy']:.2f}%")
+    return ZooModelResult(name, status, card)
 
 
 def _logged_row(job: ZooJob, n_jobs: int, res: ZooModelResult, info: DatasetInfo,
@@ -328,13 +468,21 @@ def zoo_row(name: str, status: str, card: dict[str, Any], info: DatasetInfo,
             width: float | None = None) -> dict[str, Any]:
     """One row of ``train_zoo.csv`` from a model's card (MACs counted for one input). ``width``
     is the one asked for; None reads it off the first conv against the registry's width-1
-    model (cards do not record it; rounding of channel counts can show, e.g. 0.3 as 0.2969)."""
-    arch = arch_from_dict(card["arch"], info.input_size)
-    macs = count_macs(build_arch(arch), (1, info.in_channels, info.input_size, info.input_size))
+    model (cards do not record it; rounding of channel counts can show, e.g. 0.3 as 0.2969).
+    A committee's row: its members' width and BatchNorm, k times their MACs and parameters."""
+    shape = (1, info.in_channels, info.input_size, info.input_size)
+    if card["arch"].get("kind") == COMMITTEE_KIND:
+        arch = arch_from_dict(card["arch"]["member_arch"], info.input_size)
+        macs = count_macs(build_from_arch(card["arch"]), shape)
+        base = registry_name(card["arch"]["members"][0])
+    else:
+        arch = arch_from_dict(card["arch"], info.input_size)
+        macs = count_macs(build_arch(arch), shape)
+        base = registry_name(name)
     if isinstance(arch, TorchvisionArch):
         width = 1.0
     elif width is None:
-        full = model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
+        full = model_arch(base, num_classes=info.num_classes, in_channels=info.in_channels,
                           input_size=info.input_size, width=1.0)
         width = round(arch.cfg[0] / full.cfg[0], 4)
     return {"model": name, "status": status, "width": width,
