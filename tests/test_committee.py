@@ -15,8 +15,8 @@ from zoo.arch_kinds import build_from_arch
 from zoo.checkpoint import load_model, save_checkpoint
 from zoo.committee import (Committee, committee_arch, committee_member_names, committee_name,
                            parse_committee, registry_name, seed_model_name)
-from zoo.costs import count_macs, count_params, macs_model
-from zoo.presets import get_preset
+from zoo.costs import CostSettings, count_macs, count_params, macs_model
+from zoo.profile import ProfileConfig, load_tables, profile_run
 from zoo.registry import build_arch, model_arch
 from zoo.rundir import RunDir, check_model_name
 
@@ -122,15 +122,6 @@ def test_names_with_at_are_table_columns(tmp_path):
     assert back.model_names == names and back.model_index("tiny_vgg1@s1") == 1
 
 
-def test_presets_keep_committees_opt_in():
-    for name in ("quick", "smoke", "standard", "full"):
-        p = get_preset(name)
-        assert p.committees == [] and p.seeds is None, name
-    std, sc = get_preset("standard"), get_preset("standard-committee")
-    assert sc.committees == ["tiny_vgg2:3", "tiny_vgg3:3"]
-    assert sc.models == std.models and sc.recipes == std.recipes and sc.base == std.base
-
-
 def test_train_zoo_seeds_and_committee_then_bench(tmp_path, fake_fmnist_dir, capsys):
     run = tmp_path / "run"
     argv = ["--run", str(run), "--preset", "smoke", "--models", "tiny_vgg1", "--seeds", "0", "1",
@@ -163,6 +154,20 @@ def test_train_zoo_seeds_and_committee_then_bench(tmp_path, fake_fmnist_dir, cap
     with torch.inference_mode():
         torch.testing.assert_close(committee(x).softmax(1), _mean_softmax(members, x),
                                    atol=1e-5, rtol=0)
+    # profile-zoo: the committee is a column of the tables (its mean probability) and has a cost
+    res = profile_run(run, ProfileConfig(
+        batch_size=64, progress=False, costs=CostSettings(threads=1, throughput_batch=32,
+                                                          budget_s=0.1, memory="off",
+                                                          min_latency_runs=1,
+                                                          min_throughput_repeats=1)))
+    names = ["tiny_vgg1", "tiny_vgg1@s1", "committee-tiny_vgg1x2"]
+    assert sorted(res.costs.models) == sorted(names)
+    assert res.costs.models["committee-tiny_vgg1x2"].macs == 2 * res.costs.models["tiny_vgg1"].macs
+    val = load_tables(run, ("val",))["val"]
+    assert sorted(val.model_names) == sorted(names)
+    probs = val.probs.astype(np.float32)
+    mean = (probs[:, val.model_index("tiny_vgg1")] + probs[:, val.model_index("tiny_vgg1@s1")]) / 2
+    np.testing.assert_allclose(probs[:, val.model_index("committee-tiny_vgg1x2")], mean, atol=2e-3)
     # again: everything skipped, committee included
     assert train_zoo_main(argv) == 0
     assert {r["status"] for r in read_csv(run / "results" / "train_zoo.csv")} == {"skipped"}
@@ -185,3 +190,27 @@ def test_train_zoo_refuses_bad_committee_specs(tmp_path, capsys):
     assert "MODEL:K" in capsys.readouterr().err
     assert train_zoo_main(["--run", str(tmp_path / "r"), "--committees", "nope:2"]) == 2
     assert "unknown models" in capsys.readouterr().err
+
+
+def test_jobs_of_the_committee_preset_and_of_seeds():
+    """standard-committee trains the six standard models with seed 0 and the four extra seeds
+    its two committees need; --seeds trains every model once per seed."""
+    from types import SimpleNamespace
+
+    from zoo.train_zoo import ZooRunSettings, zoo_jobs
+    bundle = SimpleNamespace(info=SimpleNamespace(num_classes=10, in_channels=1, input_size=28,
+                                                  name="fashion-mnist"))
+    jobs = zoo_jobs(bundle, ZooRunSettings(preset="standard-committee"))
+    std = zoo_jobs(bundle, ZooRunSettings(preset="standard"))
+    assert [j.name for j in jobs] == [j.name for j in std] + [
+        "tiny_vgg2@s1", "tiny_vgg2@s2", "tiny_vgg3@s1", "tiny_vgg3@s2"]
+    for a, b in zip(jobs, std):              # the standard models train exactly as in standard
+        assert (a.arch, a.config) == (b.arch, b.config)
+    extra = {j.name: j for j in jobs[len(std):]}
+    assert extra["tiny_vgg3@s2"].config.seed == 2
+    assert extra["tiny_vgg3@s2"].arch == jobs[2].arch        # same architecture as tiny_vgg3
+    seeded = zoo_jobs(bundle, ZooRunSettings(preset="smoke", models=["tiny_vgg1", "tiny_vgg2"],
+                                             seeds=[3, 4], committees=["tiny_vgg1:3"]))
+    assert [(j.name, j.config.seed) for j in seeded] == [
+        ("tiny_vgg1", 3), ("tiny_vgg2", 3), ("tiny_vgg1@s4", 4), ("tiny_vgg2@s4", 4),
+        ("tiny_vgg1@s5", 5)]
