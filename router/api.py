@@ -610,7 +610,7 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
             val: PredictionTable, costs: Costs | np.ndarray, sacrifice: float, *,
             delta: float = DEFAULT_DELTA, selection: str = "certified",
             select_share: float = 0.3, seed: int = 0, margin_z: float = 1.0,
-            timing_samples: int | None = 2000, repeats: int = 7,
+            timing_samples: int | None = 2000, repeats: int = 11,
             warmup: int = 1, batch_size: int = 256) -> Comparison:
     """Score on ``test`` and time (``repeats`` interleaved rounds in a shuffled order after a
     warm-up; router inside the clock) the routed classifier, the best single member and the

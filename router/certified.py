@@ -5,7 +5,8 @@ Val is split once (seeded) into a *select* part and a *certify* part
 part alone: the dispatchers' networks and settings, the learned cascade's heads (cross-fitted
 there, then refitted on the whole select part: the deployed heads are the certified ones),
 every simulated cascade, and at each level the one path of candidates from all families
-together (``pareto_path``: the cost/estimated-drop frontier, most expensive first). The
+together (``pareto_path``: the frontier of expected cost against the bound the certify part
+is predicted to give, most expensive first). The
 certify part then tests the path in order at the full risk ``delta`` and stops at the first
 failure (``fixed_sequence``), so every candidate before the stop is certified at once with
 family-wise error <= delta, whichever family it comes from. The deployed answer is the
@@ -22,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from common.tables import PredictionTable
-from router.base import first_confident, table_precision
+from router.base import first_confident, paired_se, table_precision
 from oracle.policy import fit_policy
 from router.cascade import CascadeCandidates, CascadeFit, cascade_candidates, cascade_fit_at, \
     simulate_cascade, single_stage_index
@@ -66,6 +68,13 @@ class PoolEntry:
     key: Any                         # family-specific: model, candidate index, tau, router
     cost: float                      # expected ms per image, the router's own time included
     drop: float                      # estimated drop against the reference on the select part
+    se: float = 0.0                  # paired standard error of that estimate ...
+    n: int = 1                       # ... from this many images
+
+    def predicted_bound(self, n_certify: int, z: float) -> float:
+        """The drop bound the certify part is expected to give: the estimate plus ``z``
+        standard errors at the certify part's size (low for answers that rarely disagree)."""
+        return self.drop + z * self.se * np.sqrt(self.n / max(1, n_certify))
 
 
 def prepare_split(val: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
@@ -125,18 +134,24 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     ref, val_s, val_c = split.ref, split.val_s, split.val_c
     pool: list[PoolEntry] = []
     acc_s = val_s.accuracy()
+    n_s = val_s.n_samples
+    ref_s = val_s.correct[:, ref]
+    single_se = paired_se((val_s.correct & ~ref_s[:, None]).sum(0),
+                          (~val_s.correct & ref_s[:, None]).sum(0), n_s)
     for m in range(len(names)):
-        pool.append(PoolEntry("single", m, float(cvec[m]), split.ref_acc_s - float(acc_s[m])))
+        pool.append(PoolEntry("single", m, float(cvec[m]), split.ref_acc_s - float(acc_s[m]),
+                              float(single_se[m]), n_s))
     cc = split.cascades
     for i in range(len(cc.accuracy)):
         if len(cc.chains[int(cc.chain_of[i])]) > 1:
             pool.append(PoolEntry("cascade", i, float(cc.cost[i]),
-                                  split.ref_acc_s - float(cc.accuracy[i])))
+                                  split.ref_acc_s - float(cc.accuracy[i]), float(cc.se[i]), n_s))
     lc = split.learned
     for i in range(0 if lc is None else len(lc.cands.accuracy)):
         if len(lc.cands.chains[int(lc.cands.chain_of[i])]) > 1:
             pool.append(PoolEntry("learned", i, float(lc.cands.cost[i]),
-                                  lc.reference_accuracy - float(lc.cands.accuracy[i])))
+                                  lc.reference_accuracy - float(lc.cands.accuracy[i]),
+                                  float(lc.cands.se[i]), len(lc.threshold_index)))
     label_router, skipped = None, False
     for mode, (fit, net_ms) in (disp or {}).items():
         hold = fit.holdout_index
@@ -145,10 +160,12 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
         if mode == "sample":
             taus, right, cost = threshold_candidates(fit.holdout_scores, hold_correct, cvec, ref,
                                                      router_cost=net_ms)
-            for t, r, c in zip(taus, right, cost):
+            hr = hold_correct[:, ref]
+            ses = paired_se((right & ~hr).sum(1), (~right & hr).sum(1), len(hold))
+            for t, r, c, se in zip(taus, right, cost, ses):
                 if 0.0 < t <= 1.0:          # tau 0 / above 1 are single models, already pooled
                     pool.append(PoolEntry("dispatcher-sample", float(t), float(c),
-                                          ref_hold - float(r.mean())))
+                                          ref_hold - float(r.mean()), float(se), len(hold)))
         else:
             pol = fit_policy(label_policy, val_s, cvec, max(s, 0.0))
             d = Dispatcher.from_fit(fit, cvec, policy=pol, fallback=ref)
@@ -157,13 +174,17 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             cost = float(share @ cvec) + (0.0 if d.constant_choice is not None else net_ms)
             if d.constant_choice is None:
                 label_router = d
-                pool.append(PoolEntry("dispatcher-label", d, cost,
-                                      ref_hold - float(hold_correct[np.arange(len(hold)),
-                                                                    ch].mean())))
+                r = hold_correct[np.arange(len(hold)), ch]
+                hr = hold_correct[:, ref]
+                se = float(paired_se(int((r & ~hr).sum()), int((~r & hr).sum()), len(hold)))
+                pool.append(PoolEntry("dispatcher-label", d, cost, ref_hold - float(r.mean()),
+                                      se, len(hold)))
     if families is not None:
         pool = [e for e in pool if e.family in families]
-    path = pareto_path(np.array([e.cost for e in pool]), np.array([e.drop for e in pool]), s,
-                       max_len=max_path, reference_cost=float(cvec[ref]))
+    z = path_z(delta)
+    predicted = np.array([e.predicted_bound(val_c.n_samples, z) for e in pool])
+    path = pareto_path(np.array([e.cost for e in pool]), predicted, s, max_len=max_path,
+                       reference_cost=float(cvec[ref]))
     correct_c = [_correct_on_certify(split, pool[i], cvec, ref, names) for i in path]
     counts = [loss_gain(c, split.ref_c) for c in correct_c]
     k = fixed_sequence(counts, val_c.n_samples, s, delta)
@@ -253,13 +274,31 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     return CertifiedLevel(cs, cfit, lfit, ds, dl, skipped, cands, certs, selected, record)
 
 
+PATH_Z_FACTOR = 1.5
+
+
+def path_z(delta: float) -> float:
+    """Standard errors added to a select-part estimate to predict the certify part's bound:
+    1.5 x the one-sided normal quantile at ``delta``. The exact bound is a little wider than
+    the normal one, and the frontier's select-part estimates are flattered by choosing among
+    many; 1.5 was chosen on resampled val-only draws of the standard run (docs/routers.md),
+    where 1.0 gave the path's later points too often to fail, 2.0 no further gain."""
+    return PATH_Z_FACTOR * float(stats.norm.ppf(1.0 - delta))
+
+
 def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec: np.ndarray,
                     s: float, delta: float, max_path: int = 24) -> tuple[int, int]:
     """The cheapest single model certified at level ``s``: the path of single models (Pareto
-    on the select part's (cost, drop)), tested in order on the certify part. ``correct_*``
-    (n, M) booleans. Returns (model, how many were certified); the reference where none was."""
+    on the select part's (cost, predicted bound)), tested in order on the certify part.
+    ``correct_*`` (n, M) booleans. Returns (model, how many were certified); the reference
+    where none was."""
     acc_s = correct_s.mean(axis=0)
-    path = pareto_path(np.asarray(cvec, float), acc_s[ref] - acc_s, s, max_len=max_path,
+    r = correct_s[:, ref]
+    se = paired_se((correct_s & ~r[:, None]).sum(0), (~correct_s & r[:, None]).sum(0),
+                   len(correct_s))
+    predicted = acc_s[ref] - acc_s + path_z(delta) * se * np.sqrt(len(correct_s)
+                                                                  / max(1, len(correct_c)))
+    path = pareto_path(np.asarray(cvec, float), predicted, s, max_len=max_path,
                        reference_cost=float(cvec[ref]))
     counts = [loss_gain(correct_c[:, m], correct_c[:, ref]) for m in path]
     k = fixed_sequence(counts, len(correct_c), s, delta)

@@ -35,7 +35,7 @@ class EvalConfig:
     sacrifices: Sequence[float] = DEFAULT_SACRIFICES
     threads: int = 2
     device: str = "cpu"                  # zoo models run here ("cuda", "auto"); int8 ones stay on the CPU
-    repeats: int = 7                     # timed rounds (shuffled order per round) after the warm-up
+    repeats: int = 11                    # timed rounds (shuffled order per round) after the warm-up
     warmup: int = 1
     timing_samples: int | None = 2000   # None: time on the whole test split
     batch_size: int = 256

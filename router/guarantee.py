@@ -167,12 +167,17 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-def run_guarantee(val: PredictionTable, test: PredictionTable, cvec: np.ndarray,
+def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.ndarray,
                   zoos: dict[str, list[str]], cfg: GuaranteeConfig,
-                  learned_extra_ms: float = 0.0) -> list[dict[str, Any]]:
+                  learned_extra_ms: float = 0.0, draw_size: int | None = None
+                  ) -> list[dict[str, Any]]:
     """Rows of ``guarantee.csv``: per zoo, rule and level, the miss rate over ``cfg.draws``
-    draws with its 95 % interval, the drop's mean and 90th percentile, the expected speedup."""
-    full = pool_tables(val, test)
+    draws with its 95 % interval, the drop's mean and 90th percentile, the expected speedup.
+
+    ``test`` None: the population is val alone (design choices can be studied without the
+    test split); ``draw_size`` (default |val|) images per draw."""
+    full = val if test is None else pool_tables(val, test)
+    n_draw = int(draw_size or val.n_samples)
     rng = np.random.default_rng(cfg.seed)
     rows: list[dict[str, Any]] = []
     for zoo, names in zoos.items():
@@ -186,7 +191,7 @@ def run_guarantee(val: PredictionTable, test: PredictionTable, cvec: np.ndarray,
         speed: dict[tuple[str, float], list[float]] = {}
         bar = tqdm(range(cfg.draws), desc=f"draws ({zoo})", disable=not cfg.progress)
         for d in bar:
-            take = rng.integers(0, pool.n_samples, val.n_samples)
+            take = rng.integers(0, pool.n_samples, n_draw)
             draw = rows_of(pool, take)
             ref = reference_index(draw, zc)
             ref_acc = float(correct_pool[:, ref].mean())
@@ -209,7 +214,7 @@ def run_guarantee(val: PredictionTable, test: PredictionTable, cvec: np.ndarray,
                          "p90_drop": float(np.quantile(dl_a, 0.9)),
                          "median_speedup": float(np.median(sp)), "mean_speedup": float(sp.mean()),
                          "max_stages": cfg.max_stages, "learned": cfg.learned,
-                         "n_val": val.n_samples, "population": pool.n_samples})
+                         "n_val": n_draw, "population": pool.n_samples})
     rows.sort(key=lambda r: (r["zoo"] != "all", r["zoo"], r["sacrifice"], r["rule"]))
     return rows
 

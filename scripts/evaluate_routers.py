@@ -1,7 +1,7 @@
 """evaluate-routers: fit the dispatcher and the cascade on val, score and time every router on test.
 
     evaluate-routers --run runs/quick [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--threads 2]
-                     [--repeats 7] [--timing-samples 2000] [--costs measured]
+                     [--repeats 11] [--timing-samples 2000] [--costs measured]
                      [--selection certified|estimate] [--delta 0.1] [--select-share 0.3]
                      [--margin-z 1]
 
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu",
                    help="where the zoo models run and are timed: cpu, cuda, cuda:1 or auto "
                         "(int8 models stay on the CPU; the device column says where)")
-    p.add_argument("--repeats", type=int, default=7,
+    p.add_argument("--repeats", type=int, default=11,
                    help="timed rounds after the warm-up, every routing once per round in a "
                         "shuffled order; speedups are per-round ratios (median, 95%% interval)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per method")
