@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['committee']:<{w}} {r['k']:>2} {r['committee_ms_per_image']:>10.4f} "
               f"{r['members_ms_per_image']:>10.4f} {r['speedup']:>7.2f}x")
+    for r in rows:
+        if float(r["max_prob_diff"]) > 1e-4:
+            print(f"WARNING: {r['committee']} and its members one by one differ by up to "
+                  f"{r['max_prob_diff']} in mean probability")
     path = write_csv(Path(rd.results) / "committees.csv", rows, COLUMNS)
     print(f"wrote {path}")
     return 0
