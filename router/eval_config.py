@@ -62,9 +62,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.sacrifices = [float(s) for s in self.sacrifices]
-        if not self.sacrifices or any(not 0.0 <= s <= 1.0 for s in self.sacrifices):
-            raise RouterError(f"sacrifices must be fractions in [0, 1] (0.01 = one point), got "
-                              f"{self.sacrifices}")
+        if not self.sacrifices or any(not -0.2 < s <= 1.0 for s in self.sacrifices):
+            raise RouterError(f"sacrifices must be fractions in (-0.2, 1] (0.01 = one point; "
+                              f"a negative level asks for a gain), got {self.sacrifices}")
+        if self.selection == "estimate" and any(s < 0 for s in self.sacrifices):
+            raise RouterError("a negative level (asking for an answer more accurate than the "
+                              "reference) needs --selection certified: the estimate rule falls "
+                              "back to the reference, which cannot meet it")
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise RouterError("need threads >= 1, repeats >= 1, warmup >= 0")
         if self.costs not in ("measured", "profile"):

@@ -208,7 +208,8 @@ def _fit_zoo_certified(zoo: str, index: np.ndarray, val: PredictionTable,
         f"images choose, {len(split.certify)} certify")
     levels = []
     for s in cfg.sacrifices:
-        policies = {kind: fit_policy(kind, val, cvec, s)
+        # oracle policies are bounds at a sacrifice >= 0 (a negative level shows s = 0's)
+        policies = {kind: fit_policy(kind, val, cvec, max(s, 0.0))
                     for kind in dict.fromkeys(list(cfg.oracle_kinds) + [cfg.label_policy])}
         cl = certify_level(split, s, cfg.delta, cvec, learned_cvec, names,
                            {m: (disp[m], disp_ms[m]) for m in disp}, cfg.label_policy)

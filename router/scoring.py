@@ -238,7 +238,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
         sc.emit("ceiling", "ceiling", s, sc.ceiling_choice, ceil_timed,
                 settings={"deployable": False, "rule": "cheapest right model per sample"})
         sc.emit("ceiling-budget", "ceiling", s,
-                per_sample_choice(test, cvec, reference=ref, sacrifice=s), None,
+                per_sample_choice(test, cvec, reference=ref, sacrifice=max(s, 0.0)), None,
                 settings={"deployable": False, "rule": "least-cost per-sample assignment holding s"})
         for kind in cfg.oracle_kinds:
             pol = lv.policies[kind]

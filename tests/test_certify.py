@@ -202,3 +202,26 @@ def test_median_interval_and_paired_speedup_by_hand():
     mine = [1.0, 1.0, 1.0, 0.8, 1.0, 1.0, 2.0]
     # per-round ratios 2, 2, 2.2, 2.5, 4, 2, 1 -> sorted 1, 2, 2, 2, 2.2, 2.5, 4
     assert paired_speedup(base, mine) == (2.0, 1.0, 4.0)
+
+
+def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
+    # s = -0.2 %: an answer at least 0.2 points MORE accurate than the reference. In the
+    # informative table the cascade m0 -> m2 gains about one point on m2; at -1 % that gain
+    # cannot be certified with 2,100 images, and in the uninformative table nothing can.
+    rng = np.random.default_rng(3)
+    cvec = np.array([1.0, 2.0, 8.0])
+    good = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
+    split = prepare_split(good, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
+                          learned_folds=0)
+    lv = certify_level(split, -0.002, 0.1, cvec, cvec, good.model_names)
+    cert = lv.certificates[lv.selected]
+    assert lv.selected == "cascade" and cert.certified and cert.drop_ucb <= -0.002
+    # it clears the reference by the margin on val's certify part
+    assert lv.candidates["cascade"].val_accuracy >= split.val_c.correct[:, 2].mean() + 0.002
+    at1 = certify_level(split, -0.01, 0.1, cvec, cvec, good.model_names)
+    assert at1.selected == "single:m2" and not at1.certificates["single:m2"].certified
+    flat = _table(_population(rng, 3000, 2, drop=0.01, q=0.04), informative=False)
+    split = prepare_split(flat, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
+                          learned_folds=0)
+    lv = certify_level(split, -0.002, 0.1, cvec, cvec, flat.model_names)
+    assert lv.selected == "single:m2" and not lv.certificates[lv.selected].certified
