@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from router.execute import run_model
+from router.web.images import InputError
 
 ALIASES = ("best-single", "cheapest-single", "selected")
 DEFAULT_LEVEL = 0.005
@@ -164,6 +165,22 @@ def request_key(name: str | None, level_raw: str | None, default_level: float,
                            "an alias takes level=S; see GET /api/methods")
     return resolve_key(name, default_level if level is None else level, methods, rows,
                        rows_note)
+
+
+def resolve_request(name: str | None, level_raw: str | None, default_level: float,
+                    methods: Mapping[str, "ServedMethod"],
+                    rows: Sequence[Mapping[str, str]] | None, rows_note: str,
+                    default: "ServedMethod") -> "ServedMethod":
+    """The served method a request names (``default`` when it names none), as an HTTP error
+    otherwise: ``InputError`` 400 naming a bad parameter and its allowed values, 404 for an
+    alias the run cannot resolve (the embedded service and the Ray ingress share this)."""
+    try:
+        key = request_key(name, level_raw, default_level, methods, rows, rows_note)
+    except BadParameter as e:
+        raise InputError(str(e), 400, **e.fields()) from None
+    except LookupError as e:
+        raise InputError(str(e), 404) from None
+    return default if key is None else methods[key]
 
 
 def load_rows_or_none(run: str | Path) -> tuple[list[dict[str, str]] | None, str]:

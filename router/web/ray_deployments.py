@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 
 from router.web.batching import BatchConfig
 from router.web.images import InputError, Limits, check_upload, resize_input, to_input
-from router.web.methods import BadParameter, ServedMethod, load_rows_or_none, request_key
+from router.web.methods import ServedMethod, load_rows_or_none, resolve_request
 from router.web.ray_parts import RemoteModel, error_response, form_file, load_methods, \
     model_infos
 
@@ -75,14 +75,9 @@ class RouterIngress:
         self._batch.set_batch_wait_timeout_s(batching.max_wait_ms / 1000.0)
 
     def _resolve(self, name: str | None, level_raw: str | None) -> ServedMethod:
-        try:   # a bad method or level is a 400 naming the parameter and its allowed values
-            key = request_key(name, level_raw, self.level, self.methods, self.rows,
-                              self.rows_note)
-        except BadParameter as e:
-            raise InputError(str(e), 400, **e.fields()) from None
-        except LookupError as e:
-            raise InputError(str(e), 404) from None
-        return self.default if key is None else self.methods[key]
+        # a bad method or level is a 400 naming the parameter and its allowed values
+        return resolve_request(name, level_raw, self.level, self.methods, self.rows,
+                               self.rows_note, self.default)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
                  max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)

@@ -24,9 +24,8 @@ import torch
 
 from router.web.batching import BatchConfig, DynamicBatcher, Served
 from router.web.images import InputError
-from router.web.methods import (ALIASES, DEFAULT_LEVEL, BadParameter, ServedMethod,
-                                load_rows_or_none, request_key, resolve_key, router_method,
-                                single_method)
+from router.web.methods import (ALIASES, DEFAULT_LEVEL, ServedMethod, load_rows_or_none,
+                                resolve_key, resolve_request, router_method, single_method)
 
 
 @dataclass
@@ -87,14 +86,8 @@ class ServingEngine:
         """The method a request's raw ``method`` and ``level`` parameters name (the default
         when no method is given); ``InputError`` 400 names a bad parameter and its allowed
         values (the run's levels, the served methods), 404 an alias the run cannot resolve."""
-        try:
-            key = request_key(name, level_raw, self.level, self.methods, self.rows,
-                              self.rows_note)
-        except BadParameter as e:
-            raise InputError(str(e), 400, **e.fields()) from None
-        except LookupError as e:
-            raise InputError(str(e), 404) from None
-        return self.default if key is None else self.methods[key]
+        return resolve_request(name, level_raw, self.level, self.methods, self.rows,
+                               self.rows_note, self.default)
 
     def describe(self) -> dict[str, Any]:
         aliases = {}
