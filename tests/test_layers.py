@@ -47,6 +47,17 @@ def layer_of(module: str) -> str | None:
     return parts[0]
 
 
+def absolute_base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute dotted name a ``from ... import`` in ``module`` imports from (relative
+    imports resolved against the module's package)."""
+    base = node.module or ""
+    if node.level:
+        package = module.split(".") if is_package else module.split(".")[:-1]
+        package = package[:len(package) - (node.level - 1)]
+        base = ".".join(package + ([base] if base else []))
+    return base
+
+
 def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
     """(line, dotted module) of every import anywhere in ``tree``, lazy ones included."""
     out: list[tuple[int, str]] = []
@@ -54,11 +65,7 @@ def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
+            base = absolute_base(node, module, is_package)
             if base in PACKAGES:   # ``from router import web`` names a submodule: router.web
                 out += [(node.lineno, f"{base}.{a.name}") for a in node.names]
             else:
@@ -161,11 +168,7 @@ def import_edges(source: str, module: str, is_package: bool, modules: set[str]) 
         if isinstance(node, ast.Import):
             out |= {m for a in node.names if (m := known(a.name))}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
+            base = absolute_base(node, module, is_package)
             for a in node.names:
                 target = f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base)
                 if target:
