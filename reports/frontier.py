@@ -11,7 +11,8 @@ import pandas as pd
 
 from reports import style
 from reports.inputs import DEFAULT_ZOO, model_of, zoo_rows
-from reports.routers_common import DEPLOYABLE_FAMILIES, SINGLE_FAMILIES, best_single_row, \
+from common.families import DEPLOYABLE_FAMILIES
+from reports.routers_common import SINGLE_FAMILIES, best_single_row, \
     ceiling_rows, data_columns, draw_methods, mark_selected, routed_rows, timing_note
 
 

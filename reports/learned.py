@@ -22,11 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from common.families import DEPLOYABLE_FAMILIES
 from reports import style
 from reports.inputs import DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
 from reports.tables import SUMMARY_SACRIFICE
 
-DEPLOYABLE_FAMILIES = ("cascade", "learned", "dispatcher")   # routers that see only the image
 LEARNED_FAMILY = "learned"
 CASCADE_METHOD = "cascade"
 AREA_COLUMNS = ("zoo", "method", "family", "levels", "area_points_doublings",

@@ -36,7 +36,6 @@ METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "accuracy (%)", "precision": "precision, macro (%)",
                  "recall": "recall, macro (%)", "f1": "F1, macro (%)"}
 FAMILY_ORDER = ("cascade", "learned", "dispatcher", "oracle", "oracle-executed", "random")
-DEPLOYABLE_FAMILIES = ("cascade", "learned", "dispatcher")   # see only the image
 SACRIFICE_LABEL = "sacrifice budget s (accuracy points; levels evenly spaced)"
 
 

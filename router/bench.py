@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from common.families import DEPLOYABLE_FAMILIES as DEPLOYABLE
 from common.io import read_csv
 
-DEPLOYABLE = ("dispatcher", "cascade", "learned")
 _EPS = 1e-9
 
 

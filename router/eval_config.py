@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from common.families import DEPLOYABLE_FAMILIES
 from oracle.policy import LABEL_KINDS
 from router.base import RouterError
 from router.certify import check_delta
@@ -24,7 +25,7 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "settings"]
 ZOOS = ("all", "base")
 SELECTIONS = ("certified", "estimate")
-DEPLOYABLE = ("dispatcher", "cascade", "learned")
+DEPLOYABLE = DEPLOYABLE_FAMILIES
 EPS = 1e-9
 
 

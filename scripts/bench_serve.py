@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from router.web.batching import BatchConfig
 from router.web.loadbench import (LoadConfig, ServerProcess, bench_serving, format_sustained,
                                   free_loopback_port, write_serving)
 from router.web.methods import ALIASES
@@ -40,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send test images as PNG uploads, or as sample=I of the service's split")
     p.add_argument("--seed", type=int, default=0)
     s = p.add_argument_group("the service started here (without --url)")
-    s.add_argument("--max-batch", type=int, default=32)
-    s.add_argument("--max-wait-ms", type=float, default=5.0)
-    s.add_argument("--max-queue", type=int, default=128)
+    s.add_argument("--max-batch", type=int, default=BatchConfig.max_batch)
+    s.add_argument("--max-wait-ms", type=float, default=BatchConfig.max_wait_ms)
+    s.add_argument("--max-queue", type=int, default=BatchConfig.max_queue)
     s.add_argument("--threads", type=int, default=1, help="torch threads of the service")
     s.add_argument("--start-timeout", type=float, default=600.0,
                    help="seconds the service may take to load")

@@ -26,10 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per model per page batch; the card shows their median")
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     g = p.add_argument_group("batching")
-    g.add_argument("--max-batch", type=int, default=32, help="most requests in one batch")
-    g.add_argument("--max-wait-ms", type=float, default=5.0,
+    g.add_argument("--max-batch", type=int, default=BatchConfig.max_batch,
+                   help="most requests in one batch")
+    g.add_argument("--max-wait-ms", type=float, default=BatchConfig.max_wait_ms,
                    help="longest the oldest queued request waits for others to join its batch")
-    g.add_argument("--max-queue", type=int, default=128,
+    g.add_argument("--max-queue", type=int, default=BatchConfig.max_queue,
                    help="requests allowed to wait; more are answered 503 with Retry-After")
     g.add_argument("--workers", type=int, default=1, help="batches run at once (threads)")
     g.add_argument("--request-timeout", type=float, default=30.0,

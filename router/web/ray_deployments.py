@@ -38,7 +38,8 @@ class ZooModel:
         self.__call__.set_max_batch_size(max_batch)
         self.__call__.set_batch_wait_timeout_s(wait_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=BatchConfig.max_batch,
+                 batch_wait_timeout_s=BatchConfig.max_wait_ms / 1000.0)
     async def __call__(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Groups (preprocessed float batches) from any number of ingress batches, run as one
         forward pass; each caller gets its own rows back."""
@@ -79,7 +80,8 @@ class RouterIngress:
         return resolve_request(name, level_raw, self.level, self.methods, self.rows,
                                self.rows_note, self.default)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
+    @serve.batch(max_batch_size=BatchConfig.max_batch,
+                 batch_wait_timeout_s=BatchConfig.max_wait_ms / 1000.0,
                  max_concurrent_batches=INGRESS_CONCURRENT_BATCHES)
     async def _batch(self, items: list[tuple[ServedMethod, torch.Tensor, float]]
                      ) -> list[dict[str, Any]]:
