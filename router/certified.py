@@ -73,8 +73,14 @@ class PoolEntry:
 
     def predicted_bound(self, n_certify: int, z: float) -> float:
         """The drop bound the certify part is expected to give: the estimate plus ``z``
-        standard errors at the certify part's size (low for answers that rarely disagree)."""
-        return self.drop + z * self.se * np.sqrt(self.n / max(1, n_certify))
+        standard errors for the certify part's own noise and ``z x ESTIMATE_WEIGHT`` for the
+        estimate's (it was read off a few images and among many candidates). The per-image variance is
+        floored at two disagreements' worth, so an answer that happened to agree with the
+        reference on every select image does not look certain (low for answers that rarely
+        disagree)."""
+        var = max(self.se ** 2 * self.n, 2.0 / max(1, self.n))
+        return self.drop + z * np.sqrt(var) * (1.0 / np.sqrt(max(1, n_certify))
+                                               + ESTIMATE_WEIGHT / np.sqrt(max(1, self.n)))
 
 
 def prepare_split(val: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
@@ -274,16 +280,18 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     return CertifiedLevel(cs, cfit, lfit, ds, dl, skipped, cands, certs, selected, record)
 
 
-PATH_Z_FACTOR = 1.5
+# weight of the estimate's own noise in the predicted bound: chosen on resampled val-only
+# draws of the standard run (`bench_guarantee --population val`): 1.0 cost 5-7 % of the
+# expected speedup at s = 2 %, 0.5 and 0.25 did as well as no guard; 0.5 keeps a guard for
+# candidates read off a few hundred images (a dispatcher's held-out part)
+ESTIMATE_WEIGHT = 0.5
 
 
 def path_z(delta: float) -> float:
-    """Standard errors added to a select-part estimate to predict the certify part's bound:
-    1.5 x the one-sided normal quantile at ``delta``. The exact bound is a little wider than
-    the normal one, and the frontier's select-part estimates are flattered by choosing among
-    many; 1.5 was chosen on resampled val-only draws of the standard run (docs/routers.md),
-    where 1.0 gave the path's later points too often to fail, 2.0 no further gain."""
-    return PATH_Z_FACTOR * float(stats.norm.ppf(1.0 - delta))
+    """Standard errors (of each noise: the certify part's and the estimate's own) added to a
+    select-part estimate to predict the certify part's bound: the one-sided normal quantile
+    at ``delta``."""
+    return float(stats.norm.ppf(1.0 - delta))
 
 
 def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec: np.ndarray,
@@ -296,8 +304,10 @@ def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec
     r = correct_s[:, ref]
     se = paired_se((correct_s & ~r[:, None]).sum(0), (~correct_s & r[:, None]).sum(0),
                    len(correct_s))
-    predicted = acc_s[ref] - acc_s + path_z(delta) * se * np.sqrt(len(correct_s)
-                                                                  / max(1, len(correct_c)))
+    z = path_z(delta)
+    predicted = np.array([PoolEntry("single", m, 0.0, acc_s[ref] - acc_s[m], float(se[m]),
+                                    len(correct_s)).predicted_bound(len(correct_c), z)
+                          for m in range(len(acc_s))])
     path = pareto_path(np.asarray(cvec, float), predicted, s, max_len=max_path,
                        reference_cost=float(cvec[ref]))
     counts = [loss_gain(correct_c[:, m], correct_c[:, ref]) for m in path]
