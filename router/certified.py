@@ -208,10 +208,12 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     certified = [int(path[j]) for j in range(k)]
     stop_reason = ("" if k == len(path) else
                    f"path stopped at its {k + 1}th of {len(path)} candidates")
-    # per family: the cheapest certified candidate (the path is most expensive first)
+    # per family: its cheapest certified candidate
     best_of: dict[str, int] = {}
     for j in range(k):
-        best_of[pool[path[j]].family] = j
+        fam = pool[path[j]].family
+        if fam not in best_of or pool[path[j]].cost < pool[path[best_of[fam]]].cost:
+            best_of[fam] = j
     certs: dict[str, Certificate] = {}
     cands: dict[str, Candidate] = {}
     # the reference itself: its drop is 0 exactly, so it meets any level >= 0 with no risk
@@ -271,14 +273,16 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
                                 if sk else ref_cert)
     cands["cheapest-single"] = Candidate("cheapest-single", float(val_c.correct[:, cs].mean()),
                                          float(cvec[cs]), certs["cheapest-single"].certified)
-    # the deployed answer: the cheapest certified candidate of the whole path
+    # the deployed answer: the cheapest certified candidate of the whole path (the path is
+    # cost-ordered within each of its two parts, not across them)
     if k:
-        last = pool[path[k - 1]]
-        selected = FAMILY_OF[last.family]
-        if last.family == "single":
-            selected = f"single:{names[int(last.key)]}"
-            certs[selected] = certificate(correct_c[k - 1], split.ref_c, s, delta, True,
-                                          f"certified at position {k} of the path")
+        j = min(range(k), key=lambda i: (pool[path[i]].cost, i))
+        best = pool[path[j]]
+        selected = FAMILY_OF[best.family]
+        if best.family == "single":
+            selected = f"single:{names[int(best.key)]}"
+            certs[selected] = certificate(correct_c[j], split.ref_c, s, delta, True,
+                                          f"certified at position {j + 1} of the path")
     else:
         selected = f"single:{names[ref]}"
         certs[selected] = ref_cert

@@ -225,3 +225,19 @@ def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
                           learned_folds=0)
     lv = certify_level(split, -0.002, 0.1, cvec, cvec, flat.model_names)
     assert lv.selected == "single:m2" and not lv.certificates[lv.selected].certified
+
+
+def test_the_deployed_answer_is_the_cheapest_certified_one():
+    # every family's certified candidate, the singles' included: the deployed one costs least
+    rng = np.random.default_rng(3)
+    val = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
+    cvec = np.array([1.0, 2.0, 8.0])
+    split = prepare_split(val, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
+                          learned_folds=0)
+    for s in (0.01, 0.05):
+        at = certify_level(split, s, 0.1, cvec, cvec, val.model_names)
+        sel = at.selected
+        cost = (cvec[val.model_names.index(sel.split(":", 1)[1])] if sel.startswith("single:")
+                else at.candidates[sel].fit_ms_per_image)
+        certified = [c.fit_ms_per_image for c in at.candidates.values() if c.meets_target]
+        assert at.certificates[sel].certified and cost == min(certified)
