@@ -71,9 +71,10 @@ def _headline_line(r: pd.Series) -> str:
         parts[-1] += f" (target {_pct(r['target_accuracy'])})"
     if r.get("selection") == "certified" and r.get("certified") is not None:
         ucb = r.get("certified_drop_ucb")
+        pts = 100 * float(r["sacrifice"])
         parts.insert(0, (f"certified on val at risk {r['delta']:g}: with probability >= "
                          f"{1 - r['delta']:.0%} over the draw of the val images its expected "
-                         f"drop against the reference is at most {level}"
+                         f"drop against the reference is at most {pts:g} points"
                          + ("" if ucb is None else f" (bound {100 * ucb:.2f} points)"))
                      if r["certified"] else "not certified on val")
     held = r["budget_held"]

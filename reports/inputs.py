@@ -184,8 +184,8 @@ def model_of(row: Any) -> str:
 
 
 def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held`` and
-    ``selected``, a ``zoo`` on every row (``"all"`` where the file predates zoos). A file
+    """Types for routers.csv: numeric sacrifice/metrics, boolean ``budget_held``,
+    ``certified`` and ``selected``, text ``selection`` and ``budget_status``, a ``zoo`` on every row (``"all"`` where the file predates zoos). A file
     without ``selected`` keeps lacking it: nothing here may stand in for selection on val."""
     frame = frame.copy()
     frame["method"] = frame["method"].astype(str)
@@ -196,14 +196,16 @@ def normalise_router_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if "selected" in frame.columns:
         frame["selected"] = frame["selected"].map(lambda v: _as_bool(v) is True)
     for col in frame.columns:
-        if col in ("method", "family", "zoo", "selected", "budget_held"):
+        if col in ("method", "family", "zoo", "selected", "budget_held", "certified",
+                   "selection", "budget_status"):
             continue
         if col == "sacrifice" or col.startswith("share_") or frame[col].dtype == object:
             converted = pd.to_numeric(frame[col], errors="coerce")
             if col == "sacrifice" or col.startswith("share_") or converted.notna().any():
                 frame[col] = converted
-    if "budget_held" in frame.columns:
-        frame["budget_held"] = frame["budget_held"].map(_as_bool)
+    for col in ("budget_held", "certified"):
+        if col in frame.columns:
+            frame[col] = frame[col].map(_as_bool)
     return frame
 
 

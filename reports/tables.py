@@ -9,7 +9,7 @@ import pandas as pd
 
 from oracle.metrics import paired_comparison
 from oracle.policy import reference_index
-from reports.inputs import DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
+from reports.inputs import _as_bool, DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
 
 SUMMARY_SACRIFICE = 0.01
 ROUTER_TABLE_COLUMNS = ("zoo", "sacrifice", "method", "family", "selected", "accuracy",
@@ -224,15 +224,6 @@ def has_selection(routers: pd.DataFrame | None) -> bool:
     return routers is not None and "selected" in routers.columns
 
 
-def _bool(v: Any) -> bool | None:
-    """A CSV cell read by pandas as a boolean, or None where empty."""
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-        return v.strip().lower() == "true"
-    return None
-
-
 def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
     """One row per (zoo, level): the deployable answer **selected on val** (``selected``) and
     its test figures as they came out, held or not. Nothing here compares test rows.
@@ -274,7 +265,7 @@ def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
                            overhead_share=overhead_share(r),
                            selection=r.get("selection") if isinstance(r.get("selection"), str)
                            else None, delta=_finite(r.get("delta")),
-                           certified=_bool(r.get("certified")),
+                           certified=_as_bool(r.get("certified")),
                            certified_drop_ucb=_finite(r.get("certified_drop_ucb")),
                            budget_status=r.get("budget_status")
                            if isinstance(r.get("budget_status"), str) else None,

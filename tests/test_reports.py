@@ -581,3 +581,19 @@ def test_deferral_curves_display_one_panel_per_zoo():
     disp = DeferralCurvesDisplay(pd.DataFrame(rows)).plot()
     assert len(disp.figure_.axes) == 2 and len(disp.data_) == 18
     assert "zoo base" in disp.figure_.axes[1].get_title()
+
+
+def test_headline_states_the_certificate_and_the_speedup_interval():
+    from reports.build import _headline_line
+    r = pd.Series({"zoo": "all", "sacrifice": 0.01, "method": "cascade", "family": "cascade",
+                   "accuracy": 0.9347, "target_accuracy": 0.927, "budget_held": True,
+                   "budget_status": "within test noise", "selection": "certified",
+                   "delta": 0.1, "certified": True, "certified_drop_ucb": 0.0097,
+                   "speedup_vs_best": 4.21, "speedup_vs_best_lo": 4.15,
+                   "speedup_vs_best_hi": 4.37, "best_single": "big",
+                   "speedup_vs_cheapest_single": None, "cheapest_single": None,
+                   "overhead_share": None})
+    line = _headline_line(r)
+    assert "certified on val at risk 0.1" in line and "at most 1 points (bound 0.97 points)" in line
+    assert "on test: within test noise" in line and "4.21x (95% interval 4.15-4.37)" in line
+    assert "not certified on val" in _headline_line(r.copy().replace({True: False}))
