@@ -149,6 +149,12 @@ def _table(correct: np.ndarray, n_classes: int = 4, seed: int = 0,
     return PredictionTable([f"m{i}" for i in range(m)], labels, preds, probs, np.arange(n), "val")
 
 
+def _split(table: PredictionTable, cvec: np.ndarray):
+    """The select/certify split of a 3-model table whose reference is m2 (2-stage chains)."""
+    return prepare_split(table, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
+                         learned_folds=0)
+
+
 def test_certify_level_falls_back_to_the_reference_at_s0_and_routes_at_5pct():
     # confidences that say nothing about correctness: no cascade can beat the reference, and
     # at s = 0 nothing cheaper can be certified
@@ -183,8 +189,7 @@ def test_a_cascade_that_beats_the_reference_is_certified_at_s0():
     rng = np.random.default_rng(3)
     val = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
     cvec = np.array([1.0, 2.0, 8.0])
-    split = prepare_split(val, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
-                          learned_folds=0)
+    split = _split(val, cvec)
     at0 = certify_level(split, 0.0, 0.1, cvec, cvec, val.model_names)
     assert at0.selected in ("cascade", "learned-cascade")
     cert = at0.certificates[at0.selected]
@@ -211,8 +216,7 @@ def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
     rng = np.random.default_rng(3)
     cvec = np.array([1.0, 2.0, 8.0])
     good = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
-    split = prepare_split(good, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
-                          learned_folds=0)
+    split = _split(good, cvec)
     lv = certify_level(split, -0.002, 0.1, cvec, cvec, good.model_names)
     cert = lv.certificates[lv.selected]
     assert lv.selected == "cascade" and cert.certified and cert.drop_ucb <= -0.002
@@ -221,8 +225,7 @@ def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
     at1 = certify_level(split, -0.01, 0.1, cvec, cvec, good.model_names)
     assert at1.selected == "single:m2" and not at1.certificates["single:m2"].certified
     flat = _table(_population(rng, 3000, 2, drop=0.01, q=0.04), informative=False)
-    split = prepare_split(flat, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
-                          learned_folds=0)
+    split = _split(flat, cvec)
     lv = certify_level(split, -0.002, 0.1, cvec, cvec, flat.model_names)
     assert lv.selected == "single:m2" and not lv.certificates[lv.selected].certified
 
@@ -232,8 +235,7 @@ def test_the_deployed_answer_is_the_cheapest_certified_one():
     rng = np.random.default_rng(3)
     val = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
     cvec = np.array([1.0, 2.0, 8.0])
-    split = prepare_split(val, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
-                          learned_folds=0)
+    split = _split(val, cvec)
     for s in (0.01, 0.05):
         at = certify_level(split, s, 0.1, cvec, cvec, val.model_names)
         sel = at.selected
