@@ -430,7 +430,7 @@ def _fit_dispatcher_on(mode: str, table: PredictionTable, val_data: ImageData | 
     network's ms per image."""
     if val_data is None or images is None or len(images) != table.n_samples:
         raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
-                          f"images of the val table, in its order")
+                          f"{table.n_samples} images of the val table, in its order")
     macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
     budget_macs = float(min(m for m in macs if m > 0)) / 4.0 if any(m > 0 for m in macs) \
         else float("inf")

@@ -205,7 +205,6 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     correct_c = [_correct_on_certify(split, pool[i], cvec, ref, names) for i in path]
     counts = [loss_gain(c, split.ref_c) for c in correct_c]
     k = fixed_sequence(counts, val_c.n_samples, s, delta)
-    certified = [int(path[j]) for j in range(k)]
     stop_reason = ("" if k == len(path) else
                    f"path stopped at its {k + 1}th of {len(path)} candidates")
     # per family: its cheapest certified candidate
