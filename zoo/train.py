@@ -403,6 +403,99 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+@dataclass
+class RunState:
+    """What a training run carries from epoch to epoch and saves for a resume: the epochs done,
+    their history, the best epoch by val loss (and its weights under ``keep="best"``), the
+    epochs since it, and whether early stopping has fired."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=lambda: {"loss": math.inf,
+                                                            "accuracy": float("nan"),
+                                                            "epoch": 0})
+    best_weights: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], model: nn.Module, optimizer: Any,
+                scheduler: Any) -> "RunState":
+        """Load a saved state into ``model``, ``optimizer`` and ``scheduler``; its run state."""
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return cls(int(state["epoch"]), list(state["history"]), dict(state["best"]),
+                   state["best_weights"], int(state["bad_epochs"]), bool(state["stopped"]))
+
+    def record(self, epoch: int, row: dict[str, float], model: nn.Module,
+               config: TrainConfig) -> None:
+        """Epoch ``epoch`` (1-based) is done with ``row``: keep the best, count patience."""
+        self.epoch = epoch
+        self.history.append(row)
+        loss = row["val_loss"]
+        if (not math.isnan(loss) and loss < self.best["loss"]) or self.best["epoch"] == 0:
+            self.best = {"loss": loss, "accuracy": row["val_accuracy"], "epoch": epoch}
+            if config.keep == "best":   # under "last" the model's own weights are what is kept
+                self.best_weights = _cpu_state_dict(model)
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            self.stopped = config.patience is not None and self.bad_epochs >= config.patience
+
+    def to_state(self, config: TrainConfig, model: nn.Module, optimizer: Any,
+                 scheduler: Any) -> dict[str, Any]:
+        """The dict ``_save_state`` writes (read back by ``restore``)."""
+        return {"format": STATE_FORMAT, "config": config.identity(), "epoch": self.epoch,
+                "model": _cpu_state_dict(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": self.history, "best": self.best,
+                "best_weights": self.best_weights, "bad_epochs": self.bad_epochs,
+                "stopped": self.stopped}
+
+
+def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
+                    gen: torch.Generator, n_steps: int, config: TrainConfig,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, criterion: nn.Module,
+                    norm: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    resident: bool, dp: DataParallel | None, bar: Any
+                    ) -> tuple[float, int, int]:
+    """One pass over ``train`` in ``order`` (``n_steps`` batches of the global batch size,
+    augmented with ``gen``), stepping ``optimizer`` and ``scheduler``; ``bar`` iterates the
+    steps (a tqdm bar). Returns this process's (summed loss, correct, seen)."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step in bar:
+        idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        xb = train.images[idx]
+        if config.augment:
+            xb = augment_batch(xb, gen, flip=config.flip)
+        if config.erase > 0:
+            xb = random_erase(xb, gen, config.erase)
+        yb = train.labels[idx]
+        if dp is not None:      # the global batch was drawn and augmented whole: take a part
+            part = dp.local_part(len(idx))
+            xb, yb = xb[part], yb[part]
+        if not resident:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        x = norm(xb)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = yb
+        with autocast_context(device, config.amp):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        (loss if dp is None else loss * dp.loss_weight(len(y), len(idx))).backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    return loss_sum, correct, seen
+
+
 def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         config: TrainConfig, *, state_path: str | Path | None = None,
         history_path: str | Path | None = None, progress: bool = True, desc: str = "",
@@ -452,27 +545,16 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         tqdm.write(f"{desc} {fallback}".strip())
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    best = {"loss": math.inf, "accuracy": float("nan"), "epoch": 0}
-    best_weights: dict[str, torch.Tensor] | None = None
-    bad_epochs, stopped = 0, False
+    run = RunState()
     if state_path is not None and state_path.exists():
-        state = _load_state(state_path, config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        best = dict(state["best"])
-        best_weights = state["best_weights"]
-        bad_epochs, stopped = int(state["bad_epochs"]), bool(state["stopped"])
-    resumed_from = start_epoch
+        run = RunState.restore(_load_state(state_path, config), model, optimizer, scheduler)
+    resumed_from = start_epoch = run.epoch
     # under DDP: train through the wrapper (gradients averaged); ``model`` keeps the weights
     train_model = model if dp is None else dp.wrap(model)
     evaluate_on = evaluate if dp is None else dp.evaluate
 
     for epoch in range(start_epoch, config.epochs):
-        if stopped:
+        if run.stopped:
             break
         t0 = time.perf_counter()
         # Seeds depend on (seed, epoch) so a resumed run draws what an unbroken one would
@@ -483,39 +565,11 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         if resident:   # the same order on every device, moved once per epoch; the augmentation
             order = order.to(device)                           # draws on the device itself
             gen = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch)
-        train_model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
-                   disable=not progress, leave=False)
-        for step in bar:
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            xb = train.images[idx]
-            if config.augment:
-                xb = augment_batch(xb, gen, flip=config.flip)
-            if config.erase > 0:
-                xb = random_erase(xb, gen, config.erase)
-            yb = train.labels[idx]
-            if dp is not None:      # the global batch was drawn and augmented whole: take a part
-                part = dp.local_part(len(idx))
-                xb, yb = xb[part], yb[part]
-            if not resident:
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            x = norm(xb)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = yb
-            with autocast_context(device, config.amp):
-                logits = train_model(x)
-                loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            (loss if dp is None else loss * dp.loss_weight(len(y), len(idx))).backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        loss_sum, correct, seen = train_one_epoch(
+            train_model, train, order, gen, n_steps, config, optimizer, scheduler, criterion,
+            norm, device, resident, dp,
+            tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
+                 disable=not progress, leave=False))
         if dp is not None:
             loss_sum, correct, seen = dp.sum_over_ranks(loss_sum, correct, seen)
         lr = optimizer.param_groups[0]["lr"]
@@ -524,24 +578,11 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "lr": lr,
                "seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = not math.isnan(metrics["loss"]) and metrics["loss"] < best["loss"]
-        if improved or best["epoch"] == 0:
-            best = {"loss": metrics["loss"], "accuracy": metrics["accuracy"], "epoch": epoch + 1}
-            if config.keep == "best":   # under "last" the model's own weights are what is kept
-                best_weights = _cpu_state_dict(model)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            stopped = config.patience is not None and bad_epochs >= config.patience
+        run.record(epoch + 1, row, model, config)
         if history_path is not None and writes:
-            write_csv(history_path, history, HISTORY_COLUMNS)
+            write_csv(history_path, run.history, HISTORY_COLUMNS)
         if state_path is not None and writes:
-            _save_state(state_path, {
-                "format": STATE_FORMAT, "config": config.identity(), "epoch": epoch + 1,
-                "model": _cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                "best_weights": best_weights, "bad_epochs": bad_epochs, "stopped": stopped})
+            _save_state(state_path, run.to_state(config, model, optimizer, scheduler))
         if log_epochs:
             tqdm.write(f"{desc} epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc "
                        f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc "
@@ -551,15 +592,16 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
 
     if dp is not None:
         dp.unwrap(model)
+    best, history = run.best, run.history
     if config.keep == "last" and history:
         last = history[-1]
         best = {"loss": last["val_loss"], "accuracy": last["val_accuracy"], "epoch": last["epoch"]}
-    elif best_weights is not None:
-        model.load_state_dict(best_weights)
+    elif run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
     model.eval()
     return FitResult(history=history, best_epoch=int(best["epoch"]),
                      best_val_loss=float(best["loss"]), best_val_accuracy=float(best["accuracy"]),
-                     epochs_run=len(history), stopped_early=stopped,
+                     epochs_run=len(history), stopped_early=run.stopped,
                      seconds=float(sum(r["seconds"] for r in history)), resumed_from=resumed_from)
 
 
