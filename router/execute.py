@@ -26,8 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from router.base import Router, RouterError, first_confident, table_precision
-from zoo.device import device_of, synchronize
-from zoo.preprocess import PreprocessLike, prepare
+from zoo.infer import predict_logits
+from zoo.preprocess import PreprocessLike
 
 
 @dataclass
@@ -94,28 +94,17 @@ class _Clock:
         self.model_seconds = 0.0
 
 
-@torch.inference_mode()
 def _run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike, batch_size: int,
                clock: _Clock, batch_seconds: list[float] | None = None) -> torch.Tensor:
-    """Logits (n, C) float32 on the CPU for uint8 images, in batches, each moved to the
-    model's device and preprocessed there (``zoo.preprocess.prepare``: a ``DatasetInfo``, a
-    ``Preprocess`` or a callable). Copy, preprocessing and forward pass go on the clock, read
-    after the device is synchronised (and each batch's time on ``batch_seconds``)."""
-    device = device_of(model)
-    outs = []
-    for s in range(0, len(images), batch_size):
-        t0 = time.perf_counter()
-        xb = images[s:s + batch_size]
-        if xb.device != device:
-            xb = xb.to(device, non_blocking=True)
-        out = model(prepare(xb, how)).float()
-        synchronize(device)
-        outs.append(out.cpu())
-        dt = time.perf_counter() - t0
-        clock.model_seconds += dt
-        if batch_seconds is not None:
-            batch_seconds.append(dt)
-    return torch.cat(outs) if outs else torch.empty(0, 0)
+    """Logits (n, C) float32 on the CPU for uint8 images, in batches on the model's device
+    with its preprocessing (``zoo.infer.predict_logits``, the one inference loop); every
+    batch's time goes on the clock (and on ``batch_seconds``)."""
+    times: list[float] = []
+    logits = predict_logits(model, images, how, batch_size, batch_seconds=times)
+    clock.model_seconds += sum(times)
+    if batch_seconds is not None:
+        batch_seconds.extend(times)
+    return logits if len(images) else torch.empty(0, 0)
 
 
 def run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike,
