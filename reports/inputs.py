@@ -226,6 +226,14 @@ def zoos_of(frame: pd.DataFrame) -> list[str]:
     return sorted(present, key=lambda z: (rank.get(z, len(rank)), present.index(z)))
 
 
+def selected_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows selected on val (none where routers.csv predates selection); any spelling of
+    true the CSV may hold counts."""
+    if "selected" not in frame.columns:
+        return frame.iloc[0:0]
+    return frame[frame["selected"].map(lambda v: _as_bool(v) is True).astype(bool)]
+
+
 def _as_bool(v: Any) -> bool | None:
     if isinstance(v, (bool, np.bool_)):
         return bool(v)

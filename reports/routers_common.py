@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from reports import style
-from reports.inputs import _as_bool, model_of
+from reports.inputs import model_of, selected_rows
 
 
 SINGLE_FAMILIES = ("single", "best-single")
@@ -121,13 +121,6 @@ def reference_lines(ax: Any, frame: pd.DataFrame, column: str, scale: float = 1.
         else:
             ax.axhline(scale * float(vals[column].iloc[0]), label=label, zorder=1.6,
                        **style.REFERENCE_STYLE["ceiling"])
-
-
-def selected_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows selected on val (none where routers.csv predates selection)."""
-    if "selected" not in frame.columns:
-        return frame.iloc[0:0]
-    return frame[frame["selected"].map(lambda v: _as_bool(v) is True).astype(bool)]
 
 
 def mark_selected(ax: Any, frame: pd.DataFrame, x: str, y: str, scale: float = 1.0,

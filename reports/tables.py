@@ -9,7 +9,8 @@ import pandas as pd
 
 from oracle.metrics import paired_comparison
 from oracle.policy import reference_index
-from reports.inputs import _as_bool, DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
+from reports.inputs import DEFAULT_ZOO, RunArtifacts, _as_bool, model_of, selected_rows, \
+    zoo_rows, zoos_of
 
 SUMMARY_SACRIFICE = 0.01
 ROUTER_TABLE_COLUMNS = ("zoo", "sacrifice", "method", "family", "selected", "accuracy",
@@ -238,7 +239,7 @@ def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
         rows = zoo_rows(routers, zoo)
         for level in sorted(float(v) for v in rows["sacrifice"].dropna().unique()):
             at = rows[np.isclose(rows["sacrifice"].astype(float), level)]
-            sel = at[at["selected"] == True]  # noqa: E712
+            sel = selected_rows(at)
             if len(sel) > 1:
                 raise ValueError(f"routers.csv marks {len(sel)} rows selected for zoo {zoo!r} at "
                                  f"sacrifice {level:g} ({list(sel['method'])}); exactly one may "
@@ -363,7 +364,7 @@ def selected_row(routers: pd.DataFrame, sacrifice: float = SUMMARY_SACRIFICE,
     at = at[np.isclose(at["sacrifice"].astype(float), sacrifice)]
     if at.empty:
         return None, f"no routers.csv row for zoo {zoo!r} at {100 * sacrifice:g}% sacrifice"
-    sel = at[at["selected"] == True]  # noqa: E712
+    sel = selected_rows(at)
     if sel.empty:
         return None, (f"no row is selected for zoo {zoo!r} at {100 * sacrifice:g}% sacrifice: "
                       f"{RERUN_HINT}")
