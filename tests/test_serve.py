@@ -91,9 +91,9 @@ def add_routers(root: Path) -> None:
     infos = [DatasetInfo.from_dict(c["data"]) for _, c in loaded]
     ckpts = [run.checkpoint(n) for n in MODELS]
     for sac, th in CASCADE_THRESHOLDS.items():
+        meta = {"sacrifice": sac, "statement": f"certified (a test statement at {sac})"}
         RoutedClassifier("cascade", CascadeRouter(MODELS, [0, 1], [th, 0.0]), models, infos,
-                         ckpts, meta={"sacrifice": sac}).save(root / "routers" / f"cascade-{sac}.pt",
-                                                              root)
+                         ckpts, meta=meta).save(root / "routers" / f"cascade-{sac}.pt", root)
     torch.manual_seed(1)
     net = DispatcherNet(DispatcherArch(1, 28, 10, width=4))
     disp = Dispatcher("label", net, infos[0], MODELS, np.array([0.2, 0.5]),
@@ -293,6 +293,9 @@ def test_cascade_and_dispatcher_explain_their_choice(client, service, web_run):
             assert c["why"][1]["confidence"] == pytest.approx(by["tiny_vgg2"]["confidence"],
                                                               abs=1e-5)
         assert c["answer_index"] == by[c["model"]]["pred"]
+        # the certificate saved with the router is printed beside its choice
+        level = policy.split("-")[1]
+        assert f"Its budget: certified (a test statement at {level})." in c["why_text"]
     disp = [e for e in d["routers"] if e["family"] == "dispatcher"][0]
     rc = [r for r in service.strip.routers if r.family == "dispatcher"][0].routed
     top = int(dispatcher_scores(rc.router.net, service.samples.images[4][None], rc.router.info,
