@@ -36,7 +36,8 @@ from router.artifact import RoutedClassifier
 from router.base import ConstantRouter, Router, RouterError, budget_margin_se
 from router.cascade import CascadeRouter, fit_cascade
 from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
-from router.certified import certify_level, certify_singles, dispatcher_setup, prepare_split
+from router.certified import certify_level, certify_singles, dispatcher_setup, prepare_split, \
+    reference_certificate
 from router.certify import DEFAULT_DELTA, Certificate, certificate, check_delta, drop_ucb, \
     split_calibration
 from router.scoring import budget_status
@@ -630,8 +631,9 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
     if selection == "certified":
         sel, cer = split_calibration(val.n_samples, select_share, seed)
         cs, k = certify_singles(val.correct[sel], val.correct[cer], ref, cvec, sacrifice, delta)
-        cs_cert = certificate(val.correct[cer, cs], val.correct[cer, ref], sacrifice, delta,
-                              bool(k) or sacrifice >= 0)
+        cs_cert = (certificate(val.correct[cer, cs], val.correct[cer, ref], sacrifice, delta,
+                               True, "certified on the single-model path") if k
+                   else reference_certificate(sacrifice, delta, len(cer)))
     else:
         cs, _ = cheapest_single(val.correct, cvec, ref, ref_val - sacrifice, margin_z)
     k = len(test) if timing_samples is None else min(len(test), int(timing_samples))

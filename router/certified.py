@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from common.tables import PredictionTable
-from router.base import first_confident, paired_se, table_precision
+from router.base import paired_se, table_precision
 from oracle.policy import fit_policy
 from router.cascade import CascadeCandidates, CascadeFit, cascade_candidates, cascade_fit_at, \
     simulate_cascade, single_stage_index
@@ -57,7 +57,6 @@ class CertifySplit:
     cascades: CascadeCandidates      # simulated on the select part
     learned: LearnedCandidates | None  # heads cross-fitted and refitted on the select part
     disp_scores_c: dict[str, np.ndarray] = field(default_factory=dict)
-    disp_holdout_c: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,10 +73,10 @@ class PoolEntry:
     def predicted_bound(self, n_certify: int, z: float) -> float:
         """The drop bound the certify part is expected to give: the estimate plus ``z``
         standard errors for the certify part's own noise and ``z x ESTIMATE_WEIGHT`` for the
-        estimate's (it was read off a few images and among many candidates). The per-image variance is
-        floored at two disagreements' worth, so an answer that happened to agree with the
-        reference on every select image does not look certain (low for answers that rarely
-        disagree)."""
+        estimate's (it was read off a few images and among many candidates). The per-image
+        variance is floored at two disagreements' worth, so an answer that happened to agree
+        with the reference on every select image does not look certain (low for answers that
+        rarely disagree)."""
         var = max(self.se ** 2 * self.n, 2.0 / max(1, self.n))
         return self.drop + z * np.sqrt(var) * (1.0 / np.sqrt(max(1, n_certify))
                                                + ESTIMATE_WEIGHT / np.sqrt(max(1, self.n)))
@@ -139,14 +138,8 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     limits the path to those (the library fits one kind at a time); default: all."""
     ref, val_s, val_c = split.ref, split.val_s, split.val_c
     pool: list[PoolEntry] = []
-    acc_s = val_s.accuracy()
     n_s = val_s.n_samples
-    ref_s = val_s.correct[:, ref]
-    single_se = paired_se((val_s.correct & ~ref_s[:, None]).sum(0),
-                          (~val_s.correct & ref_s[:, None]).sum(0), n_s)
-    for m in range(len(names)):
-        pool.append(PoolEntry("single", m, float(cvec[m]), split.ref_acc_s - float(acc_s[m]),
-                              float(single_se[m]), n_s))
+    pool += single_entries(val_s.correct, ref, cvec)
     cc = split.cascades
     for i in range(len(cc.accuracy)):
         if len(cc.chains[int(cc.chain_of[i])]) > 1:
@@ -158,7 +151,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             pool.append(PoolEntry("learned", i, float(lc.cands.cost[i]),
                                   lc.reference_accuracy - float(lc.cands.accuracy[i]),
                                   float(lc.cands.se[i]), len(lc.threshold_index)))
-    label_router, skipped = None, False
+    skipped = False
     for mode, (fit, net_ms) in (disp or {}).items():
         hold = fit.holdout_index
         hold_correct = val_s.correct[hold]
@@ -170,7 +163,8 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             ses = paired_se((right & ~hr).sum(1), (~right & hr).sum(1), len(hold))
             for t, r, c, se in zip(taus, right, cost, ses):
                 if 0.0 < t <= 1.0:          # tau 0 / above 1 are single models, already pooled
-                    pool.append(PoolEntry("dispatcher-sample", float(t), float(c),
+                    d = Dispatcher.from_fit(fit, cvec, threshold=float(t), fallback=ref)
+                    pool.append(PoolEntry("dispatcher-sample", d, float(c),
                                           ref_hold - float(r.mean()), float(se), len(hold)))
         else:
             pol = fit_policy(label_policy, val_s, cvec, max(s, 0.0))
@@ -179,7 +173,6 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             share = np.bincount(ch, minlength=len(cvec)) / max(1, len(ch))
             cost = float(share @ cvec) + (0.0 if d.constant_choice is not None else net_ms)
             if d.constant_choice is None:
-                label_router = d
                 r = hold_correct[np.arange(len(hold)), ch]
                 hr = hold_correct[:, ref]
                 se = float(paired_se(int((r & ~hr).sum()), int((~r & hr).sum()), len(hold)))
@@ -202,7 +195,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
             parts.append(idx[pareto_path(np.array([pool[i].cost for i in idx]), predicted[idx],
                                          s, max_len=max_path, reference_cost=float(cvec[ref]))])
     path = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    correct_c = [_correct_on_certify(split, pool[i], cvec, ref, names) for i in path]
+    correct_c = [_correct_on_certify(split, pool[i]) for i in path]
     counts = [loss_gain(c, split.ref_c) for c in correct_c]
     k = fixed_sequence(counts, val_c.n_samples, s, delta)
     stop_reason = ("" if k == len(path) else
@@ -216,10 +209,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     certs: dict[str, Certificate] = {}
     cands: dict[str, Candidate] = {}
     # the reference itself: its drop is 0 exactly, so it meets any level >= 0 with no risk
-    ref_cert = Certificate(float(s), float(delta), int(val_c.n_samples), 0, 0, s >= 0,
-                           0.0, REFERENCE_REASON if s >= 0 else
-                           "nothing more accurate than the reference could be certified: the "
-                           "reference answers, uncertified")
+    ref_cert = reference_certificate(s, delta, val_c.n_samples)
 
     def family_result(fam: str) -> tuple[Any, Certificate, float, float]:
         """(key, certificate, cost, certify-part accuracy) of a family's deployed answer."""
@@ -248,7 +238,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
     if "sample" in disp:
         fit, _ = disp["sample"]
         key, cert, cost, acc = family_result("dispatcher-sample")
-        ds = Dispatcher.from_fit(fit, cvec, threshold=1.01 if key is None else key, fallback=ref)
+        ds = key or Dispatcher.from_fit(fit, cvec, threshold=1.01, fallback=ref)
         certs["dispatcher-sample"] = cert
         cands["dispatcher-sample"] = Candidate("dispatcher-sample", acc, cost, cert.certified)
     if "label" in disp:
@@ -256,11 +246,7 @@ def certify_level(split: CertifySplit, s: float, delta: float, cvec: np.ndarray,
         key, cert, cost, acc = family_result("dispatcher-label")
         if key is None:
             skipped = True
-            base = label_router or Dispatcher.from_fit(fit, cvec, policy=fit_policy(
-                label_policy, val_s, cvec, max(s, 0.0)), fallback=ref)
-            dl = Dispatcher("label", base.net, base.info, names, cvec,
-                            label_to_model=np.full(val_s.n_classes, ref), fallback=ref,
-                            macs=base.network_macs)
+            dl = Dispatcher.to_one_model(fit, cvec, ref)
         else:
             dl = key
         certs["dispatcher-label"] = cert
@@ -308,20 +294,35 @@ def path_z(delta: float) -> float:
     return float(stats.norm.ppf(1.0 - delta))
 
 
+def reference_certificate(s: float, delta: float, n: int) -> Certificate:
+    """The reference answering itself: its drop is 0 exactly, so it meets any level >= 0 with
+    no risk and no negative level."""
+    return Certificate(float(s), float(delta), int(n), 0, 0, s >= 0, 0.0,
+                       REFERENCE_REASON if s >= 0 else
+                       "nothing more accurate than the reference could be certified: the "
+                       "reference answers, uncertified")
+
+
+def single_entries(correct_s: np.ndarray, ref: int, cvec: np.ndarray) -> list[PoolEntry]:
+    """Each single model as a path candidate: its cost, its drop against the reference on the
+    select part's correctness ``correct_s`` (n, M) and that drop's paired SE."""
+    acc = correct_s.mean(axis=0)
+    r = correct_s[:, ref]
+    se = paired_se((correct_s & ~r[:, None]).sum(0), (~correct_s & r[:, None]).sum(0),
+                   len(correct_s))
+    return [PoolEntry("single", m, float(cvec[m]), float(acc[ref] - acc[m]), float(se[m]),
+                      len(correct_s)) for m in range(len(acc))]
+
+
 def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec: np.ndarray,
                     s: float, delta: float, max_path: int = 24) -> tuple[int, int]:
     """The cheapest single model certified at level ``s``: the path of single models (Pareto
     on the select part's (cost, predicted bound)), tested in order on the certify part.
     ``correct_*`` (n, M) booleans. Returns (model, how many were certified); the reference
     where none was."""
-    acc_s = correct_s.mean(axis=0)
-    r = correct_s[:, ref]
-    se = paired_se((correct_s & ~r[:, None]).sum(0), (~correct_s & r[:, None]).sum(0),
-                   len(correct_s))
     z = path_z(delta)
-    predicted = np.array([PoolEntry("single", m, 0.0, acc_s[ref] - acc_s[m], float(se[m]),
-                                    len(correct_s)).predicted_bound(len(correct_c), z)
-                          for m in range(len(acc_s))])
+    predicted = np.array([e.predicted_bound(len(correct_c), z)
+                          for e in single_entries(correct_s, ref, cvec)])
     path = pareto_path(np.asarray(cvec, float), predicted, s, max_len=max_path,
                        reference_cost=float(cvec[ref]))
     counts = [loss_gain(correct_c[:, m], correct_c[:, ref]) for m in path]
@@ -329,8 +330,7 @@ def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec
     return (int(path[k - 1]) if k else int(ref)), k
 
 
-def _correct_on_certify(split: CertifySplit, e: PoolEntry, cvec: np.ndarray, ref: int,
-                        names: list[str]) -> np.ndarray:
+def _correct_on_certify(split: CertifySplit, e: PoolEntry) -> np.ndarray:
     """(n_c,) whether candidate ``e`` answers each certify-part image right."""
     val_c = split.val_c
     rows = np.arange(val_c.n_samples)
@@ -346,13 +346,7 @@ def _correct_on_certify(split: CertifySplit, e: PoolEntry, cvec: np.ndarray, ref
         fit = _learned_fit(split.learned, int(e.key), 0.0)
         ch = LearnedCascadeRouter.from_fit(fit).simulate(val_c.probs)
         return val_c.correct[rows, ch]
-    if e.family == "dispatcher-sample":
-        # any fit of this mode: only the threshold and the costs' order matter for choose()
-        order = np.lexsort((np.arange(len(cvec)), cvec))
-        ch = first_confident(table_precision(split.disp_scores_c["sample"]), e.key, ref,
-                             order=order)
-        return val_c.correct[rows, ch]
-    ch = e.key.choose(split.disp_scores_c["label"])
+    ch = e.key.choose(split.disp_scores_c[e.family.split("-", 1)[1]])    # a dispatcher
     return val_c.correct[rows, ch]
 
 

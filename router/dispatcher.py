@@ -377,6 +377,14 @@ class Dispatcher(Router):
     def macs_per_image(self) -> int:
         return 0 if self.constant_choice is not None else int(self._macs)
 
+    @classmethod
+    def to_one_model(cls, fit: DispatcherFit, costs: np.ndarray, model: int) -> "Dispatcher":
+        """The label dispatcher of ``fit`` sending every image to ``model``: it never runs its
+        network (``constant_choice``); how a dispatcher that is not worth its cost is kept."""
+        return cls("label", fit.net, fit.info, fit.model_names, costs,
+                   label_to_model=np.full(fit.arch.n_outputs, model), fallback=model,
+                   macs=fit.macs)
+
     @property
     def network_macs(self) -> int:
         """The network's MACs per image (whether or not this setting runs it)."""

@@ -249,13 +249,10 @@ def label_dispatcher_at(fit: DispatcherFit, net_ms: float, val: PredictionTable,
     network's own is not below the reference's, it runs the reference alone and skips its
     network (``skipped``). Its candidate is scored on the dispatcher's held-out part of val.
     Returns (dispatcher, skipped, candidate)."""
-    names = list(val.model_names)
     dl = Dispatcher.from_fit(fit, cvec, policy=policy, fallback=ref)
     skip = bool(policy.cost(cvec) + net_ms >= cvec[ref] and dl.constant_choice is None)
     if skip:
-        dl = Dispatcher("label", dl.net, dl.info, names, cvec,
-                        label_to_model=np.full(val.n_classes, ref), fallback=ref,
-                        macs=dl.network_macs)
+        dl = Dispatcher.to_one_model(fit, cvec, ref)
     hold = fit.holdout_index
     ch = dl.choose(fit.holdout_scores)
     right = val.correct[hold, ch]

@@ -34,9 +34,9 @@ from router.base import RouterError, table_precision
 from router.cascade import cascade_candidates, select_cascade, simulate_cascade
 from router.certified import certify_level, prepare_split
 from router.deferral import LearnedCascadeRouter, learned_candidates, rows_of, select_learned
+from router.scoring import cascade_cost
 from router.selection import Candidate, cheapest_single, select_deployable
 
-RULES = ("estimate", "certified")
 COLUMNS = ["zoo", "rule", "sacrifice", "delta", "draws", "misses", "miss_rate", "miss_lo",
            "miss_hi", "mean_drop", "p90_drop", "median_speedup", "mean_speedup",
            "max_stages", "learned", "n_val", "population"]
@@ -77,18 +77,6 @@ def pool_tables(val: PredictionTable, test: PredictionTable) -> PredictionTable:
                            np.concatenate([val.preds, test.preds]),
                            np.concatenate([val.probs, test.probs]),
                            np.arange(val.n_samples + test.n_samples), "pool")
-
-
-def _cascade_chosen(conf_pool: np.ndarray, stages: Sequence[int],
-                    thresholds: Sequence[float]) -> np.ndarray:
-    return simulate_cascade(conf_pool, stages, thresholds)
-
-
-def expected_cost(chosen: np.ndarray, stages: Sequence[int], cvec: np.ndarray) -> float:
-    """Expected ms per image of a chain whose answering model per image is ``chosen``."""
-    pos = {m: k for k, m in enumerate(stages)}
-    reached = np.array([pos[int(c)] for c in chosen])
-    return float(sum(cvec[m] * np.mean(reached >= k) for k, m in enumerate(stages)))
 
 
 def estimate_rule(draw: PredictionTable, pool: PredictionTable, conf_pool: np.ndarray,
@@ -154,9 +142,9 @@ def _deployed(rule: str, family: str, pool: PredictionTable, conf_pool: np.ndarr
               thresholds: Sequence[float], learned: LearnedCascadeRouter | None) -> Deployed:
     if learned is not None:
         chosen = learned.simulate(pool.probs)
-        return Deployed(rule, family, chosen, expected_cost(chosen, stages, learned_cvec))
-    chosen = _cascade_chosen(conf_pool, stages, thresholds)
-    return Deployed(rule, family, chosen, expected_cost(chosen, stages, cvec))
+        return Deployed(rule, family, chosen, cascade_cost(chosen, stages, learned_cvec))
+    chosen = simulate_cascade(conf_pool, stages, thresholds)
+    return Deployed(rule, family, chosen, cascade_cost(chosen, stages, cvec))
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from common.io import read_csv
-from router.guarantee import clopper_pearson, expected_cost, judge, pool_tables
+from router.guarantee import clopper_pearson, judge, pool_tables
+from router.scoring import cascade_cost
 from scripts.bench_guarantee import main
 from tests.test_certify import _population, _table
 
@@ -33,7 +34,7 @@ def test_clopper_pearson_and_expected_cost_by_hand():
     lo, hi = clopper_pearson(0, 10)
     assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** 0.1)
     # a chain 0 -> 2 where half the images go on: 1 + 0.5 * 4
-    assert expected_cost(np.array([0, 2, 0, 2]), [0, 2], np.array([1.0, 9.0, 4.0])) == 3.0
+    assert cascade_cost(np.array([0, 2, 0, 2]), [0, 2], np.array([1.0, 9.0, 4.0])) == 3.0
 
 
 def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
