@@ -37,6 +37,7 @@ the table's. With ``timing_samples`` >= N the executed answers are scored direct
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 from common.io import write_csv, write_json
 from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
-from router.base import Router
+from router.base import Router, RouterError
 from router.deferral import DeferralHead, deferral_curve_rows, head_ms_per_image
 from router.dispatcher import dispatcher_scores
 from router.eval_config import DEFAULT_SACRIFICES, DEPLOYABLE, LEAD_COLUMNS, ZOOS, EvalConfig
@@ -84,7 +85,10 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     inp = inputs or load_run_inputs(run, progress=cfg.progress, device=cfg.device)
     names_all = inp.test.model_names
     profile_cvec = inp.cvec
-    if cfg.costs == "measured":
+    pinned = pinned_costs(cfg.costs_from, names_all) if cfg.costs_from else None
+    if pinned is not None:
+        cvec_all = pinned[0]
+    elif cfg.costs == "measured":
         # the costs every fit minimises: ms/image timed here, on val images, with the threads,
         # batch size and executor the routers run with (costs.json was timed by another process
         # at another time; on a shared machine its figures can be off several-fold)
@@ -93,9 +97,12 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
                                       warmup=cfg.warmup, rounds=max(3, cfg.repeats))
     else:
         cvec_all = profile_cvec
-    overhead = ({"stage_ms": stage_overhead_ms(inp.val_images[:1024], inp.val.n_classes),
-                 "head_ms": head_ms_per_image(inp.val.n_classes)}
-                if cfg.count_router_time else {})
+    if pinned is not None:
+        overhead = pinned[1] if cfg.count_router_time else {}
+    else:
+        overhead = ({"stage_ms": stage_overhead_ms(inp.val_images[:1024], inp.val.n_classes),
+                     "head_ms": head_ms_per_image(inp.val.n_classes)}
+                    if cfg.count_router_time else {})
     zoos = zoo_indices(inp, cfg.zoos)
     used = sorted(set(inp.devices)) or ["cpu"]
     device_note = used[0] if len(used) == 1 else "; ".join(
@@ -106,8 +113,10 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         f"{inp.test.n_samples} test images, zoos {', '.join(f'{z} ({len(i)})' for z, i in zoos.items())}, "
         f"threads {cfg.threads}, models on {device_note}, timing on {timer.k} test images x {cfg.repeats} interleaved "
         f"repeats after {cfg.warmup} warm-up")
-    log("  costs (" + ("measured here on %d val images" % min(cfg.cost_samples, inp.val.n_samples)
-                       if cfg.costs == "measured" else "costs.json") + ", ms/image): "
+    source = (f"pinned from {cfg.costs_from}" if pinned is not None
+              else "measured here on %d val images" % min(cfg.cost_samples, inp.val.n_samples)
+              if cfg.costs == "measured" else "costs.json")
+    log("  costs (" + source + ", ms/image): "
         + ", ".join(f"{n} {c:.3f}" for n, c in zip(names_all, cvec_all)))
     fits: dict[str, Any] = {"costs": cfg.costs, "margin_z": cfg.margin_z,
                             "selection": cfg.selection, "delta": cfg.delta,
@@ -171,6 +180,24 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     log(format_summary(rows))
     log(f"wrote {result.paths['csv']} and {result.paths['npz']} in {fits['seconds']:.0f}s")
     return result
+
+
+def pinned_costs(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """The ms/image and routing overheads a previous evaluate-routers measured (its
+    ``RUN/routers/fits.json``), so that a second fit on the same tables sees the same costs and
+    so makes the same choices (how a refactoring is checked to move no selection)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RouterError(f"--costs-from {p}: no such file; pass the fits.json a previous "
+                          f"evaluate-routers wrote (RUN/routers/fits.json)")
+    rec = json.loads(p.read_text())
+    ms = rec.get("ms_per_image", {})
+    missing = [n for n in names if n not in ms]
+    if missing:
+        raise RouterError(f"--costs-from {p}: no measured cost for {missing}; it was written for "
+                          f"another zoo. Drop the flag to measure the costs here")
+    return (np.asarray([float(ms[n]) for n in names], dtype=np.float64),
+            {k: float(v) for k, v in rec.get("router_overhead_ms", {}).items()})
 
 
 def write_deferral_curves(rd: RunDir, zoo_fits: Sequence[ZooFit],

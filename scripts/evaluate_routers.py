@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--costs", choices=["measured", "profile"], default="measured",
                    help="costs the fits minimise: ms/image timed here on val images (default) or "
                         "RUN/costs.json from profile-zoo")
+    p.add_argument("--costs-from", default=None, metavar="FITS_JSON",
+                   help="reuse the ms/image and routing overheads a previous evaluate-routers "
+                        "measured (its RUN/routers/fits.json): the same tables then give the same "
+                        "choices, which is how a change is checked to move no selection")
     p.add_argument("--cost-samples", type=int, default=1000,
                    help="val images the measured costs are timed on")
     p.add_argument("--selection", choices=["certified", "estimate"], default="certified",
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                      warmup=a.warmup, timing_samples=a.timing_samples or None,
                      batch_size=a.batch_size, label_policy=a.label_policy,
                      cascade_max_stages=a.cascade_max_stages, learned_folds=a.learned_folds,
-                     costs=a.costs,
+                     costs=a.costs, costs_from=a.costs_from,
                      cost_samples=a.cost_samples, margin_z=a.margin_z,
                      selection=a.selection, delta=a.delta, select_share=a.select_share,
                      dispatcher_time_share=a.dispatcher_time_share or None,

@@ -300,3 +300,36 @@ def test_deferral_curves_run_from_the_cheap_model_to_the_reference(evaluated_run
     ideal = [float(r["accuracy"]) for r in rows if r["score"] == "ideal (label)"]
     soft = [float(r["accuracy"]) for r in rows if r["score"] == "max-softmax"]
     assert all(i >= s - 1e-12 for i, s in zip(ideal, soft))      # nothing beats the label
+
+
+def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path, monkeypatch):
+    """--costs-from reuses a fits.json's ms/image and overheads: two fits then see the same
+    costs (recorded back as given) and make the same choices; a zoo it lacks is refused."""
+    import shutil
+    import router.fitting
+    from router.base import RouterError
+    from router.evaluate import pinned_costs
+    monkeypatch.setattr(router.fitting, "dispatcher_ms_per_image", lambda arch, x: 0.01)
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    pinned = tmp_path / "pinned.json"
+    shutil.copy(run / "routers" / "fits.json", pinned)
+    given = json.loads(pinned.read_text())
+
+    def choose() -> dict:
+        assert main(["--run", str(run), "--sacrifices", "0.05", "--threads", "1", "--repeats", "1",
+                     "--costs-from", str(pinned), "--dispatcher-epochs", "2",
+                     "--timing-samples", "20", "--no-progress", "--no-save-routers"]) == 0
+        fits = json.loads((run / "routers" / "fits.json").read_text())
+        assert fits["ms_per_image"] == given["ms_per_image"]
+        assert fits["router_overhead_ms"] == given["router_overhead_ms"]
+        rows = read_csv(RunDir(run).results / "routers.csv")
+        return {(r["zoo"], r["method"], r["sacrifice"]): (r["selected"], r["settings"],
+                                                         r["fit_ms_per_image"], r["accuracy"])
+                for r in rows}
+    assert choose() == choose()
+    names = list(given["ms_per_image"])
+    with pytest.raises(RouterError, match="another zoo"):
+        pinned_costs(pinned, names + ["resnet50"])
+    with pytest.raises(RouterError, match="no such file"):
+        pinned_costs(tmp_path / "nope.json", names)
