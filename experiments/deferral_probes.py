@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router.base import least_cost_meeting, paired_se, table_precision  # noqa: E402
-from router.cascade import _sweep_chain, threshold_grid  # noqa: E402
+from router.cascade import sweep_chain, threshold_grid  # noqa: E402
 from router.deferral import deferral_curve, deferral_features  # noqa: E402
 
 SHARES = (0.05, 0.1, 0.2, 0.3)
@@ -89,14 +89,14 @@ def _stage_arrays(P, y, chain, ensemble):
 
 
 def _sweep(P, y, chain, cost, ref_right, ensemble, grids=None):
-    """The shipped cascade's sweep (``router.cascade._sweep_chain``) over the stage arrays:
+    """The shipped cascade's sweep (``router.cascade.sweep_chain``) over the stage arrays:
     accuracy, expected cost, thresholds and paired SE to the reference of every threshold
     combination (``grids``: per non-final stage; default the cascade's own grid)."""
     conf, corr = _stage_arrays(P, y, chain, ensemble)
     k = len(chain)
     if grids is None:
         grids = [threshold_grid(conf[:, j], 24) for j in range(k - 1)]
-    acc, c, th, gain, loss = _sweep_chain(conf, corr, cost[list(chain)], list(range(k)), grids,
+    acc, c, th, gain, loss = sweep_chain(conf, corr, cost[list(chain)], list(range(k)), grids,
                                           ref_right)
     return acc, c, th, paired_se(gain, loss, len(y))
 

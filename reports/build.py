@@ -421,6 +421,7 @@ def build_report(run: str | Path, out: str | Path | None = None, *, dpi: int = s
     if overlap_split not in ("val", "test"):
         raise ValueError(f"overlap_split must be 'val' or 'test', not {overlap_split!r}")
     art = load_run(run)
+    style.use_router_kinds(art.router_kinds)     # the kinds' colours, markers and families
     out = Path(out) if out is not None else Path(run) / "reports"
     out.mkdir(parents=True, exist_ok=True)
     b = _Builder(out, dpi)

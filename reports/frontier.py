@@ -11,7 +11,6 @@ import pandas as pd
 
 from reports import style
 from reports.inputs import DEFAULT_ZOO, model_of, zoo_rows
-from common.families import DEPLOYABLE_FAMILIES
 from reports.routers_common import SINGLE_FAMILIES, best_single_row, \
     ceiling_rows, data_columns, draw_methods, mark_selected, routed_rows, timing_note
 
@@ -191,7 +190,7 @@ class FrontierDisplay:
                                           avoid=others, occupied=occupied)
         # the sacrifice level at each end of every deployable router's curve
         ends_x, ends_y, ends_t = [], [], []
-        for method, part in rows[rows["family"].isin(DEPLOYABLE_FAMILIES)].groupby("method"):
+        for method, part in rows[rows["family"].isin(style.deployable_families())].groupby("method"):
             part = part.sort_values("sacrifice")
             first, last = part.iloc[0], part.iloc[-1]
             same = (np.isclose(first["images_per_second"], last["images_per_second"], rtol=0.01)

@@ -82,6 +82,8 @@ class RunArtifacts:
     router_predictions: RouterPredictions | None = None
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the router kinds evaluate-routers used: name, family, colour, marker (None: an older run)
+    router_kinds: list[dict[str, Any]] | None = None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -157,6 +159,8 @@ def load_run(root: str | Path) -> RunArtifacts:
     art.prune_sweep = read_frame(results / "prune_sweep.csv", PRUNE_COLUMNS, "compress")
     art.weight_hist = read_frame(results / "weight_hist.csv", HIST_COLUMNS, "compress")
     art.router_predictions = _read_router_predictions(results / "router_predictions.npz")
+    if (results / "router_kinds.json").exists():
+        art.router_kinds = list(read_json(results / "router_kinds.json")["kinds"])
     zoo_dir = root / "zoo"
     if zoo_dir.is_dir():
         for d in sorted(p for p in zoo_dir.iterdir() if p.is_dir()):

@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from common.families import DEPLOYABLE_FAMILIES
 from reports import style
 from reports.inputs import DEFAULT_ZOO, RunArtifacts, model_of, zoo_rows, zoos_of
 from reports.tables import SUMMARY_SACRIFICE
@@ -139,10 +138,10 @@ def router_areas(routers: pd.DataFrame) -> pd.DataFrame:
     (NaN below two such levels), the mean recorded ``gap_recovered`` over its levels and the
     one at s = 0 (NaN where absent). Cascade first, then learned routers, then dispatchers."""
     out: list[dict[str, Any]] = []
-    rank = {f: i for i, f in enumerate(DEPLOYABLE_FAMILIES)}
+    rank = {f: i for i, f in enumerate(style.deployable_families())}
     for zoo in zoos_of(routers):
         everything = zoo_rows(routers, zoo)
-        rows = everything[everything["family"].isin(DEPLOYABLE_FAMILIES)
+        rows = everything[everything["family"].isin(style.deployable_families())
                           & everything["sacrifice"].notna()]
         if rows.empty:
             continue
@@ -392,10 +391,10 @@ class LearnedVsCascadeDisplay:
         """Rows of kind ``router`` (a point of a curve), ``random`` (its cost-matched random
         twin, drawn at the router's x), ``best-single`` and ``cheapest-single``."""
         f = self.frame
-        routed = f[f["family"].isin(DEPLOYABLE_FAMILIES)].dropna(
+        routed = f[f["family"].isin(style.deployable_families())].dropna(
             subset=["sacrifice", "accuracy", "images_per_second"])
         rnd = random_accuracy_of(f).loc[routed.index]
-        rank = {fam: i for i, fam in enumerate(DEPLOYABLE_FAMILIES)}
+        rank = {fam: i for i, fam in enumerate(style.deployable_families())}
         pairs = sorted(dict.fromkeys(zip(routed["method"], routed["family"])),
                        key=lambda p: (rank[p[1]], p[0]))
         out: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ SAME_AS_ORACLE = ("oracle-executed",)
 METRICS = ("accuracy", "precision", "recall", "f1")
 METRIC_LABELS = {"accuracy": "accuracy (%)", "precision": "precision, macro (%)",
                  "recall": "recall, macro (%)", "f1": "F1, macro (%)"}
-FAMILY_ORDER = ("cascade", "learned", "dispatcher", "oracle", "oracle-executed", "random")
+BOUND_FAMILIES = ("oracle", "oracle-executed", "random")    # drawn after the deployable ones
 SACRIFICE_LABEL = "sacrifice budget s (accuracy points; levels evenly spaced)"
 
 
@@ -72,7 +72,7 @@ def ceiling_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def method_order(rows: pd.DataFrame) -> list[tuple[str, str]]:
     """(method, family) pairs: deployable routers first, then oracles, then random baselines."""
     pairs = list(dict.fromkeys(zip(rows["method"], rows["family"])))
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    rank = {f: i for i, f in enumerate(style.deployable_families() + BOUND_FAMILIES)}
     return sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[0]))
 
 

@@ -36,11 +36,32 @@ SELECTED_LABEL = "selected on val (deployed at its level)"
 
 
 # One colour per routing method in every figure (its executed twin and its cost-matched random
-# baseline share it); methods not listed take the next free colour of the palette.
-METHOD_COLORS = {"cascade": "tab:blue", "dispatcher-label": "tab:orange",
-                 "dispatcher-sample": "tab:green", "oracle-overlap": "tab:red",
-                 "oracle-accuracy": "tab:purple", "oracle-budget": "tab:brown",
-                 "learned-cascade": "tab:cyan", "ceiling": "black", "ceiling-budget": "black"}
+# baseline share it); methods not listed take the next free colour of the palette. The router
+# kinds' own colours and markers come from the run (``use_router_kinds``).
+METHOD_COLORS = {"oracle-overlap": "tab:red", "oracle-accuracy": "tab:purple",
+                 "oracle-budget": "tab:brown", "ceiling": "black", "ceiling-budget": "black"}
+# the deployable router families of runs written before RUN/results/router_kinds.json
+LEGACY_FAMILIES = ("cascade", "learned", "dispatcher")
+_KIND_FAMILIES: list[str] = []
+
+
+def use_router_kinds(kinds: Iterable[Mapping[str, Any]] | None) -> None:
+    """Register the router kinds a run was evaluated with (``RUN/results/router_kinds.json``,
+    written by evaluate-routers from its kind table): each kind's colour and marker, and its
+    family among the deployable ones (replacing the previous run's). None (an older run): the
+    families of older runs."""
+    _KIND_FAMILIES.clear()
+    for k in kinds or []:
+        METHOD_COLORS[str(k["name"])] = str(k["color"])
+        METHOD_MARKERS[str(k["name"])] = (str(k.get("marker", "o")), float(k.get("size", 4.5)))
+        if k["family"] not in _KIND_FAMILIES:
+            _KIND_FAMILIES.append(str(k["family"]))
+
+
+def deployable_families() -> tuple[str, ...]:
+    """The families of deployable routers: the registered kinds' (``use_router_kinds``), else
+    those of older runs."""
+    return tuple(_KIND_FAMILIES) or LEGACY_FAMILIES
 _SPARE_COLORS = ["tab:pink", "tab:olive", "tab:gray", "gold", "navy", "teal", "maroon"]
 LOG_SPAN = 10.0   # an axis of rates spanning more than this factor is drawn on a log scale
 
@@ -70,10 +91,8 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
 
 # marker per rule: hollow markers of different shapes and sizes stay visible where the
 # lines of two rules coincide (the three label oracles often do)
-METHOD_MARKERS = {"cascade": ("o", 4.5), "dispatcher-label": ("D", 4.0),
-                  "dispatcher-sample": ("v", 5.0), "learned-cascade": ("P", 6.0),
-                  "oracle-overlap": ("s", 7.0),
-                  "oracle-accuracy": ("^", 5.5), "oracle-budget": ("D", 3.5)}
+METHOD_MARKERS = {"oracle-overlap": ("s", 7.0), "oracle-accuracy": ("^", 5.5),
+                  "oracle-budget": ("D", 3.5)}
 
 
 def method_line_kw(method: str, family: str, color: str) -> dict[str, Any]:

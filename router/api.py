@@ -34,26 +34,23 @@ from router.api_inputs import CHANNELS, channels_first, fitted_class_count, fitt
     member_outputs, to_uint8
 from router.artifact import RoutedClassifier
 from router.base import ConstantRouter, Router, RouterError, budget_margin_se
-from router.cascade import CascadeRouter, fit_cascade
-from router.deferral import LearnedCascadeRouter, learned_candidates, select_learned
-from router.certified import certify_level, certify_singles, dispatcher_setup, prepare_split, \
+from router.certified import certify_context, certify_level, certify_singles, \
     reference_certificate
 from router.certify import DEFAULT_DELTA, Certificate, certificate, check_delta, drop_ucb, \
     split_calibration
+from router.dispatcher import DispatcherConfig
+from router.execute import ExecResult, benchmark_interleaved, execute_routed, \
+    model_ms_per_image, run_model
+from router.kind import KindContext, KindSettings
+from router.kinds import kind_named
 from router.scoring import budget_status
 from router.timing import paired_speedup
-from router.dispatcher import DispatcherConfig, DispatcherFit, dispatcher_ms_per_image, \
-    fit_dispatcher
-from router.execute import ExecResult, benchmark_interleaved, execute_cascade, execute_routed, \
-    model_ms_per_image, run_model
-from router.fitting import label_dispatcher_at, sample_dispatcher_at
 from router.selection import cheapest_single
 from zoo.costs import count_macs
-from zoo.data import DatasetInfo, normalize
+from zoo.data import DatasetInfo
 from zoo.device import describe_device, device_of, resolve_device
 from zoo.preprocess import Preprocess, PreprocessLike, prepare
 
-ROUTER_KINDS = ("cascade", "learned-cascade", "dispatcher-sample", "dispatcher-label")
 
 
 # ---- members -----------------------------------------------------------------------------
@@ -349,8 +346,8 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
                dispatcher: DispatcherConfig | None = None, dispatcher_time_share: float = 0.25,
                label_policy: str = "budget", macs: Sequence[int] | None = None,
                overhead: dict[str, float] | None = None) -> FittedRouter:
-    """Fit a ``kind`` router (``ROUTER_KINDS``) on the val table at ``sacrifice`` (a fraction:
-    0.01 = one point below the most accurate member on val).
+    """Fit a ``kind`` router (a name of ``router.kinds.ROUTER_KINDS``) on the val table at
+    ``sacrifice`` (a fraction: 0.01 = one point below the most accurate member on val).
 
     ``selection="certified"`` (default): settings are chosen on a ``select_share`` part of val
     and the budget is certified on the rest at risk ``delta``: with probability >= 1 - delta
@@ -358,15 +355,14 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
     accurate member is at most ``sacrifice`` (``FittedRouter.certificate``; where nothing
     cheaper can be certified the router answers with that member alone, and the certificate
     says so). ``selection="estimate"``: the older rule, val accuracy minus ``margin_z`` paired
-    standard errors, no stated risk. Dispatchers also need ``val_data`` (the val images, in
-    table order) and are trained here; ``macs`` (or ``costs.macs``) sets their MAC cap at 1/4
-    of the cheapest member's. ``overhead`` (``stage_ms``, ``head_ms``, as ``evaluate-routers``
-    records in ``fits.json: router_overhead_ms``) adds each stage's own routing time to the
-    costs the same way. The same functions as ``evaluate-routers``.
+    standard errors, no stated risk. Kinds that look at the images (the dispatchers) also need
+    ``val_data`` (the val images, in table order) and are trained here; ``macs`` (or
+    ``costs.macs``) sets their MAC cap at 1/4 of the cheapest member's. ``overhead``
+    (``stage_ms``, ``head_ms``, as ``evaluate-routers`` records in ``fits.json:
+    router_overhead_ms``) adds each stage's own routing time to the costs the same way. The
+    same kinds and functions as ``evaluate-routers``.
     """
-    if kind not in ROUTER_KINDS:
-        raise RouterError(f"unknown router kind {kind!r}; use one of {ROUTER_KINDS} (oracle "
-                          "policies: fit_oracle_policy)")
+    kcls = kind_named(kind)
     sacrifice = _check_sacrifice(sacrifice)
     if selection not in ("certified", "estimate"):
         raise RouterError(f"selection must be 'certified' or 'estimate', got {selection!r}")
@@ -378,120 +374,42 @@ def fit_router(kind: str, val: PredictionTable, costs: Costs | np.ndarray, sacri
                           f"got shape {cvec.shape}")
     ref = reference_index(val, cvec)
     target = float(val.correct[:, ref].mean()) - sacrifice
-    cvec = cvec + float((overhead or {}).get("stage_ms", 0.0))
-    learned_cvec = cvec + float((overhead or {}).get("head_ms", 0.0))
-    if kind == "learned-cascade":
-        cvec = learned_cvec
-    if selection == "certified":
-        return _fit_certified(kind, val, cvec, sacrifice, ref, target, delta=delta,
-                              select_share=select_share, val_data=val_data,
-                              max_stages=max_stages, grid=grid, learned_folds=learned_folds,
-                              seed=seed, dispatcher=dispatcher,
-                              dispatcher_time_share=dispatcher_time_share,
-                              label_policy=label_policy, macs=macs, costs=costs)
-    if kind == "cascade":
-        fit = fit_cascade(val, cvec, target, max_stages=max_stages, grid=grid, z=margin_z,
-                          reference=ref)
-        return FittedRouter(kind, sacrifice, CascadeRouter.from_fit(fit), names, target,
-                            fit.val_accuracy, fit.val_cost, True,
-                            {"stages": [names[s] for s in fit.stages],
-                             "thresholds": fit.thresholds[:-1], "stage_reach": fit.stage_reach})
-    if kind == "learned-cascade":
-        lc = learned_candidates(val, cvec, reference=ref, max_stages=max_stages, grid=grid,
-                                folds=learned_folds, seed=seed)
-        lfit = select_learned(lc, sacrifice, z=margin_z)
-        return FittedRouter(kind, sacrifice, LearnedCascadeRouter.from_fit(lfit), names,
-                            lfit.target, lfit.val_accuracy, lfit.val_cost, True,
-                            {"stages": [names[s] for s in lfit.cascade.stages],
-                             "thresholds": lfit.cascade.thresholds[:-1],
-                             "fit_samples": lfit.fit_samples,
-                             "threshold_samples": lfit.threshold_samples})
-    mode = kind.split("-", 1)[1]
-    dfit, net_ms = _fit_dispatcher_on(mode, val, val_data, val_data.images if val_data else None,
-                                      cvec, costs, macs, dispatcher or DispatcherConfig(seed=seed),
-                                      dispatcher_time_share)
-    if mode == "label":
-        pol = fit_policy(label_policy, val, cvec, sacrifice)
-        d, skipped, cand = label_dispatcher_at(dfit, net_ms, val, cvec, ref, pol, sacrifice,
-                                               margin_z)
-        details = {"policy": label_policy, "network_skipped": skipped}
-    else:
-        d, cand = sample_dispatcher_at(dfit, net_ms, val, cvec, ref, sacrifice, margin_z)
-        details = {"threshold": d.threshold}
-    details.update(arch=dfit.arch.to_dict(), macs=dfit.macs, ms_per_image=net_ms)
-    return FittedRouter(kind, sacrifice, d, names, target, cand.val_accuracy,
-                        cand.fit_ms_per_image, cand.meets_target, details)
-
-
-def _fit_dispatcher_on(mode: str, table: PredictionTable, val_data: ImageData | None,
-                       images: torch.Tensor | None, cvec: np.ndarray, costs: Costs | np.ndarray,
-                       macs: Sequence[int] | None, config: DispatcherConfig,
-                       time_share: float | None) -> tuple[DispatcherFit, float]:
-    """Train a ``mode`` dispatcher on ``images`` (aligned with ``table``): its fit and its
-    network's ms per image."""
-    if val_data is None or images is None or len(images) != table.n_samples:
-        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
-                          f"{table.n_samples} images of the val table, in its order")
-    macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
-    budget_macs = float(min(m for m in macs if m > 0)) / 4.0 if any(m > 0 for m in macs) \
-        else float("inf")
-    info = val_data.info()
-    max_ms = time_share * float(cvec.min()) if time_share else None
-    dfit = fit_dispatcher(mode, images, table, info, budget_macs, config, max_ms=max_ms)
-    return dfit, dispatcher_ms_per_image(dfit.arch, normalize(images[:1024], info))
-
-
-def _fit_certified(kind: str, val: PredictionTable, cvec: np.ndarray, sacrifice: float,
-                   ref: int, target: float, *, delta: float, select_share: float,
-                   val_data: ImageData | None, max_stages: int, grid: int, learned_folds: int,
-                   seed: int, dispatcher: DispatcherConfig | None,
-                   dispatcher_time_share: float | None, label_policy: str,
-                   macs: Sequence[int] | None, costs: Costs | np.ndarray) -> FittedRouter:
-    """``fit_router`` under certified selection (``router.certified``): one kind's candidates
-    on the path, chosen on the select part, certified on the rest."""
-    if val_data is None and kind.startswith("dispatcher"):
-        raise RouterError(f"a dispatcher trains on the val images: pass val_data= with the "
+    if kcls.needs_images and (val_data is None or len(val_data) != val.n_samples):
+        raise RouterError(f"a {kind} trains on the val images: pass val_data= with the "
                           f"{val.n_samples} images of the val table, in its order")
-    names = list(val.model_names)
-    split = prepare_split(val, cvec, cvec, ref, select_share=select_share, seed=seed,
-                          max_stages=max_stages, grid=grid, learned_folds=learned_folds,
-                          learned=kind == "learned-cascade")
-    family = {"cascade": "cascade", "learned-cascade": "learned"}.get(kind, kind)
-    disp = None
-    if kind.startswith("dispatcher"):
-        mode = kind.split("-", 1)[1]
-        sel_images = val_data.images[torch.from_numpy(split.select)]
-        dfit, net_ms = _fit_dispatcher_on(mode, split.val_s, val_data, sel_images, cvec, costs,
-                                          macs, dispatcher or DispatcherConfig(seed=seed),
-                                          dispatcher_time_share)
-        dispatcher_setup(split, mode, dfit, val_data.images, dfit.info)
-        disp = {mode: (dfit, net_ms)}
-    lv = certify_level(split, sacrifice, delta, cvec, cvec, names, disp, label_policy,
-                       families=(family,))
-    cert = lv.certificates[kind]
-    cand = lv.candidates[kind]
-    if kind == "cascade":
-        router: Router = CascadeRouter.from_fit(lv.cascade)
-        details = {"stages": [names[i] for i in lv.cascade.stages],
-                   "thresholds": lv.cascade.thresholds[:-1]}
-    elif kind == "learned-cascade":
-        router = LearnedCascadeRouter.from_fit(lv.learned)
-        details = {"stages": [names[i] for i in lv.learned.cascade.stages],
-                   "thresholds": lv.learned.cascade.thresholds[:-1],
-                   "fit_samples": lv.learned.fit_samples,
-                   "threshold_samples": lv.learned.threshold_samples}
+    stage_ms = float((overhead or {}).get("stage_ms", 0.0))
+    cvec = cvec + stage_ms
+    macs = list(macs) if macs is not None else (costs.macs if isinstance(costs, Costs) else [])
+    settings = KindSettings(
+        margin_z=margin_z, max_stages=max_stages, grid=grid, learned_folds=learned_folds,
+        seed=seed, label_policy=label_policy, dispatcher=dispatcher or DispatcherConfig(seed=seed),
+        dispatcher_max_macs=(float(min(m for m in macs if m > 0)) / 4.0
+                             if any(m > 0 for m in macs) else float("inf")),
+        dispatcher_max_ms=(dispatcher_time_share * float(cvec.min() - stage_ms)
+                           if dispatcher_time_share else None), delta=delta)
+    images = val_data.images if val_data is not None else None
+    common = dict(images=images, info=val_data.info() if val_data is not None else None,
+                  head_ms=float((overhead or {}).get("head_ms", 0.0)), stage_ms=stage_ms,
+                  log=lambda _: None)
+    if selection == "certified":
+        ctx = certify_context("library", val, cvec, ref, settings, select_share=select_share,
+                              **common)
+        lv = certify_level(ctx, sacrifice, delta, [kcls])
+        fitted, cert = lv.kinds[kind], lv.certificates[kind]
+        details = fitted.library_details()
+        details.update(selection="certified", delta=delta, certificate=cert.to_dict(),
+                       statement=cert.statement(), path=lv.record["path"],
+                       select_samples=lv.record["select_samples"],
+                       certify_samples=lv.record["certify_samples"],
+                       smallest_certifiable=lv.record["smallest_certifiable"])
     else:
-        router = lv.dispatcher_sample if kind == "dispatcher-sample" else lv.dispatcher_label
-        details = {"threshold": getattr(router, "threshold", None),
-                   "network_skipped": router.constant_choice is not None}
-    details.update(selection="certified", delta=delta, certificate=cert.to_dict(),
-                   num_classes=val.n_classes,
-                   statement=cert.statement(), path=lv.record["path"],
-                   select_samples=lv.record["select_samples"],
-                   certify_samples=lv.record["certify_samples"],
-                   smallest_certifiable=lv.record["smallest_certifiable"])
-    return FittedRouter(kind, sacrifice, router, names, target, cand.val_accuracy,
-                        cand.fit_ms_per_image, cert.certified, details, certificate=cert)
+        fitted = kcls(KindContext("library", val, cvec, ref, settings, **common)).fit(sacrifice,
+                                                                                    target)
+        cert, details = None, fitted.library_details()
+    details["num_classes"] = val.n_classes
+    cand = fitted.candidate_
+    return FittedRouter(kind, sacrifice, fitted.router_, names, target, cand.val_accuracy,
+                        cand.fit_ms_per_image, cand.meets_target, details, certificate=cert)
 
 
 def fit_oracle_policy(kind: str, val: PredictionTable, costs: Costs | np.ndarray,
@@ -595,10 +513,8 @@ def run_classifier(clf: RoutedClassifier, images: torch.Tensor) -> ExecResult:
     """Execute a routed classifier and return the executor's result (answers and timing parts):
     a cascade runs its stages, any other router routes and runs the chosen groups."""
     router = clf.router
-    if isinstance(router, CascadeRouter):
-        scorers = router.scorers() if isinstance(router, LearnedCascadeRouter) else None
-        return execute_cascade(router.stages, router.thresholds, images, clf.models, clf.infos,
-                               clf.batch_size, scorers=scorers)
+    if router.runs_models:                # the classifier's own copy, bound to its members
+        return router.run(images)
     return execute_routed(router, images, clf.models, clf.infos, clf.batch_size)
 
 

@@ -33,10 +33,8 @@ from torch import nn
 
 from router.api_inputs import check_batch
 from router.base import AssignmentRouter, Router, RouterError
-from router.cascade import CascadeRouter
-from router.deferral import DeferralHead, LearnedCascadeRouter
-from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
 from router.execute import execute_routed
+from router.kinds import ROUTER_KINDS, kind_of
 from zoo.checkpoint import atomic_torch_save, build_from_arch, file_sha256, load_model, \
     load_torch_file, preprocess_of, read_checkpoint
 from zoo.data import DatasetInfo
@@ -88,7 +86,7 @@ class RoutedClassifier:
         self.checkpoints = [None if c is None else Path(c) for c in checkpoints]
         self.batch_size, self.meta = batch_size, dict(meta or {})
         self.embedded: dict[int, dict[str, Any]] = {}   # model index -> checkpoint read from file
-        if isinstance(router, CascadeRouter):
+        if router.runs_models:
             # a cascade routes by running its models: bind them to this classifier's own
             # shallow copy, never to the fitted router (another classifier built from the same
             # fit keeps its own models and batch size)
@@ -97,7 +95,7 @@ class RoutedClassifier:
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> RoutedOutput:
         x = _as_images(images, self._info(), self.meta.get("input_shape"))
-        if isinstance(self.router, CascadeRouter):   # routing = running the stages
+        if self.router.runs_models:                  # routing = running the stages
             res = self.router.run(x)
             routing = self.router.routing_of(res)
         else:
@@ -335,47 +333,23 @@ def _preprocess_from(d: dict[str, Any] | None) -> PreprocessLike | None:
 
 
 def _router_payload(router: Router) -> dict[str, Any]:
-    if isinstance(router, Dispatcher):
-        return {"kind": "dispatcher", "mode": router.mode, "arch": router.net.arch.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in router.net.state_dict().items()},
-                "costs": router.costs.tolist(),
-                "label_to_model": (None if router.label_to_model is None
-                                   else router.label_to_model.tolist()),
-                "threshold": router.threshold, "fallback": router.fallback,
-                "macs": router.network_macs}
-    if isinstance(router, LearnedCascadeRouter):
-        return {"kind": "learned-cascade", "stages": router.stages,
-                "thresholds": router.thresholds, "heads": [h.state() for h in router.heads]}
-    if isinstance(router, CascadeRouter):
-        return {"kind": "cascade", "stages": router.stages, "thresholds": router.thresholds}
-    raise RouterError(f"only dispatchers and (learned) cascades save as artifacts, not "
-                      f"{type(router).__name__}"
-                      " (oracle routers need the true label and are not deployable)")
+    """The router's kind (``router.kinds``) and that kind's state of it."""
+    kind = kind_of(router)
+    return {"kind": kind.name, **kind.state(router)}
 
 
 def _router_from_payload(r: dict[str, Any], names: list[str], info: DatasetInfo) -> Router:
-    if r["kind"] == "cascade":
-        return CascadeRouter(names, r["stages"], r["thresholds"])
-    if r["kind"] == "learned-cascade":
-        return LearnedCascadeRouter(names, r["stages"], r["thresholds"],
-                                    [DeferralHead.from_state(h) for h in r["heads"]])
-    if r["kind"] == "dispatcher":
-        net = DispatcherNet(DispatcherArch.from_dict(r["arch"]))
-        net.load_state_dict(r["state_dict"])
-        return Dispatcher(r["mode"], net, info, names, np.asarray(r["costs"]),
-                          label_to_model=r["label_to_model"], threshold=r["threshold"],
-                          fallback=r["fallback"], macs=r["macs"])
-    raise ValueError(f"unknown router kind {r['kind']!r} in artifact")
+    name = r["kind"]
+    if name == "dispatcher":              # artifacts written before the kind table
+        name = f"dispatcher-{r['mode']}"
+    if name not in ROUTER_KINDS:
+        raise ValueError(f"unknown router kind {r['kind']!r} in artifact; this version knows "
+                         f"{tuple(ROUTER_KINDS)}")
+    return ROUTER_KINDS[name].from_state(r, names, info)
 
 
 def _needed_models(router: Router, n: int) -> set[int]:
-    if isinstance(router, CascadeRouter):
-        return set(router.stages)
-    if isinstance(router, Dispatcher) and router.constant_choice is not None:
-        return {router.constant_choice}
-    if isinstance(router, Dispatcher) and router.mode == "label":
-        return {int(m) for m in router.label_to_model}
-    return set(range(n))
+    return kind_of(router).needed_models(router, n)
 
 
 def _sha256(path: Path, cache: dict[Path, str] | None) -> str:

@@ -44,6 +44,9 @@ class Router(ABC):
     """Picks a model per input from the image alone (bounds that cheat say so in their name)."""
 
     model_names: list[str]
+    # True for routers that decide by running the models themselves (a cascade): a
+    # classifier binds its models to them (``attach``) and calls ``run``
+    runs_models: bool = False
 
     @abstractmethod
     def route(self, images: torch.Tensor) -> np.ndarray:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from common.families import DEPLOYABLE_FAMILIES as DEPLOYABLE
+from router.kinds import kind_families
 from common.io import read_csv
 
 _EPS = 1e-9
@@ -163,7 +163,7 @@ def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
     points.sort(key=lambda p: (p.zoo != "all", p.zoo, p.sacrifice))
     gap: dict[tuple[str, float], dict[str, float | None]] = {}
     for r in rows:
-        if r["family"] in DEPLOYABLE or r["family"] == "oracle-executed":
+        if r["family"] in kind_families() or r["family"] == "oracle-executed":
             gap.setdefault((r["zoo"], float(r["sacrifice"])), {})[r["method"]] = \
                 _f(r.get("gap_recovered"))
     low = [p for p in points if p.zoo == "all" and p.sacrifice <= low_level + _EPS]
@@ -191,7 +191,7 @@ def twin_gap(rows: Sequence[Mapping[str, str]]) -> tuple[float, str] | None:
     worst: tuple[float, str] | None = None
     for r in rows:
         ips = _f(r.get("images_per_second"))
-        if r["family"] not in DEPLOYABLE or ips is None:
+        if r["family"] not in kind_families() or ips is None:
             continue
         key = (r["family"], r.get("settings", ""))
         where = f"{r['method']} ({r['zoo']}, s={float(r['sacrifice']):g})"

@@ -111,7 +111,7 @@ def cascade_candidates(val: PredictionTable, costs: np.ndarray, *, max_stages: i
     chains, chain_of, ths, accs, cost, ses = [], [], [], [], [], []
     for k in range(1, max_stages + 1):
         for chain in itertools.combinations(order, k):
-            a, c, t, gain, loss = _sweep_chain(conf, correct, costs, list(chain),
+            a, c, t, gain, loss = sweep_chain(conf, correct, costs, list(chain),
                                                [grids[m] for m in chain[:-1]], ref_right)
             chain_of.append(np.full(len(a), len(chains)))
             chains.append(list(chain))
@@ -166,7 +166,7 @@ def fit_cascade(val: PredictionTable, costs: np.ndarray, target: float, *,
                                              reference=reference), target, z)
 
 
-def _sweep_chain(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, chain: list[int],
+def sweep_chain(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, chain: list[int],
                  grids: list[np.ndarray], ref_right: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Accuracy and expected cost of ``chain`` for every threshold combination (vectorised).
@@ -198,6 +198,8 @@ def _sweep_chain(conf: np.ndarray, correct: np.ndarray, costs: np.ndarray, chain
 
 class CascadeRouter(Router):
     """A fitted cascade; ``route`` runs the stages (it needs the zoo models attached)."""
+
+    runs_models = True
 
     def __init__(self, model_names: list[str], stages: Sequence[int], thresholds: Sequence[float]):
         self.model_names = list(model_names)

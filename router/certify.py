@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
@@ -246,3 +246,42 @@ class PathResult:
     @property
     def certified(self) -> list[int]:
         return self.path[:self.n_certified]
+
+
+@dataclass
+class PoolEntry:
+    """One candidate answer at one level, as the select part estimates it."""
+
+    family: str                      # "single" or a router kind's name
+    key: Any                         # family-specific: model, candidate index, tau, router
+    cost: float                      # expected ms per image, the router's own time included
+    drop: float                      # estimated drop against the reference on the select part
+    se: float = 0.0                  # paired standard error of that estimate ...
+    n: int = 1                       # ... from this many images
+
+    def predicted_bound(self, n_certify: int, z: float) -> float:
+        """The drop bound the certify part is expected to give: the estimate plus ``z``
+        standard errors for the certify part's own noise and ``z x ESTIMATE_WEIGHT`` for the
+        estimate's (it was read off a few images and among many candidates). The per-image
+        variance is floored at two disagreements' worth, so an answer that happened to agree
+        with the reference on every select image does not look certain (low for answers that
+        rarely disagree)."""
+        var = max(self.se ** 2 * self.n, 2.0 / max(1, self.n))
+        return self.drop + z * np.sqrt(var) * (1.0 / np.sqrt(max(1, n_certify))
+                                               + ESTIMATE_WEIGHT / np.sqrt(max(1, self.n)))
+
+
+# weight of the estimate's own noise in the predicted bound: chosen on resampled val-only
+# draws of the standard run (`bench_guarantee --population val`): 1.0 cost 5-7 % of the
+# expected speedup at s = 2 %, 0.5 and 0.25 did as well as no guard; 0.5 keeps a guard for
+# candidates read off a few hundred images (a dispatcher's held-out part)
+ESTIMATE_WEIGHT = 0.5
+
+
+def path_z(delta: float) -> float:
+    """Standard errors (of each noise: the certify part's and the estimate's own) added to a
+    select-part estimate to predict the certify part's bound: the one-sided normal quantile
+    at ``delta``."""
+    return float(stats.norm.ppf(1.0 - delta))
+
+

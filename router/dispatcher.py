@@ -253,19 +253,25 @@ def train_dispatcher(mode: str, images: torch.Tensor, targets: torch.Tensor, inf
 
 def fit_dispatcher(mode: str, val_images: torch.Tensor, val_table, info: DatasetInfo,
                    max_macs: float, config: DispatcherConfig | None = None,
-                   max_ms: float | None = None) -> DispatcherFit:
+                   max_ms: float | None = None,
+                   arch: DispatcherArch | None = None) -> DispatcherFit:
     """Train a ``mode`` dispatcher on the validation split only (images aligned with the table).
 
     The architecture is the widest within ``max_macs`` (and ``max_ms`` per image, timed on up
-    to 1024 validation images: see ``arch_within_budget``)."""
+    to 1024 validation images: see ``arch_within_budget``), or ``arch`` where given (a pinned
+    one: the time cap makes the search depend on the machine's load)."""
     config = config or DispatcherConfig()
     if len(val_images) != val_table.n_samples:
         raise RouterError(f"{len(val_images)} validation images but the val table has "
                           f"{val_table.n_samples} rows; align images with table.sample_ids")
     n_out = val_table.n_classes if mode == "label" else val_table.n_models
-    arch = arch_within_budget(int(val_images.shape[1]), int(val_images.shape[-1]), n_out,
-                              max_macs, max_ms=max_ms,
-                              time_images=normalize(val_images[:1024], info))
+    if arch is None:
+        arch = arch_within_budget(int(val_images.shape[1]), int(val_images.shape[-1]), n_out,
+                                  max_macs, max_ms=max_ms,
+                                  time_images=normalize(val_images[:1024], info))
+    elif arch.n_outputs != n_out or arch.in_channels != int(val_images.shape[1]):
+        raise RouterError(f"the pinned dispatcher architecture {arch.to_dict()} does not fit "
+                          f"{n_out} outputs on {int(val_images.shape[1])}-channel images")
     targets = (torch.from_numpy(val_table.labels) if mode == "label"
                else torch.from_numpy(val_table.correct.astype(np.float32)))
     net, _, hold_idx, history = train_dispatcher(mode, val_images, targets, info, arch, config)

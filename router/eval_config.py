@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from common.families import DEPLOYABLE_FAMILIES
 from oracle.policy import LABEL_KINDS
 from router.base import RouterError
 from router.certify import check_delta
@@ -25,7 +24,6 @@ LEAD_COLUMNS = ["method", "family", "zoo", "sacrifice", "selected", "accuracy", 
                 "settings"]
 ZOOS = ("all", "base")
 SELECTIONS = ("certified", "estimate")
-DEPLOYABLE = DEPLOYABLE_FAMILIES
 EPS = 1e-9
 
 
@@ -47,7 +45,7 @@ class EvalConfig:
     learned_folds: int = 5               # learned cascade: cross-fitting folds (0: one split)
     learned_fit_share: float = 0.5       # ... with learned_folds = 0: share of val the heads train on
     costs: str = "measured"              # "measured": ms/image timed here on val; "profile": costs.json
-    costs_from: str | None = None        # a previous fits.json: reuse its measured costs and overheads
+    costs_from: str | None = None        # a previous fits.json: reuse its costs, overheads, dispatcher archs
     cost_samples: int = 1000             # val images the measured costs are timed on
     margin_z: float = 1.0                # estimate rule: val accuracy - z paired SEs >= target
     selection: str = "certified"         # "certified" (risk delta) or "estimate" (the 1-SE rule)

@@ -51,16 +51,16 @@ from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
 from router.base import Router, RouterError
 from router.deferral import DeferralHead, deferral_curve_rows, head_ms_per_image
-from router.dispatcher import dispatcher_scores
-from router.eval_config import DEFAULT_SACRIFICES, DEPLOYABLE, LEAD_COLUMNS, ZOOS, EvalConfig
+from router.eval_config import DEFAULT_SACRIFICES, LEAD_COLUMNS, ZOOS, EvalConfig
 from router.execute import model_ms_per_image, stage_overhead_ms
 from router.fitting import LevelFit, ZooFit, fit_zoo
+from router.kinds import kind_records
 from router.run_inputs import RunInputs, images_for_table, load_run_inputs, zoo_indices
 from router.scoring import LabelOracleRouter, ZooScorer, cascade_cost, random_matched, score_zoo
 from router.timing import RoutingTimer, fill_timings
 from zoo.rundir import RunDir
 
-__all__ = ["DEFAULT_SACRIFICES", "DEPLOYABLE", "LEAD_COLUMNS", "ZOOS", "EvalConfig", "EvalResult",
+__all__ = ["DEFAULT_SACRIFICES", "LEAD_COLUMNS", "ZOOS", "EvalConfig", "EvalResult",
            "LabelOracleRouter", "LevelFit", "RunInputs", "ZooFit", "cascade_cost",
            "evaluate_run", "fit_zoo", "fill_timings", "format_summary", "images_for_table",
            "load_run_inputs", "random_matched", "write_policies", "write_results", "zoo_indices"]
@@ -86,6 +86,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     names_all = inp.test.model_names
     profile_cvec = inp.cvec
     pinned = pinned_costs(cfg.costs_from, names_all) if cfg.costs_from else None
+    archs = pinned_dispatchers(cfg.costs_from) if cfg.costs_from else {}
     if pinned is not None:
         cvec_all = pinned[0]
     elif cfg.costs == "measured":
@@ -132,20 +133,14 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         names = [names_all[i] for i in idx]
         # the fit sees the validation split and nothing else
         zf = fit_zoo(zoo, idx, inp.val.select_models(names), inp.val_images, inp.info,
-                     cvec_all[idx], inp.macs[idx], cfg, log, overhead)
+                     cvec_all[idx], inp.macs[idx], cfg, log, overhead,
+                     dispatcher_archs=archs.get(zoo))
         zoo_fits.append(zf)
         fits["zoos"][zoo] = zf.record
         if zoo == "all":
             fits.update(zf.record)
-        with torch.inference_mode():
-            label_scores = dispatcher_scores(zf.disp["label"].net, inp.test_images, inp.info,
-                                             "label").numpy()
-            sample_scores = dispatcher_scores(zf.disp["sample"].net, inp.test_images, inp.info,
-                                              "sample").numpy()
-        zf.record["dispatcher_label"]["test_label_accuracy"] = float(
-            (label_scores.argmax(1) == inp.test.labels).mean())
         sc = ZooScorer(inp, zf, cfg, rng)
-        score_zoo(inp, zf, cfg, timer, sc, label_scores, sample_scores)
+        score_zoo(inp, zf, cfg, timer, sc)
         routers_dir = inp.root / "routers" / zf.zoo if zf.zoo != "all" else inp.root / "routers"
         tag = "" if zf.zoo == "all" else f"{zf.zoo}/"
         certs = {(lv.sacrifice, m): c for lv in zf.levels for m, c in lv.certificates.items()}
@@ -198,6 +193,16 @@ def pinned_costs(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, di
                           f"another zoo. Drop the flag to measure the costs here")
     return (np.asarray([float(ms[n]) for n in names], dtype=np.float64),
             {k: float(v) for k, v in rec.get("router_overhead_ms", {}).items()})
+
+
+def pinned_dispatchers(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """zoo -> mode -> the dispatcher architecture a previous evaluate-routers chose (its
+    fits.json): the search under the time cap depends on the machine's load, so a refit that
+    must repeat its choices reuses them."""
+    rec = json.loads(Path(path).read_text())
+    return {zoo: {mode: z[f"dispatcher_{mode}"]["arch"] for mode in ("label", "sample")
+                  if "arch" in z.get(f"dispatcher_{mode}", {})}
+            for zoo, z in rec.get("zoos", {}).items()}
 
 
 def write_deferral_curves(rd: RunDir, zoo_fits: Sequence[ZooFit],
@@ -273,7 +278,10 @@ def write_results(rd: RunDir, result: EvalResult, names: list[str],
             np.savez_compressed(f, **arrays)
     npz_path = atomic_write(rd.results / "router_predictions.npz", write)
     fits_path = write_json(rd.root / "routers" / "fits.json", result.fits)
-    return {"csv": csv_path, "npz": npz_path, "fits": fits_path}
+    # what the reports need of each router kind (name, family, colour, marker): they read it
+    # from the run, as they read every figure's data
+    kinds_path = write_json(rd.results / "router_kinds.json", {"kinds": kind_records()})
+    return {"csv": csv_path, "npz": npz_path, "fits": fits_path, "kinds": kinds_path}
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

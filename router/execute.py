@@ -87,15 +87,15 @@ class Timing:
         return d
 
 
-class _Clock:
+class ModelClock:
     """Accumulates time spent inside model forward passes."""
 
     def __init__(self) -> None:
         self.model_seconds = 0.0
 
 
-def _run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike, batch_size: int,
-               clock: _Clock, batch_seconds: list[float] | None = None) -> torch.Tensor:
+def timed_logits(model: nn.Module, images: torch.Tensor, how: PreprocessLike, batch_size: int,
+                 clock: ModelClock, batch_seconds: list[float] | None = None) -> torch.Tensor:
     """Logits (n, C) float32 on the CPU for uint8 images, in batches on the model's device
     with its preprocessing (``zoo.infer.predict_logits``, the one inference loop); every
     batch's time goes on the clock (and on ``batch_seconds``)."""
@@ -111,7 +111,7 @@ def run_model(model: nn.Module, images: torch.Tensor, how: PreprocessLike,
               batch_size: int = 256) -> torch.Tensor:
     """Logits (n, C) float32 on the CPU of one model on uint8 ``images``, in batches, on the
     model's device with its preprocessing (the executor's own loop)."""
-    return _run_model(model, images, how, batch_size, _Clock())
+    return timed_logits(model, images, how, batch_size, ModelClock())
 
 
 def _check_models(models: Sequence[nn.Module], infos: Sequence[PreprocessLike], n: int) -> None:
@@ -124,7 +124,7 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
                    infos: Sequence[PreprocessLike], batch_size: int = 256) -> ExecResult:
     """Route all inputs, run each chosen model on its group in batches, restore input order."""
     _check_models(models, infos, len(router.model_names))
-    clock = _Clock()
+    clock = ModelClock()
     t0 = time.perf_counter()
     chosen = np.asarray(router.route(images), dtype=np.int64)
     if chosen.shape != (len(images),):
@@ -135,7 +135,7 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
     chosen_t = torch.from_numpy(chosen)
     for m in np.unique(chosen):
         idx = torch.nonzero(chosen_t == int(m), as_tuple=True)[0]
-        logits = _run_model(models[m], images.index_select(0, idx), infos[m], batch_size, clock)
+        logits = timed_logits(models[m], images.index_select(0, idx), infos[m], batch_size, clock)
         p, y = torch.softmax(logits, dim=1).max(dim=1)
         preds[idx], conf[idx] = y, p
     seconds = time.perf_counter() - t0
@@ -164,7 +164,7 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
     if scorers is not None and len(scorers) != len(stages):
         raise RouterError(f"give one scorer (or None) per stage: {len(stages)} stages, "
                           f"{len(scorers)} scorers")
-    clock = _Clock()
+    clock = ModelClock()
     t0 = time.perf_counter()
     n = len(images)
     preds = torch.empty(n, dtype=torch.int64)
@@ -177,7 +177,7 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
         if len(todo) == 0:
             break
         batch_seconds: list[float] = []
-        logits = _run_model(models[m], images.index_select(0, todo), infos[m], batch_size, clock,
+        logits = timed_logits(models[m], images.index_select(0, todo), infos[m], batch_size, clock,
                             batch_seconds)
         probs = torch.softmax(logits, dim=1)
         p, y = probs.max(dim=1)
@@ -301,7 +301,7 @@ def model_ms_per_image(models: Sequence[nn.Module], infos: Sequence[PreprocessLi
                        images: torch.Tensor, batch_size: int = 256, *, warmup: int = 1,
                        rounds: int = 3) -> np.ndarray:
     """(M,) ms per image of each model on ``images`` in batches (the executor's own loop)."""
-    runs = [lambda m=m, i=i: _run_model(m, images, i, batch_size, _Clock())
+    runs = [lambda m=m, i=i: timed_logits(m, images, i, batch_size, ModelClock())
             for m, i in zip(models, infos)]
     return measure_ms_per_image(runs, len(images), warmup=warmup, rounds=rounds)
 

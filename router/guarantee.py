@@ -30,10 +30,12 @@ from tqdm.auto import tqdm
 
 from common.tables import PredictionTable
 from oracle.policy import reference_index
-from router.base import RouterError, table_precision
-from router.cascade import cascade_candidates, select_cascade, simulate_cascade
-from router.certified import certify_level, prepare_split
-from router.deferral import LearnedCascadeRouter, learned_candidates, rows_of, select_learned
+from router.base import RouterError
+from router.certified import certify_context, certify_level
+from router.deferral import rows_of
+from router.kind import KindContext, KindSettings, RouterKind, TestView
+from router.kind_cascade import CascadeKind
+from router.kind_learned import LearnedCascadeKind
 from router.scoring import cascade_cost
 from router.selection import Candidate, cheapest_single, select_deployable
 
@@ -79,72 +81,61 @@ def pool_tables(val: PredictionTable, test: PredictionTable) -> PredictionTable:
                            np.arange(val.n_samples + test.n_samples), "pool")
 
 
-def estimate_rule(draw: PredictionTable, pool: PredictionTable, conf_pool: np.ndarray,
-                  cvec: np.ndarray, learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig
+def _kinds(cfg: GuaranteeConfig) -> list[type[RouterKind]]:
+    return [CascadeKind] + ([LearnedCascadeKind] if cfg.learned else [])
+
+
+def _context(draw: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
+             cfg: GuaranteeConfig, seed: int) -> KindContext:
+    settings = KindSettings(margin_z=cfg.margin_z, max_stages=cfg.max_stages, grid=cfg.grid,
+                            learned_folds=cfg.learned_folds, seed=seed, delta=cfg.delta)
+    return KindContext("draw", draw, cvec, ref, settings,
+                       head_ms=float(learned_cvec[0] - cvec[0]), log=lambda _: None)
+
+
+def estimate_rule(draw: PredictionTable, pool: PredictionTable, cvec: np.ndarray,
+                  learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig
                   ) -> dict[float, Deployed]:
     """Today's rule on one draw, at every level: the deployed answer per level."""
-    cands = cascade_candidates(draw, cvec, max_stages=cfg.max_stages, grid=cfg.grid,
-                               reference=ref)
-    lc = (learned_candidates(draw, learned_cvec, reference=ref, max_stages=cfg.max_stages,
-                             grid=cfg.grid, folds=cfg.learned_folds, seed=cfg.seed)
-          if cfg.learned else None)
-    ref_acc = float(draw.correct[:, ref].mean())
+    ctx = _context(draw, cvec, learned_cvec, ref, cfg, cfg.seed)
     out = {}
     for s in cfg.sacrifices:
-        target = ref_acc - s
+        target = ctx.ref_accuracy - s
         cs, _ = cheapest_single(draw.correct, cvec, ref, target, cfg.margin_z)
-        fit = select_cascade(cands, target, z=cfg.margin_z)
-        options = {"cheapest-single": (Candidate("cheapest-single", 0, float(cvec[cs]), True),
-                                       [cs], [0.0], None),
-                   "cascade": (Candidate("cascade", fit.val_accuracy, fit.val_cost, True),
-                               fit.stages, fit.thresholds, None)}
-        if lc is not None:
-            lfit = select_learned(lc, s, z=cfg.margin_z)
-            options["learned-cascade"] = (Candidate("learned-cascade", lfit.val_accuracy,
-                                                    lfit.val_cost, True),
-                                          lfit.cascade.stages, lfit.cascade.thresholds,
-                                          LearnedCascadeRouter.from_fit(lfit))
-        pick = select_deployable([o[0] for o in options.values()])
-        _, stages, th, router = options[pick.method]
-        out[s] = _deployed("estimate", pick.method, pool, conf_pool, cvec, learned_cvec,
-                           stages, th, router)
+        fitted = {k.name: k(ctx).fit(s, target) for k in _kinds(cfg)}
+        options = [Candidate("cheapest-single", 0, float(cvec[cs]), True)] + \
+            [k.candidate_ for k in fitted.values()]
+        pick = select_deployable(options)
+        out[s] = (_single("estimate", pool, cvec, cs) if pick.method == "cheapest-single"
+                  else _deployed("estimate", fitted[pick.method], pool))
     return out
 
 
-def certified_rule(draw: PredictionTable, pool: PredictionTable, conf_pool: np.ndarray,
-                   cvec: np.ndarray, learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig,
+def certified_rule(draw: PredictionTable, pool: PredictionTable, cvec: np.ndarray,
+                   learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig,
                    seed: int) -> dict[float, Deployed]:
     """The certified rule on one draw, at every level."""
-    split = prepare_split(draw, cvec, learned_cvec, ref, select_share=cfg.select_share,
-                          seed=seed, max_stages=cfg.max_stages, grid=cfg.grid,
-                          learned_folds=cfg.learned_folds, learned=cfg.learned)
+    base = _context(draw, cvec, learned_cvec, ref, cfg, seed)
+    ctx = certify_context("draw", draw, cvec, ref, base.settings, select_share=cfg.select_share,
+                          head_ms=base.head_ms, log=base.log)
     out = {}
     names = list(draw.model_names)
     for s in cfg.sacrifices:
-        lv = certify_level(split, s, cfg.delta, cvec, learned_cvec, names)
+        lv = certify_level(ctx, s, cfg.delta, _kinds(cfg))
         sel = lv.selected
-        if sel.startswith("single:"):
-            m = names.index(sel.split(":", 1)[1])
-            out[s] = _deployed("certified", "single", pool, conf_pool, cvec, learned_cvec, [m],
-                               [0.0], None)
-        elif sel == "cascade":
-            out[s] = _deployed("certified", sel, pool, conf_pool, cvec, learned_cvec,
-                               lv.cascade.stages, lv.cascade.thresholds, None)
-        else:
-            out[s] = _deployed("certified", sel, pool, conf_pool, cvec, learned_cvec,
-                               lv.learned.cascade.stages, lv.learned.cascade.thresholds,
-                               LearnedCascadeRouter.from_fit(lv.learned))
+        out[s] = (_single("certified", pool, cvec, names.index(sel.split(":", 1)[1]))
+                  if sel.startswith("single:") else _deployed("certified", lv.kinds[sel], pool))
     return out
 
 
-def _deployed(rule: str, family: str, pool: PredictionTable, conf_pool: np.ndarray,
-              cvec: np.ndarray, learned_cvec: np.ndarray, stages: Sequence[int],
-              thresholds: Sequence[float], learned: LearnedCascadeRouter | None) -> Deployed:
-    if learned is not None:
-        chosen = learned.simulate(pool.probs)
-        return Deployed(rule, family, chosen, cascade_cost(chosen, stages, learned_cvec))
-    chosen = simulate_cascade(conf_pool, stages, thresholds)
-    return Deployed(rule, family, chosen, cascade_cost(chosen, stages, cvec))
+def _single(rule: str, pool: PredictionTable, cvec: np.ndarray, m: int) -> Deployed:
+    return Deployed(rule, "single", np.full(pool.n_samples, m, dtype=np.int64), float(cvec[m]))
+
+
+def _deployed(rule: str, kind: RouterKind, pool: PredictionTable) -> Deployed:
+    """A fitted cascade kind's answer on the population and its expected cost there."""
+    chosen = kind.simulate(TestView(pool, None, None))
+    return Deployed(rule, kind.name, chosen, cascade_cost(chosen, kind.stages(), kind.cvec))
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -173,7 +164,6 @@ def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.n
         pool = full.select_models(names)
         zc = np.asarray(cvec, dtype=np.float64)[idx]
         lc = zc + learned_extra_ms
-        conf_pool = table_precision(pool.confidence)
         correct_pool = pool.correct
         drops: dict[tuple[str, float], list[float]] = {}
         speed: dict[tuple[str, float], list[float]] = {}
@@ -183,8 +173,8 @@ def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.n
             draw = rows_of(pool, take)
             ref = reference_index(draw, zc)
             ref_acc = float(correct_pool[:, ref].mean())
-            answers = {"estimate": estimate_rule(draw, pool, conf_pool, zc, lc, ref, cfg),
-                       "certified": certified_rule(draw, pool, conf_pool, zc, lc, ref, cfg,
+            answers = {"estimate": estimate_rule(draw, pool, zc, lc, ref, cfg),
+                       "certified": certified_rule(draw, pool, zc, lc, ref, cfg,
                                                    seed=cfg.seed + d)}
             for rule, per_level in answers.items():
                 for s, dep in per_level.items():

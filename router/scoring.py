@@ -16,11 +16,11 @@ import torch
 from oracle.metrics import classification_metrics
 from oracle.policy import per_sample_choice
 from router.base import AssignmentRouter, ConstantRouter, Router, RouterError, budget_margin_se
-from router.cascade import CascadeRouter, simulate_cascade
-from router.deferral import LearnedCascadeRouter
 from router.eval_config import EPS, EvalConfig
-from router.execute import ExecResult, execute_cascade
-from router.fitting import ZooFit, _l2m, _routed_ms
+from router.execute import ExecResult
+from router.fitting import ZooFit
+from router.kind import RouterKind, TestView
+from router.kind_dispatchers import label_to_model
 from router.run_inputs import RunInputs
 from router.timing import RoutingTimer
 
@@ -147,9 +147,10 @@ class ZooScorer:
              val_accuracy: float | None = None, fit_ms: float | None = None,
              selected: bool = False, settings: dict | None = None,
              stages: Sequence[int] | None = None, random_of: bool = True,
-             cert: Any = None) -> dict[str, Any]:
+             cert: Any = None, preds: np.ndarray | None = None) -> dict[str, Any]:
         test, zf, N = self.test, self.zf, self.test.n_samples
-        preds = test.preds[np.arange(N), chosen]
+        if preds is None:                     # the chosen model's own answer
+            preds = test.preds[np.arange(N), chosen]
         agree = None
         if timed is not None:
             res = timed[0]
@@ -205,11 +206,14 @@ class ZooScorer:
                   settings={"matched_to": of["method"], "expected_ms_per_image": exp_ms})
 
 
-def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, sc: ZooScorer,
-               label_scores: np.ndarray, sample_scores: np.ndarray) -> None:
+def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer,
+              sc: ZooScorer) -> None:
     """All rows of one zoo at every level: decisions on test, timed runs queued on ``timer``,
     deployable routers queued on ``sc.to_save``."""
     test, names, idx, cvec, ref = sc.test, zf.names, zf.index, zf.cvec, zf.ref
+    view = TestView(test, inp.test_images, inp.info)
+    models = [inp.models[i] for i in idx]
+    infos = [inp.infos[i] for i in idx]
     M, N = len(names), test.n_samples
     singles = {m: timer.routed(("single", int(idx[m])), idx[[m]],
                                lambda sl, m=m: ConstantRouter([names[m]], 0)) for m in range(M)}
@@ -242,7 +246,7 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
                 settings={"deployable": False, "rule": "least-cost per-sample assignment holding s"})
         for kind in cfg.oracle_kinds:
             pol = lv.policies[kind]
-            l2m = _l2m(pol, test.n_classes)
+            l2m = label_to_model(pol, test.n_classes)
             ch = l2m[test.labels]
             sc.emit(f"oracle-{kind}", "oracle", s, ch, None, val_accuracy=pol.meta["val_accuracy"],
                     fit_ms=pol.meta["expected_cost"],
@@ -253,70 +257,29 @@ def score_zoo(inp: RunInputs, zf: ZooFit, cfg: EvalConfig, timer: RoutingTimer, 
                     val_accuracy=pol.meta["val_accuracy"], fit_ms=pol.meta["expected_cost"],
                     settings={"label_to_model": [names[i] for i in l2m], "deployable": False})
         deployable: list[tuple[dict[str, Any], np.ndarray, float]] = []
-        dl, c = lv.dispatcher_label, lv.candidates["dispatcher-label"]
-        ch = dl.choose(label_scores)
-        timed = timer.routed((zf.zoo, "disp-label", tuple(dl.label_to_model)), idx,
-                             lambda sl, r=dl: r)
-        row = sc.emit("dispatcher-label", "dispatcher", s, ch, timed, router_macs=dl.macs_per_image,
-                      routing_accuracy=float((ch == lv.policies[cfg.label_policy].route(
-                          test.labels)).mean()),
-                      expected_ms=_routed_ms(ch, cvec, dl, zf.disp_ms["label"]),
-                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
-                      selected=lv.selected == "dispatcher-label",
-                      cert=lv.certificates.get("dispatcher-label"),
-                      settings={**dl.describe(), "policy": cfg.label_policy,
-                                "network_skipped": dl.constant_choice is not None,
-                                "skipped_because_not_cheaper": lv.label_skipped,
-                                "val_meets_target": c.meets_target})
-        deployable.append((row, ch, row["expected_ms_per_image"]))
-        sc.to_save.append(("dispatcher-label", s, dl))
-        ds, c = lv.dispatcher_sample, lv.candidates["dispatcher-sample"]
-        ch = ds.choose(sample_scores)
-        timed = timer.routed((zf.zoo, "disp-sample", ds.threshold), idx, lambda sl, r=ds: r)
-        row = sc.emit("dispatcher-sample", "dispatcher", s, ch, timed,
-                      router_macs=ds.macs_per_image,
-                      routing_accuracy=float((ch == sc.ceiling_choice).mean()),
-                      expected_ms=_routed_ms(ch, cvec, ds, zf.disp_ms["sample"]),
-                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
-                      selected=lv.selected == "dispatcher-sample",
-                      cert=lv.certificates.get("dispatcher-sample"),
-                      settings={**ds.describe(), "network_skipped": ds.constant_choice is not None})
-        deployable.append((row, ch, row["expected_ms_per_image"]))
-        sc.to_save.append(("dispatcher-sample", s, ds))
-        fit, c = lv.cascade, lv.candidates["cascade"]
-        casc = CascadeRouter.from_fit(fit)
-        ch = simulate_cascade(test.confidence.astype(np.float16).astype(np.float32),
-                              fit.stages, fit.thresholds)
-        models = [inp.models[i] for i in idx]
-        infos = [inp.infos[i] for i in idx]
-        timed = timer.time((zf.zoo, "cascade", tuple(fit.stages), tuple(fit.thresholds)),
-                           lambda x, f=fit: execute_cascade(f.stages, f.thresholds, x, models,
-                                                            infos, cfg.batch_size))
-        row = sc.emit("cascade", "cascade", s, ch, timed, stages=fit.stages,
-                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
-                      selected=lv.selected == "cascade",
-                      cert=lv.certificates.get("cascade"),
-                      settings={**casc.describe(), "val_stage_reach": fit.stage_reach,
-                                "val_se": fit.val_se, "z": fit.z})
-        deployable.append((row, ch, row["expected_ms_per_image"]))
-        sc.to_save.append(("cascade", s, casc))
-        lfit, c = lv.learned_cascade, lv.candidates["learned-cascade"]
-        learned = LearnedCascadeRouter.from_fit(lfit)
-        ch = learned.simulate(test.probs)
-        lstages, lths = lfit.cascade.stages, lfit.cascade.thresholds
-        timed = timer.time((zf.zoo, "learned-cascade", tuple(lstages), tuple(lths)),
-                           lambda x, r=learned: execute_cascade(
-                               r.stages, r.thresholds, x, models, infos, cfg.batch_size,
-                               scorers=r.scorers()))
-        row = sc.emit("learned-cascade", "learned", s, ch, timed, stages=lstages,
-                      val_accuracy=c.val_accuracy, fit_ms=c.fit_ms_per_image,
-                      selected=lv.selected == "learned-cascade",
-                      cert=lv.certificates.get("learned-cascade"),
-                      settings={**learned.describe(), "val_stage_reach": lfit.cascade.stage_reach,
-                                "val_se": lfit.cascade.val_se, "z": lfit.cascade.z,
-                                "val_target": lfit.target, "fit_samples": lfit.fit_samples,
-                                "threshold_samples": lfit.threshold_samples})
-        deployable.append((row, ch, row["expected_ms_per_image"]))
-        sc.to_save.append(("learned-cascade", s, learned))
+        for name, kind in lv.kinds.items():
+            row, ch = score_kind(kind, lv, sc, view, models, infos, timer, cfg)
+            deployable.append((row, ch, row["expected_ms_per_image"]))
+            sc.to_save.append((name, s, kind.router_))
         for row, ch, exp_ms in deployable:
             sc.emit_random(row, ch, s, exp_ms)
+
+
+def score_kind(kind: RouterKind, lv: Any, sc: ZooScorer, view: TestView,
+               models: Sequence[torch.nn.Module], infos: Sequence[Any], timer: RoutingTimer,
+               cfg: EvalConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """One kind's row at one level: its choices on test, its executed run queued for timing."""
+    zf, s = sc.zf, lv.sacrifice
+    ch = kind.simulate(view)
+    c = lv.candidates[kind.name]
+    timed = timer.time((zf.zoo, *kind.timing_key()),
+                       lambda x, k=kind: k.run(x, models, infos, cfg.batch_size))
+    row = sc.emit(kind.name, kind.family, s, ch, timed, preds=kind.predictions(view, ch),
+                  stages=kind.stages(),
+                  router_macs=kind.router_macs(),
+                  routing_accuracy=kind.routing_accuracy(ch, view, sc.ceiling_choice,
+                                                         lv.policies),
+                  expected_ms=kind.expected_ms(ch), val_accuracy=c.val_accuracy,
+                  fit_ms=c.fit_ms_per_image, selected=lv.selected == kind.name,
+                  cert=lv.certificates.get(kind.name), settings=kind.settings())
+    return row, ch

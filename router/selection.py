@@ -7,8 +7,8 @@ depend on the test split:
   errors of its difference to the reference (the margin rule every router fit uses), meets the
   level's target (reference val accuracy minus the sacrifice). The reference always qualifies.
 - ``select_deployable``: of the candidates whose fit met the target on val, the one with the
-  lowest cost the fit expected (ms per image on val); ties go to the simpler method, in the
-  order of ``SELECTION_ORDER``.
+  lowest cost the fit expected (ms per image on val); ties go to the simpler method (each
+  kind's ``simplicity`` rank; a single model is the simplest of all).
 """
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ import numpy as np
 from router.base import RouterError, accuracy_lower_bound
 
 _EPS = 1e-9
-# simpler first: at an equal expected cost a single model beats any router
-SELECTION_ORDER = ("cheapest-single", "cascade", "learned-cascade", "dispatcher-sample",
-                   "dispatcher-label")
 
 
 @dataclass
@@ -33,6 +30,7 @@ class Candidate:
     val_accuracy: float
     fit_ms_per_image: float        # expected cost per image on val, router included
     meets_target: bool             # val accuracy (minus the margin) >= the level's target
+    simplicity: int = 0            # tie-break at equal cost, lower first (0: a single model)
 
 
 def cheapest_single(val_correct: np.ndarray, costs: np.ndarray, reference: int, target: float,
@@ -61,6 +59,4 @@ def select_deployable(candidates: Sequence[Candidate]) -> Candidate:
     if not ok:
         raise RouterError("no deployable candidate met the target on val; cheapest-single always "
                           "does, so pass it among the candidates")
-    rank = {m: i for i, m in enumerate(SELECTION_ORDER)}
-    return min(ok, key=lambda c: (round(c.fit_ms_per_image, 12),
-                                  rank.get(c.method, len(rank)), c.method))
+    return min(ok, key=lambda c: (round(c.fit_ms_per_image, 12), c.simplicity, c.method))

@@ -43,9 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="costs the fits minimise: ms/image timed here on val images (default) or "
                         "RUN/costs.json from profile-zoo")
     p.add_argument("--costs-from", default=None, metavar="FITS_JSON",
-                   help="reuse the ms/image and routing overheads a previous evaluate-routers "
-                        "measured (its RUN/routers/fits.json): the same tables then give the same "
-                        "choices, which is how a change is checked to move no selection")
+                   help="reuse the ms/image, routing overheads and dispatcher architectures a "
+                        "previous evaluate-routers measured and chose (its RUN/routers/fits.json): "
+                        "the same tables then give the same choices, which is how a change is "
+                        "checked to move no selection")
     p.add_argument("--cost-samples", type=int, default=1000,
                    help="val images the measured costs are timed on")
     p.add_argument("--selection", choices=["certified", "estimate"], default="certified",

@@ -3,6 +3,8 @@ channels against what the classifier was fitted on, class counts, one value rule
 and torch. Every expected value is worked out by hand."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -126,8 +128,10 @@ def test_routed_classifier_needs_the_shape_and_refuses_other_class_counts():
     three = [members[0], flat_member("big", (1, 8, 8), classes=3)]
     with pytest.raises(RouterError, match="'big' gives 3 outputs but the router was fitted on 2"):
         routed_classifier(fitted, three, data=data)
+    # every fit records its class count; one without (an older fit) is checked member by member
+    unknown = dataclasses.replace(fitted, details={})
     with pytest.raises(RouterError, match="'big' gives 3 outputs but member 'small' gives 2"):
-        routed_classifier(fitted, three, input_shape=(1, 8, 8))     # no class count known
+        routed_classifier(unknown, three, input_shape=(1, 8, 8))     # no class count known
     wrong_size = [members[0], flat_member("big", (1, 6, 6))]         # built for 6x6 images
     with pytest.raises(RouterError, match="'big' cannot classify a 1x8x8 image"):
         routed_classifier(fitted, wrong_size, data=data)

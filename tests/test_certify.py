@@ -9,7 +9,10 @@ import pytest
 
 from common.tables import PredictionTable
 from router.base import RouterError
-from router.certified import REFERENCE_REASON, certify_level, certify_singles, prepare_split
+from router.certified import REFERENCE_REASON, certify_context, certify_level, certify_singles
+from router.kind import KindSettings
+from router.kind_cascade import CascadeKind
+from router.kind_learned import LearnedCascadeKind
 from router.certify import GAMMA, _tail, certifies, drop_pvalue, drop_ucb, fixed_sequence, \
     loss_gain, pareto_path, smallest_certifiable, split_calibration
 from router.selection import cheapest_single
@@ -149,10 +152,16 @@ def _table(correct: np.ndarray, n_classes: int = 4, seed: int = 0,
     return PredictionTable([f"m{i}" for i in range(m)], labels, preds, probs, np.arange(n), "val")
 
 
-def _split(table: PredictionTable, cvec: np.ndarray):
-    """The select/certify split of a 3-model table whose reference is m2 (2-stage chains)."""
-    return prepare_split(table, cvec, cvec, 2, select_share=0.3, seed=0, max_stages=2, grid=6,
-                         learned_folds=0)
+def _split(table: PredictionTable, cvec: np.ndarray, ref: int = 2):
+    """The kinds' context on the select/certify split of a 3-model table whose reference is
+    ``ref`` (2-stage chains; the learned cascade's heads on one split, no cross-fitting)."""
+    settings = KindSettings(max_stages=2, grid=6, learned_folds=0, seed=0)
+    return certify_context("test", table, cvec, ref, settings, select_share=0.3)
+
+
+def _level(ctx, s: float):
+    """The certified level over the two table-simulated kinds."""
+    return certify_level(ctx, s, 0.1, [CascadeKind, LearnedCascadeKind])
 
 
 def test_certify_level_falls_back_to_the_reference_at_s0_and_routes_at_5pct():
@@ -163,18 +172,16 @@ def test_certify_level_falls_back_to_the_reference_at_s0_and_routes_at_5pct():
     val = _table(correct, informative=False)
     cvec = np.array([1.0, 2.0, 8.0])
     ref = 2
-    split = prepare_split(val, cvec, cvec, ref, select_share=0.3, seed=0, max_stages=2, grid=6,
-                          learned_folds=0)
-    names = val.model_names
-    at0 = certify_level(split, 0.0, 0.1, cvec, cvec, names)
+    split = _split(val, cvec, ref)
+    at0 = _level(split, 0.0)
     assert at0.selected == "single:m2" and at0.cheapest_single == ref
     assert at0.record["certified"] == 0
     assert at0.record["smallest_certifiable"] == pytest.approx(
-        smallest_certifiable(split.val_c.n_samples, 0.1))
-    assert at0.cascade.stages == [ref]
+        smallest_certifiable(split.certify.n_samples, 0.1))
+    assert at0.kinds["cascade"].fit_.stages == [ref]
     assert at0.certificates["cascade"].reason == REFERENCE_REASON
     assert at0.certificates["cascade"].drop_ucb == 0.0
-    at5 = certify_level(split, 0.05, 0.1, cvec, cvec, names)
+    at5 = _level(split, 0.05)
     assert at5.record["certified"] >= 1
     assert at5.selected != "single:m2"
     chosen = at5.certificates[at5.selected]
@@ -190,7 +197,7 @@ def test_a_cascade_that_beats_the_reference_is_certified_at_s0():
     val = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
     cvec = np.array([1.0, 2.0, 8.0])
     split = _split(val, cvec)
-    at0 = certify_level(split, 0.0, 0.1, cvec, cvec, val.model_names)
+    at0 = _level(split, 0.0)
     assert at0.selected in ("cascade", "learned-cascade")
     cert = at0.certificates[at0.selected]
     assert cert.certified and cert.drop_ucb <= 0.0 and cert.n_gain > cert.n_loss
@@ -217,16 +224,16 @@ def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
     cvec = np.array([1.0, 2.0, 8.0])
     good = _table(_population(rng, 3000, 2, drop=0.01, q=0.04))
     split = _split(good, cvec)
-    lv = certify_level(split, -0.002, 0.1, cvec, cvec, good.model_names)
+    lv = _level(split, -0.002)
     cert = lv.certificates[lv.selected]
     assert lv.selected == "cascade" and cert.certified and cert.drop_ucb <= -0.002
     # it clears the reference by the margin on val's certify part
-    assert lv.candidates["cascade"].val_accuracy >= split.val_c.correct[:, 2].mean() + 0.002
-    at1 = certify_level(split, -0.01, 0.1, cvec, cvec, good.model_names)
+    assert lv.candidates["cascade"].val_accuracy >= split.certify.correct[:, 2].mean() + 0.002
+    at1 = _level(split, -0.01)
     assert at1.selected == "single:m2" and not at1.certificates["single:m2"].certified
     flat = _table(_population(rng, 3000, 2, drop=0.01, q=0.04), informative=False)
     split = _split(flat, cvec)
-    lv = certify_level(split, -0.002, 0.1, cvec, cvec, flat.model_names)
+    lv = _level(split, -0.002)
     assert lv.selected == "single:m2" and not lv.certificates[lv.selected].certified
 
 
@@ -237,7 +244,7 @@ def test_the_deployed_answer_is_the_cheapest_certified_one():
     cvec = np.array([1.0, 2.0, 8.0])
     split = _split(val, cvec)
     for s in (0.01, 0.05):
-        at = certify_level(split, s, 0.1, cvec, cvec, val.model_names)
+        at = _level(split, s)
         sel = at.selected
         cost = (cvec[val.model_names.index(sel.split(":", 1)[1])] if sel.startswith("single:")
                 else at.candidates[sel].fit_ms_per_image)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from common.io import read_csv
 from common.tables import PredictionTable
@@ -148,8 +147,9 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch, selecti
     the dispatcher's measured ms/image decides whether its network is skipped, and on a busy
     machine it varied enough between the two calls to flip that decision)."""
     import shutil
-    import router.fitting
-    monkeypatch.setattr(router.fitting, "dispatcher_ms_per_image", lambda arch, x: 0.01)
+    import router.kind_dispatchers
+    monkeypatch.setattr(router.kind_dispatchers, "dispatcher_ms_per_image",
+                        lambda arch, x: 0.01)
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     from router.evaluate import EvalConfig, evaluate_run, load_run_inputs
@@ -306,10 +306,12 @@ def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path, m
     """--costs-from reuses a fits.json's ms/image and overheads: two fits then see the same
     costs (recorded back as given) and make the same choices; a zoo it lacks is refused."""
     import shutil
-    import router.fitting
+    import router.kind_dispatchers
     from router.base import RouterError
     from router.evaluate import pinned_costs
-    monkeypatch.setattr(router.fitting, "dispatcher_ms_per_image", lambda arch, x: 0.01)
+    # the network's measured ms decides whether the label dispatcher skips it: held fixed
+    monkeypatch.setattr(router.kind_dispatchers, "dispatcher_ms_per_image",
+                        lambda arch, x: 0.01)
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     pinned = tmp_path / "pinned.json"
@@ -323,6 +325,9 @@ def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path, m
         fits = json.loads((run / "routers" / "fits.json").read_text())
         assert fits["ms_per_image"] == given["ms_per_image"]
         assert fits["router_overhead_ms"] == given["router_overhead_ms"]
+        for mode in ("label", "sample"):
+            assert (fits["zoos"]["all"][f"dispatcher_{mode}"]["arch"]
+                    == given["zoos"]["all"][f"dispatcher_{mode}"]["arch"])
         rows = read_csv(RunDir(run).results / "routers.csv")
         return {(r["zoo"], r["method"], r["sacrifice"]): (r["selected"], r["settings"],
                                                          r["fit_ms_per_image"], r["accuracy"])

@@ -11,6 +11,9 @@ from torch import nn
 
 from router.base import Router, RouterError
 from router.execute import Timing, benchmark, execute_cascade, execute_routed
+from router.kind import candidate
+from router.kind_cascade import CascadeKind
+from router.kind_dispatchers import LabelDispatcherKind
 from router.selection import Candidate, cheapest_single, select_deployable
 from zoo.data import DatasetInfo
 
@@ -55,9 +58,11 @@ def test_select_deployable_least_expected_cost_meeting_the_target():
              Candidate("dispatcher-label", 0.80, 0.5, False),     # cheaper, but misses on val
              Candidate("dispatcher-sample", 0.90, 1.5, True)]
     assert select_deployable(cands).method == "cascade"
-    # at an equal expected cost the single model wins (simpler)
-    tie = [Candidate("cascade", 0.9, 2.0, True), Candidate("cheapest-single", 0.9, 2.0, True)]
+    # at an equal expected cost the single model wins (simpler), then the simpler kind
+    tie = [candidate(CascadeKind, 0.9, 2.0, True), Candidate("cheapest-single", 0.9, 2.0, True)]
     assert select_deployable(tie).method == "cheapest-single"
+    tie = [candidate(LabelDispatcherKind, 0.9, 2.0, True), candidate(CascadeKind, 0.9, 2.0, True)]
+    assert select_deployable(tie).method == "cascade"
     with pytest.raises(RouterError, match="cheapest-single"):
         select_deployable([Candidate("cascade", 0.5, 1.0, False)])
 

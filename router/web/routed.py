@@ -11,7 +11,6 @@ cascade's confidence per stage against each stage's threshold, a dispatcher's sc
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,17 @@ import torch
 from torch import nn
 
 from router.artifact import ModelProvider, RoutedClassifier
+from router.kinds import ROUTER_KINDS, kind_of
 from router.web.entry import ROUTERS_HINT, StripEntry
 from router.web.images import resize_input
 from zoo.data import DatasetInfo
 
-FAMILIES = ("cascade", "dispatcher")
+
+
+def families() -> tuple[str, ...]:
+    """The families of the registered router kinds (``router.kinds``), in the table's order:
+    the page's strip shows one entry per family at least (a note where none was saved)."""
+    return tuple(dict.fromkeys(k.family for k in ROUTER_KINDS.values()))
 
 
 @dataclass
@@ -34,7 +39,7 @@ class LoadedRouter:
     """One routed-classifier artifact, loaded once."""
 
     key: str       # file stem
-    family: str    # cascade | dispatcher
+    family: str    # the router kind's family (cascade, learned, dispatcher, ...)
     routed: Any    # router.artifact.RoutedClassifier
 
     @property
@@ -44,14 +49,9 @@ class LoadedRouter:
 
     @property
     def group(self) -> str:
-        """Routers of one group differ only in their sacrifice (cascade, learned-cascade,
-        dispatcher-label...)."""
-        router = self.routed.router
-        mode = getattr(router, "mode", None)
-        if mode:
-            return f"{self.family}-{mode}"
-        return str(router.describe().get("type", self.family)) if self.family == "cascade" \
-            else self.family
+        """Routers of one group differ only in their sacrifice: the router's kind
+        (``router.kinds``: cascade, learned-cascade, dispatcher-label, ...)."""
+        return kind_of(self.routed.router).name
 
     @property
     def title(self) -> str:
@@ -87,31 +87,10 @@ class LoadedRouter:
         return entries
 
     def _why(self, out: Any, i: int = 0) -> list[dict[str, Any]]:
+        """The kind's own explanation of image ``i``'s choice (``RouterKind.why``)."""
         scores = out.scores[i] if out.scores is not None else np.array([])
-        names = list(out.score_names)
-        router = self.routed.router
-        if self.family == "cascade":
-            rows = []
-            for j, (stage, conf) in enumerate(zip(router.stages, scores)):
-                last = j == len(router.stages) - 1
-                reached = not math.isnan(float(conf))
-                th = router.thresholds[j]
-                rows.append({"stage": str(j + 1), "model": router.model_names[stage],
-                             "confidence": float(conf) if reached else "not run",
-                             "threshold": "last stage" if last else float(th),
-                             "stops": ("yes" if reached and (last or conf >= th) else
-                                       "no" if reached else "")})
-            return rows
-        if getattr(router, "mode", None) == "label":  # top-3 predicted labels and their models
-            top = np.argsort(-scores)[:3]
-            return [{"predicted label": names[k].split(":", 1)[-1], "p": float(scores[k]),
-                     "routes to": router.model_names[int(router.label_to_model[k])]}
-                    for k in top]
-        th = getattr(router, "threshold", None)
-        return [{"model": n.split(":", 1)[-1], "p(right)": float(v),
-                 "threshold": float(th) if th is not None else "",
-                 "clears": "yes" if th is not None and v >= th else "no"}
-                for n, v in zip(names, scores)]
+        return kind_of(self.routed.router).why(self.routed.router, scores,
+                                               list(out.score_names))
 
 
 SharedModels = dict[str, tuple[Path, nn.Module, Any]]  # name -> (checkpoint, model, DatasetInfo)
@@ -127,17 +106,18 @@ def load_all(routers_dir: Path, run_root: Path, shared_models: SharedModels
     provider = server_models(shared_models)
     hashes: dict[Path, str] = {}
     for f in files:
-        family = next((k for k in FAMILIES if k in f.stem), "router")
+        family = next((k.family for k in ROUTER_KINDS.values() if f.stem.startswith(k.name)),
+                      "router")
         try:
             rc = RoutedClassifier.load(f, run_root, model_provider=provider, checksums=hashes)
         except Exception as e:  # a stale or foreign artifact must not stop the server
             errors.append(StripEntry(f.stem, family, "error",
                                      message=f"{f.name} cannot be loaded ({e}); {hint}"))
             continue
-        family = "cascade" if "cascade" in type(rc.router).__name__.lower() else "dispatcher"
+        family = kind_of(rc.router).family
         routers.append(LoadedRouter(f.stem, family, rc))
     have = {r.family for r in routers} | {e.family for e in errors}
-    for family in FAMILIES:
+    for family in families():
         if family not in have:
             errors.append(StripEntry(family, family, "missing",
                                      message=f"no saved {family} in {routers_dir}: {hint}"))
@@ -167,4 +147,5 @@ def pick_per_group(routers: list[LoadedRouter], sacrifice: float | None) -> list
         if cur is None or dist < abs((cur.sacrifice if cur.sacrifice is not None else target)
                                      - target):
             best[r.group] = r
-    return sorted(best.values(), key=lambda r: (FAMILIES.index(r.family), r.group))
+    order = {f: i for i, f in enumerate(families())}
+    return sorted(best.values(), key=lambda r: (order.get(r.family, len(order)), r.group))

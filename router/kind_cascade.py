@@ -1,0 +1,117 @@
+"""The confidence cascade as a router kind (``router.cascade`` holds the rule and its search).
+
+Per zoo it simulates every increasing chain of up to ``max_stages`` models and every
+threshold combination of a grid on the table it chooses on (``cascade_candidates``); each
+level's fit is then a lookup: the cheapest chain whose val accuracy minus the margin meets the
+target (estimate rule), or the chains on the level's certified path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from router.base import Router, table_precision
+from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
+    cascade_fit_at, select_cascade, simulate_cascade, single_stage_index
+from router.certify import PoolEntry
+from router.execute import ExecResult, execute_cascade
+from router.kind import KindStyle, RouterKind, TestView, candidate
+from router.selection import Candidate
+from zoo.data import DatasetInfo
+
+
+class CascadeKind(RouterKind):
+    """Run models cheap to dear; stop at the first whose top softmax probability clears its
+    stage's threshold."""
+
+    name = "cascade"
+    family = "cascade"
+    style = KindStyle("tab:blue", "o", 4.5)
+    simplicity = 1
+    router_types = (CascadeRouter,)
+    description = "confidence cascade (max-softmax thresholds per stage)"
+
+    def prepare(self) -> CascadeCandidates:
+        s = self.ctx.settings
+        cands = cascade_candidates(self.ctx.val, self.cvec, max_stages=s.max_stages, grid=s.grid,
+                                   reference=self.ctx.ref)
+        self.ctx.record["cascade_candidates"] = int(len(cands.accuracy))
+        return cands
+
+    def _set(self, fit: CascadeFit, cand: Candidate) -> "CascadeKind":
+        self.fit_ = fit
+        self.router_ = CascadeRouter.from_fit(fit)
+        self.candidate_ = cand
+        self.details_ = {"val_stage_reach": fit.stage_reach, "val_se": fit.val_se, "z": fit.z}
+        return self
+
+    def fit(self, sacrifice: float, target: float) -> "CascadeKind":
+        fit = select_cascade(self.prepared(), target, z=self.ctx.settings.margin_z)
+        return self._set(fit, candidate(self, fit.val_accuracy, fit.val_cost, True))
+
+    def path_entries(self, sacrifice: float) -> list[PoolEntry]:
+        cc, n = self.prepared(), self.ctx.val.n_samples
+        ref_acc = self.ctx.ref_accuracy
+        return [PoolEntry(self.name, i, float(cc.cost[i]), ref_acc - float(cc.accuracy[i]),
+                          float(cc.se[i]), n)
+                for i in range(len(cc.accuracy)) if len(cc.chains[int(cc.chain_of[i])]) > 1]
+
+    def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
+        cc, val_c = self.prepared(), self.ctx.certify
+        stages = cc.chains[int(cc.chain_of[entry.key])]
+        th = [float(t) for t in cc.thresholds[entry.key]] + [0.0]
+        ch = simulate_cascade(table_precision(val_c.confidence), stages, th)
+        return val_c.correct[np.arange(val_c.n_samples), ch]
+
+    def fit_entry(self, entry: PoolEntry | None, sacrifice: float,
+                  cand: Candidate) -> "CascadeKind":
+        cc = self.prepared()
+        key = entry.key if entry is not None else single_stage_index(cc, self.ctx.ref)
+        return self._set(cascade_fit_at(cc, key), cand)
+
+    def simulate(self, test: TestView) -> np.ndarray:
+        return simulate_cascade(table_precision(test.table.confidence), self.fit_.stages,
+                                self.fit_.thresholds)
+
+    def stages(self) -> Sequence[int]:
+        return self.fit_.stages
+
+    def timing_key(self) -> tuple:
+        return (self.name, tuple(self.fit_.stages), tuple(self.fit_.thresholds))
+
+    def run(self, images: torch.Tensor, models: Sequence[torch.nn.Module], infos: Sequence[Any],
+            batch_size: int) -> ExecResult:
+        return execute_cascade(self.fit_.stages, self.fit_.thresholds, images, models, infos,
+                               batch_size)
+
+    @classmethod
+    def state(cls, router: Router) -> dict[str, Any]:
+        return {"stages": router.stages, "thresholds": router.thresholds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], model_names: list[str],
+                   info: DatasetInfo | None) -> Router:
+        return CascadeRouter(model_names, state["stages"], state["thresholds"])
+
+    @classmethod
+    def needed_models(cls, router: Router, n_models: int) -> set[int]:
+        return set(router.stages)
+
+    @classmethod
+    def why(cls, router: Router, scores: np.ndarray, score_names: Sequence[str]
+            ) -> list[dict[str, Any]]:
+        """Each stage's confidence against its threshold, and whether it stopped there."""
+        rows = []
+        for j, (stage, conf) in enumerate(zip(router.stages, scores)):
+            last = j == len(router.stages) - 1
+            reached = not math.isnan(float(conf))
+            th = router.thresholds[j]
+            rows.append({"stage": str(j + 1), "model": router.model_names[stage],
+                         "confidence": float(conf) if reached else "not run",
+                         "threshold": "last stage" if last else float(th),
+                         "stops": ("yes" if reached and (last or conf >= th) else
+                                   "no" if reached else "")})
+        return rows
