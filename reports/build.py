@@ -25,7 +25,8 @@ from reports.learned import (DEFERRAL_COLUMNS, LEARNED_FAMILY, DeferralCurvesDis
                              disagreements_from_run, router_areas)
 from reports.sacrifice import SacrificeMetricsDisplay, SharesDisplay, TimeDisplay
 from reports.tables import (LADDER_P, RERUN_HINT, SUMMARY_SACRIFICE, ZOO_DESCRIPTIONS, Summary,
-                            compression_table, headline_display, ladder_table, routers_pivot,
+                            committee_table, compression_table, headline_display, ladder_table,
+                            routers_pivot,
                             routers_table, summarize, zoo_table)
 from reports.training import TrainingCurvesDisplay
 
@@ -208,6 +209,11 @@ def _router_sections(b: _Builder, art: RunArtifacts) -> list[Section]:
                                "accuracy / measured speedup over the best single model ('missed':"
                                " below the level's target; [selected]: the answer selected on "
                                "val)", pivot))
+    committees = committee_table(art.routers)
+    if not committees.empty:
+        sec.tables.append(("Best single model against the committee cascade fitted on val at "
+                           "each level (test accuracy, gain, measured speedup with its 95% "
+                           "interval; certified: its budget certified on val)", committees))
     sec.details.append(("All rows of results/routers.csv (single models once per zoo)",
                         routers_table(art.routers)))
     return [sec]

@@ -225,6 +225,38 @@ def has_selection(routers: pd.DataFrame | None) -> bool:
     return routers is not None and "selected" in routers.columns
 
 
+def committee_table(routers: pd.DataFrame, family: str = "committee") -> pd.DataFrame:
+    """Per zoo and level: the best single model against the ``family`` router fitted on val at
+    that level (one row per level, never a pick among test rows): test accuracy and its gain in
+    points, measured images/s and the speedup over the best single model with its interval,
+    the certificate from val and whether validation selected it. Empty where no such row."""
+    out: list[dict[str, Any]] = []
+    for zoo in zoos_of(routers):
+        rows = zoo_rows(routers, zoo)
+        fam = rows[rows["family"] == family]
+        for level in sorted(float(v) for v in fam["sacrifice"].dropna().unique()):
+            at = rows[np.isclose(rows["sacrifice"].astype(float), level)]
+            best, r = _first(at, "best-single"), _first(at, family)
+            acc, ref = _finite(r.get("accuracy")), None if best is None else _finite(
+                best.get("accuracy"))
+            lo, hi = _finite(r.get("speedup_vs_best_lo")), _finite(r.get("speedup_vs_best_hi"))
+            speed = _speedup(r, best, "speedup_vs_best")
+            out.append({
+                "zoo": zoo, "level": f"{100 * level:g}%",
+                "best single": None if best is None else model_of(best),
+                "best single acc %": None if ref is None else round(100 * ref, 2),
+                "method": r["method"], "acc %": None if acc is None else round(100 * acc, 2),
+                "gain (points)": None if acc is None or ref is None
+                else round(100 * (acc - ref), 2),
+                "x best [95% CI]": "" if speed is None else f"{speed:.2f}x" + (
+                    "" if lo is None or hi is None else f" [{lo:.2f}-{hi:.2f}]"),
+                "certified on val": _as_bool(r.get("certified")),
+                "drop bound (points)": None if _finite(r.get("certified_drop_ucb")) is None
+                else round(100 * float(r["certified_drop_ucb"]), 2),
+                "selected": r["method"] in set(selected_rows(at)["method"])})
+    return pd.DataFrame(out)
+
+
 def headline_table(routers: pd.DataFrame) -> pd.DataFrame:
     """One row per (zoo, level): the deployable answer **selected on val** (``selected``) and
     its test figures as they came out, held or not. Nothing here compares test rows.

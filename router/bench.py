@@ -16,7 +16,13 @@ interval of the per-round speedup, where the run recorded one):
    (the base zoo's figure is printed beside it, no target);
 3. ``speedup_at_1pct``: at s = 1 % the selected answer over the whole zoo runs at >= 2x the best
    single model;
-4. (reported) each selected row's budget on test, overhead share (router + wasted seconds over
+4. ``more_accurate_2x`` (committees, issue 33): at some level s <= 0 (a level that asks for at
+   least the reference's accuracy) the selected answer over the whole zoo is >= ``gain``
+   (0.3 points) more accurate on test than the best single model and >= ``min_ratio`` its
+   images/s; every such level is printed, not only the one that passes;
+5. ``certified_s0_2x``: at s = 0 the selected answer over the whole zoo is certified (not the
+   reference answering alone) and >= ``min_ratio`` the best single model;
+6. (reported) each selected row's budget on test, overhead share (router + wasted seconds over
    routed seconds) and the gap each deployable router recovers between a cost-matched random
    router and the per-sample ceiling; the widest speedup interval of a selected row relative
    to its median; the largest gap between two timings of one configuration registered twice
@@ -87,6 +93,8 @@ class BenchReport:
     passed: dict[str, bool] = field(default_factory=dict)
     twin_gap: tuple[float, str] | None = None   # largest same-configuration timing gap
     widest_interval: tuple[float, str] | None = None  # widest selected interval / median
+    best_accuracy: dict[str, float] = field(default_factory=dict)   # zoo -> best single's test
+    gain: float = 0.003
 
     @property
     def all_passed(self) -> bool:
@@ -116,7 +124,8 @@ def load_rows(run: str | Path) -> list[dict[str, str]]:
 
 
 def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
-                  min_ratio: float = 2.0, low_level: float = 0.005) -> BenchReport:
+                  min_ratio: float = 2.0, low_level: float = 0.005,
+                  gain: float = 0.003) -> BenchReport:
     """Check the targets on the selected rows of one routers.csv (see the module docstring)."""
     need = {"method", "family", "zoo", "sacrifice", "selected", "accuracy", "images_per_second",
             "budget_held", "speedup_vs_best", "speedup_vs_cheapest_single", "overhead_share"}
@@ -125,6 +134,7 @@ def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
         raise ValueError(f"routers.csv lacks columns {missing}; it was written by an older "
                          "evaluate-routers: re-run it")
     best = {r["zoo"]: r["method"].split(":", 1)[-1] for r in rows if r["family"] == "best-single"}
+    best_acc = {r["zoo"]: float(r["accuracy"]) for r in rows if r["family"] == "best-single"}
     points: list[SelectedPoint] = []
     for r in rows:
         if not _true(r["selected"]):
@@ -174,13 +184,19 @@ def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
             p.counts and p.pessimistic("cheapest") >= min_ratio - _EPS for p in low),
         "speedup_at_1pct": bool(at1) and all(
             p.counts and p.pessimistic("best") >= min_ratio - _EPS for p in at1),
+        "more_accurate_2x": any(p.accuracy - best_acc.get("all", 1.0) >= gain - _EPS
+                                and p.pessimistic("best") >= min_ratio - _EPS
+                                for p in points if p.zoo == "all" and p.sacrifice <= _EPS),
+        "certified_s0_2x": any(p.certified is True and not p.method.startswith("single:")
+                               and p.pessimistic("best") >= min_ratio - _EPS
+                               for p in points if p.zoo == "all" and abs(p.sacrifice) < _EPS),
     }
     widths = [((p.best_hi - p.best_lo) / p.vs_best, f"{p.method} ({p.zoo}, s={p.sacrifice:g})")
               for p in points if p.best_lo is not None and p.best_hi is not None and p.vs_best]
     first = rows[0]
     return BenchReport(best, first.get("threads", ""), first.get("timing_samples", ""), noise,
                        min_ratio, low_level, points, dict(sorted(gap.items())), passed,
-                       twin_gap(rows), max(widths) if widths else None)
+                       twin_gap(rows), max(widths) if widths else None, best_acc, gain)
 
 
 def twin_gap(rows: Sequence[Mapping[str, str]]) -> tuple[float, str] | None:
@@ -294,6 +310,22 @@ def format_bench(rep: BenchReport, source: str = "") -> str:
     else:
         out.append(f"[{_verdict(False)}] no level <= {100 * rep.low_level:g}% was evaluated "
                    "(evaluate-routers --sacrifices 0 0.005 ...)")
+    ref_acc = rep.best_accuracy.get("all")
+    at_most0 = [p for p in rep.points if p.zoo == "all" and p.sacrifice <= 1e-9]
+    if ref_acc is not None and at_most0:
+        levels = "; ".join(f"s={p.sacrifice:g} {p.method} {100 * (p.accuracy - ref_acc):+.2f} "
+                           f"points at {p.pessimistic('best'):.2f}x" for p in at_most0)
+        out.append(f"[{_verdict(rep.passed['more_accurate_2x'])}] at a level s <= 0 the selected "
+                   f"answer over the whole zoo is >= {100 * rep.gain:g} points more accurate on "
+                   f"test than the best single model and >= {rep.min_ratio:g}x its images/s "
+                   f"(lower end): {levels}")
+    zero = [p for p in at_most0 if abs(p.sacrifice) < 1e-9]
+    if zero:
+        p = zero[0]
+        out.append(f"[{_verdict(rep.passed['certified_s0_2x'])}] at s = 0 the selected answer "
+                   f"over the whole zoo is certified and >= {rep.min_ratio:g}x the best single "
+                   f"model: {p.method}, certified {p.certified}, "
+                   f"{p.pessimistic('best'):.2f}x (lower end)")
     out += ["", "gap recovered (0 = cost-matched random router, 1 = per-sample ceiling; "
             "oracle rows route by the true label, a bound):"]
     gm = list(dict.fromkeys(m for d in rep.gap.values() for m in d))

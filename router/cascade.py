@@ -238,15 +238,25 @@ class CascadeRouter(Router):
         """Each stage's confidence on each input (NaN for stages the input never reached)."""
         return self.routing_of(self.run(images))
 
+    # what a stage's score is, in the rule's words (subclasses score stages otherwise)
+    stop_words = "whose confidence >= its threshold"
+
+    def stage_score_names(self) -> list[str]:
+        """What each stage's score is (``Routing.score_names``)."""
+        return [f"confidence:{self.model_names[m]}" for m in self.stages]
+
+    def last_words(self) -> str:
+        """Who answers the inputs no stage kept."""
+        return self.model_names[self.stages[-1]]
+
     def routing_of(self, res) -> Routing:
-        """The ``Routing`` (scores = per-stage confidences) behind an executed result."""
-        names = [f"confidence:{self.model_names[m]}" for m in self.stages]
-        rule = ("stop at the first stage whose confidence >= its threshold ("
+        """The ``Routing`` (scores = per-stage scores) behind an executed result."""
+        rule = (f"stop at the first stage {self.stop_words} ("
                 + ", ".join(f"{self.model_names[m]}>={t:.4g}" for m, t in
                             zip(self.stages[:-1], self.thresholds[:-1]))
-                + f"), else {self.model_names[self.stages[-1]]}")
-        return Routing(chosen=res.chosen, scores=res.stage_confidence, score_names=names,
-                       rule=rule)
+                + f"), else {self.last_words()}")
+        return Routing(chosen=res.chosen, scores=res.stage_confidence,
+                       score_names=self.stage_score_names(), rule=rule)
 
     def describe(self) -> dict[str, Any]:
         return {"type": "cascade", "stages": [self.model_names[s] for s in self.stages],

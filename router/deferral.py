@@ -35,7 +35,7 @@ import torch
 
 from common.tables import PredictionTable
 from oracle.policy import reference_index
-from router.base import Routing, RouterError, table_precision
+from router.base import RouterError, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
     select_cascade, simulate_cascade
 from router.dispatcher import split_holdout
@@ -272,15 +272,11 @@ class LearnedCascadeRouter(CascadeRouter):
         """(N,) answering model from table probabilities (N, M, C), not confidences."""
         return simulate_cascade(self.stage_scores(probs), self.stages, self.thresholds)
 
-    def routing_of(self, res) -> Routing:
-        names = ([f"p_right:{self.model_names[m]}" for m in self.stages[:-1]]
-                 + [f"confidence:{self.model_names[self.stages[-1]]}"])
-        rule = ("stop at the first stage whose deferral head's chance of being right >= its "
-                "threshold (" + ", ".join(f"{self.model_names[m]}>={t:.4g}" for m, t in
-                                          zip(self.stages[:-1], self.thresholds[:-1]))
-                + f"), else {self.model_names[self.stages[-1]]}")
-        return Routing(chosen=res.chosen, scores=res.stage_confidence, score_names=names,
-                       rule=rule)
+    stop_words = "whose deferral head's chance of being right >= its threshold"
+
+    def stage_score_names(self) -> list[str]:
+        return ([f"p_right:{self.model_names[m]}" for m in self.stages[:-1]]
+                + [f"confidence:{self.model_names[self.stages[-1]]}"])
 
     def describe(self) -> dict[str, Any]:
         return {"type": "learned-cascade", "stages": [self.model_names[s] for s in self.stages],

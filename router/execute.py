@@ -142,6 +142,15 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
     return ExecResult(preds.numpy(), chosen, seconds, clock.model_seconds, conf.numpy())
 
 
+def escalated_seconds(batch_seconds: Sequence[float], went_on: np.ndarray,
+                      batch_size: int) -> float:
+    """A stage's forward time spent on the inputs that then went on to a later stage: each
+    batch's measured time times the share of its inputs that escalated."""
+    share = np.asarray(went_on, dtype=np.float64)
+    return float(sum(dt * float(share[b * batch_size:(b + 1) * batch_size].mean())
+                     for b, dt in enumerate(batch_seconds)))
+
+
 def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: torch.Tensor,
                     models: Sequence[nn.Module], infos: Sequence[PreprocessLike],
                     batch_size: int = 256,
@@ -196,9 +205,7 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
                 first_confident(score[:, None], th, fallback=-1) == 0)
         stop_t = torch.from_numpy(stop)
         if not last:
-            went_on = (~stop).astype(np.float64)
-            for b, dt in enumerate(batch_seconds):
-                wasted += dt * float(went_on[b * batch_size:(b + 1) * batch_size].mean())
+            wasted += escalated_seconds(batch_seconds, ~stop, batch_size)
         done = todo[stop_t]
         preds[done], conf[done] = y[stop_t], p[stop_t]
         chosen[done.numpy()] = int(m)

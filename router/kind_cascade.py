@@ -23,6 +23,16 @@ from router.selection import Candidate
 from zoo.data import DatasetInfo
 
 
+def chain_entries(kind: str, cands: Any, ref_accuracy: float, n: int) -> list[PoolEntry]:
+    """A certified path's entries for every simulated chain of two or more stages (a chain of
+    one is a single model, pooled already): ``cands`` holds ``chains``, ``chain_of``,
+    ``accuracy``, ``cost`` and ``se`` per candidate, estimated on ``n`` images against a
+    reference of accuracy ``ref_accuracy`` there."""
+    return [PoolEntry(kind, i, float(cands.cost[i]), ref_accuracy - float(cands.accuracy[i]),
+                      float(cands.se[i]), n)
+            for i in range(len(cands.accuracy)) if len(cands.chains[int(cands.chain_of[i])]) > 1]
+
+
 class CascadeKind(RouterKind):
     """Run models cheap to dear; stop at the first whose top softmax probability clears its
     stage's threshold."""
@@ -53,11 +63,8 @@ class CascadeKind(RouterKind):
         return self._set(fit, candidate(self, fit.val_accuracy, fit.val_cost, True))
 
     def path_entries(self, sacrifice: float) -> list[PoolEntry]:
-        cc, n = self.prepared(), self.ctx.val.n_samples
-        ref_acc = self.ctx.ref_accuracy
-        return [PoolEntry(self.name, i, float(cc.cost[i]), ref_acc - float(cc.accuracy[i]),
-                          float(cc.se[i]), n)
-                for i in range(len(cc.accuracy)) if len(cc.chains[int(cc.chain_of[i])]) > 1]
+        return chain_entries(self.name, self.prepared(), self.ctx.ref_accuracy,
+                             self.ctx.val.n_samples)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         cc, val_c = self.prepared(), self.ctx.certify

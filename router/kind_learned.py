@@ -19,7 +19,7 @@ from router.deferral import DeferralHead, LearnedCandidates, LearnedCascadeFit, 
     LearnedCascadeRouter, learned_candidates, select_learned
 from router.execute import ExecResult, execute_cascade
 from router.kind import KindStyle, RouterKind, TestView, candidate
-from router.kind_cascade import CascadeKind
+from router.kind_cascade import CascadeKind, chain_entries
 from router.selection import Candidate
 from zoo.data import DatasetInfo
 
@@ -78,11 +78,7 @@ class LearnedCascadeKind(RouterKind):
 
     def path_entries(self, sacrifice: float) -> list[PoolEntry]:
         lc = self.prepared()
-        c = lc.cands
-        return [PoolEntry(self.name, i, float(c.cost[i]),
-                          lc.reference_accuracy - float(c.accuracy[i]), float(c.se[i]),
-                          len(lc.threshold_index))
-                for i in range(len(c.accuracy)) if len(c.chains[int(c.chain_of[i])]) > 1]
+        return chain_entries(self.name, lc.cands, lc.reference_accuracy, len(lc.threshold_index))
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         val_c = self.ctx.certify

@@ -10,12 +10,13 @@ from __future__ import annotations
 from router.base import Router, RouterError
 from router.kind import RouterKind
 from router.kind_cascade import CascadeKind
+from router.kind_committee import CommitteeCascadeKind
 from router.kind_dispatchers import LabelDispatcherKind, SampleDispatcherKind
 from router.kind_learned import LearnedCascadeKind
 
 ROUTER_KINDS: dict[str, type[RouterKind]] = {
     k.name: k for k in (LabelDispatcherKind, SampleDispatcherKind, CascadeKind,
-                        LearnedCascadeKind)}
+                        LearnedCascadeKind, CommitteeCascadeKind)}
 
 
 def kind_named(name: str) -> type[RouterKind]:

@@ -597,3 +597,28 @@ def test_headline_states_the_certificate_and_the_speedup_interval():
     assert "certified on val at risk 0.1" in line and "at most 1 points (bound 0.97 points)" in line
     assert "on test: within test noise" in line and "4.21x (95% interval 4.15-4.37)" in line
     assert "not certified on val" in _headline_line(r.copy().replace({True: False}))
+
+
+def test_committee_table_best_single_against_the_committee_per_level():
+    from reports.inputs import normalise_router_frame
+    from reports.tables import committee_table
+    rows = []
+    for s, acc, ips, sel in ((0.0, 0.9412, 250.0, True), (0.01, 0.9301, 400.0, False)):
+        rows += [{"method": "best-single:big", "family": "best-single", "zoo": "all",
+                  "sacrifice": s, "accuracy": 0.9370, "images_per_second": 100.0,
+                  "selected": False},
+                 {"method": "committee-cascade", "family": "committee", "zoo": "all",
+                  "sacrifice": s, "accuracy": acc, "images_per_second": ips,
+                  "speedup_vs_best": ips / 100.0, "speedup_vs_best_lo": ips / 110.0,
+                  "speedup_vs_best_hi": ips / 90.0, "certified": True,
+                  "certified_drop_ucb": -0.001 if s == 0 else 0.008, "selected": sel}]
+    t = committee_table(normalise_router_frame(pd.DataFrame(rows)))
+    assert list(t["level"]) == ["0%", "1%"]
+    # 94.12 - 93.70 = +0.42 points at 2.5x [250/110 = 2.27, 250/90 = 2.78]
+    first = t.iloc[0]
+    assert first["gain (points)"] == pytest.approx(0.42)
+    assert first["x best [95% CI]"] == "2.50x [2.27-2.78]"
+    assert first["selected"] and not t.iloc[1]["selected"]
+    assert first["drop bound (points)"] == pytest.approx(-0.1)
+    assert t.iloc[1]["gain (points)"] == pytest.approx(-0.69)
+    assert committee_table(normalise_router_frame(pd.DataFrame(rows[:1]))).empty

@@ -77,7 +77,9 @@ def test_selected_rows_by_hand():
     # the unselected, faster cascade at 0.005 is never the reported answer
     assert all(p.images_per_second != 400 for p in rep.points)
     assert rep.passed == {"not_slower": True, "speedup_low_sacrifice": False,
-                          "speedup_at_1pct": True}          # 220 / 100 = 2.2x the best
+                          "speedup_at_1pct": True,          # 220 / 100 = 2.2x the best
+                          "more_accurate_2x": False,        # s=0: +0.1 points only
+                          "certified_s0_2x": False}         # the run did not certify
     # a missed budget is reported as it came out
     small = next(p for p in rep.points if p.sacrifice == 0.02)
     assert not small.budget_held
@@ -114,6 +116,15 @@ def test_main_prints_and_strict_exit(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "selected on val" in out and "gap recovered" in out
     assert main(["--run", str(tmp_path), "--strict"]) == 1
+    # at 1.5x the speed targets pass, but the committee targets do not (s=0: +0.1 points only,
+    # nothing certified); with those rows made +0.4 points and certified every target passes
+    assert main(["--run", str(tmp_path), "--strict", "--min-ratio", "1.5"]) == 1
+    rows = hand_rows()
+    for r in rows:
+        r.update(certified="True", certified_drop_ucb=-0.001, settings="{}")
+    next(r for r in rows if r["sacrifice"] == 0 and r["selected"] and r["zoo"] == "all")[
+        "accuracy"] = 0.904
+    write_csv(tmp_path / "results" / "routers.csv", rows, CERT_COLUMNS)
     assert main(["--run", str(tmp_path), "--strict", "--min-ratio", "1.5"]) == 0
     assert main(["--run", str(tmp_path / "nowhere")]) == 2
     assert "evaluate-routers" in capsys.readouterr().err
@@ -181,3 +192,23 @@ def test_one_configuration_under_two_keys_reports_its_gap():
     rep = bench_routers(write_and_read(rows, CERT_COLUMNS))
     assert rep.twin_gap[0] == pytest.approx((250 - 95) / 95)
     assert "base" in rep.twin_gap[1]
+
+
+def test_committee_targets_more_accurate_and_faster_by_hand():
+    rows = hand_rows()
+    for r in rows:
+        r.update(certified="True", certified_drop_ucb=-0.001, settings="{}")
+    at0 = next(r for r in rows if r["sacrifice"] == 0 and r["selected"] and r["zoo"] == "all")
+    at0.update(accuracy=0.904, speedup_vs_best_lo=2.2, speedup_vs_best_hi=2.7)
+    rep = bench_routers(write_and_read(rows, CERT_COLUMNS))
+    # +0.4 points over big's 0.90 at 2.2x on the lower end; certified at s = 0
+    assert rep.passed["more_accurate_2x"] and rep.passed["certified_s0_2x"]
+    assert "s=0 cascade +0.40 points at 2.20x" in format_bench(rep)
+    at0.update(accuracy=0.902)                       # +0.2 points: not enough
+    assert not bench_routers(write_and_read(rows, CERT_COLUMNS)).passed["more_accurate_2x"]
+    at0.update(accuracy=0.904, speedup_vs_best_lo=1.9)   # lower end below 2x: neither counts
+    rep = bench_routers(write_and_read(rows, CERT_COLUMNS))
+    assert not rep.passed["more_accurate_2x"] and not rep.passed["certified_s0_2x"]
+    at0.update(speedup_vs_best_lo=2.2, certified="False")   # not certified at s = 0
+    rep = bench_routers(write_and_read(rows, CERT_COLUMNS))
+    assert rep.passed["more_accurate_2x"] and not rep.passed["certified_s0_2x"]

@@ -196,4 +196,5 @@ def test_unknown_kinds_and_foreign_routers_are_refused():
         kind_of(BrightnessRouter(["a", "b"], 0, 1, 0.5))         # not registered here
     assert kind_named("cascade").family == "cascade"
     assert [k.name for k in ROUTER_KINDS.values()] == [
-        "dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade"]
+        "dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade",
+        "committee-cascade"]
