@@ -131,26 +131,7 @@ class FrontierDisplay:
         singles = singles.assign(label=[f"{lab} ({100 * a:.1f}%, off scale)" if out else lab
                                         for lab, a, out in zip(singles["label"],
                                                                singles["accuracy"], low)])
-        ax.scatter(singles["images_per_second"][~low], shown_y[~low], color="dimgray",
-                   marker="o", s=22, zorder=3, label="single models")
-        if low.any():
-            ax.scatter(singles["images_per_second"][low], shown_y[low], color="dimgray",
-                       marker="v", s=30, zorder=3, clip_on=False,
-                       label="single model below the axis (off scale)")
-        if best_name in set(singles["model"]):
-            b = singles[singles["model"] == best_name].iloc[0]
-            ax.scatter([b["images_per_second"]], [100 * b["accuracy"]], s=90, zorder=2,
-                       facecolors="none", edgecolors="black", linewidths=1.2,
-                       label="best single model (reference)")
-        cheap_models = {model_of(r) for _, r in
-                        self.frame[self.frame["family"] == "cheapest-single"].iterrows()}
-        cheap = singles["model"].isin(cheap_models).to_numpy()
-        if cheap.any():     # the second reference: a square around its point
-            ref_kw = style.REFERENCE_STYLE["cheapest-single"]
-            ax.scatter(singles["images_per_second"][cheap], shown_y[cheap], marker="s", s=110,
-                       zorder=2, facecolors="none", edgecolors=ref_kw["color"], linewidths=1.1,
-                       linestyle="--",
-                       label="cheapest adequate single model (on val, at some level)")
+        self._draw_singles(ax, singles, shown_y, low, best_name)
         draw_methods(ax, rows, "images_per_second", "accuracy", scale=100.0)
         mark_selected(ax, self.frame, "images_per_second", "accuracy", scale=100.0)
         for method, part in ceil.groupby("method", sort=False):
@@ -189,6 +170,39 @@ class FrontierDisplay:
         else:
             ax.legend(fontsize=6.5)
         ax.figure.draw_without_rendering()   # final layout, so labels can be placed in it
+        self._label_points(ax, singles, shown_y, rows, ceil)
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    def _draw_singles(self, ax: Any, singles: pd.DataFrame, shown_y: np.ndarray, low: Any,
+                      best_name: str | None) -> None:
+        """The single models as grey points (off-scale ones on the bottom edge), the best one
+        ringed, the cheapest adequate ones squared."""
+        ax.scatter(singles["images_per_second"][~low], shown_y[~low], color="dimgray",
+                   marker="o", s=22, zorder=3, label="single models")
+        if low.any():
+            ax.scatter(singles["images_per_second"][low], shown_y[low], color="dimgray",
+                       marker="v", s=30, zorder=3, clip_on=False,
+                       label="single model below the axis (off scale)")
+        if best_name in set(singles["model"]):
+            b = singles[singles["model"] == best_name].iloc[0]
+            ax.scatter([b["images_per_second"]], [100 * b["accuracy"]], s=90, zorder=2,
+                       facecolors="none", edgecolors="black", linewidths=1.2,
+                       label="best single model (reference)")
+        cheap_models = {model_of(r) for _, r in
+                        self.frame[self.frame["family"] == "cheapest-single"].iterrows()}
+        cheap = singles["model"].isin(cheap_models).to_numpy()
+        if cheap.any():     # the second reference: a square around its point
+            ref_kw = style.REFERENCE_STYLE["cheapest-single"]
+            ax.scatter(singles["images_per_second"][cheap], shown_y[cheap], marker="s", s=110,
+                       zorder=2, facecolors="none", edgecolors=ref_kw["color"], linewidths=1.1,
+                       linestyle="--",
+                       label="cheapest adequate single model (on val, at some level)")
+
+    def _label_points(self, ax: Any, singles: pd.DataFrame, shown_y: np.ndarray,
+                      rows: pd.DataFrame, ceil: pd.DataFrame) -> None:
+        """Name the single models and the sacrifice levels at the ends of every deployable
+        router's curve, where the labels overlap nothing drawn."""
         xy = np.array([1.0, 100.0])
         others = pd.concat([rows, ceil])[["images_per_second", "accuracy"]].to_numpy(float) * xy
         occupied: list[tuple[float, float, float, float]] = []
@@ -217,5 +231,3 @@ class FrontierDisplay:
         self.level_labels_ = place_labels(ax, ends_x, ends_y, ends_t, fontsize=5.5,
                                           avoid=np.vstack([others, pts]) if len(others) else pts,
                                           occupied=occupied, color="0.3")
-        self.ax_, self.figure_ = ax, ax.figure
-        return self

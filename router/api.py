@@ -47,6 +47,7 @@ from router.scoring import budget_status
 from router.timing import paired_speedup
 from router.selection import cheapest_single
 from zoo.costs import count_macs
+from zoo.profile import table_columns
 from zoo.data import DatasetInfo
 from zoo.device import describe_device, device_of, resolve_device
 from zoo.preprocess import Preprocess, PreprocessLike, prepare
@@ -248,9 +249,9 @@ def build_table(members: Sequence[Member], data: ImageData, split: str = "val", 
         if logits.shape[1] != len(data.classes):
             raise RouterError(f"member {m.name!r} has {logits.shape[1]} outputs but the data has "
                               f"{len(data.classes)} classes")
-        p = torch.softmax(logits, dim=1)
-        preds.append(p.argmax(1).numpy())
-        probs.append(p.numpy().astype(np.float16))
+        member_preds, member_probs = table_columns(logits)
+        preds.append(member_preds)
+        probs.append(member_probs)
     return PredictionTable([m.name for m in members], data.labels, np.stack(preds, 1),
                            np.stack(probs, 1), np.arange(len(data), dtype=np.int64), split,
                            {"source": "router.api.build_table", "data": data.name,

@@ -250,6 +250,7 @@ def budget_summary(points: Sequence[SelectedPoint]) -> str:
 
 def format_bench(rep: BenchReport, source: str = "") -> str:
     """The selected answers as text, one PASS/FAIL per target."""
+    # Long by design: one printed paragraph per target, in the order the docstring lists them.
     out = [f"bench-routers {source}".rstrip(),
            f"  measured in one run: threads {rep.threads or '?'}, timed on "
            f"{rep.timing_samples or '?'} test images; best single model per zoo: "

@@ -84,26 +84,8 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     t_start = time.perf_counter()
     inp = inputs or load_run_inputs(run, progress=cfg.progress, device=cfg.device)
     names_all = inp.test.model_names
-    profile_cvec = inp.cvec
-    pinned = pinned_costs(cfg.costs_from, names_all) if cfg.costs_from else None
+    cvec_all, overhead, source = fit_costs(inp, cfg)
     archs = pinned_dispatchers(cfg.costs_from) if cfg.costs_from else {}
-    if pinned is not None:
-        cvec_all = pinned[0]
-    elif cfg.costs == "measured":
-        # the costs every fit minimises: ms/image timed here, on val images, with the threads,
-        # batch size and executor the routers run with (costs.json was timed by another process
-        # at another time; on a shared machine its figures can be off several-fold)
-        k = min(cfg.cost_samples, inp.val.n_samples)
-        cvec_all = model_ms_per_image(inp.models, inp.infos, inp.val_images[:k], cfg.batch_size,
-                                      warmup=cfg.warmup, rounds=max(3, cfg.repeats))
-    else:
-        cvec_all = profile_cvec
-    if pinned is not None:
-        overhead = pinned[1] if cfg.count_router_time else {}
-    else:
-        overhead = ({"stage_ms": stage_overhead_ms(inp.val_images[:1024], inp.val.n_classes),
-                     "head_ms": head_ms_per_image(inp.val.n_classes)}
-                    if cfg.count_router_time else {})
     zoos = zoo_indices(inp, cfg.zoos)
     used = sorted(set(inp.devices)) or ["cpu"]
     device_note = used[0] if len(used) == 1 else "; ".join(
@@ -114,47 +96,79 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         f"{inp.test.n_samples} test images, zoos {', '.join(f'{z} ({len(i)})' for z, i in zoos.items())}, "
         f"threads {cfg.threads}, models on {device_note}, timing on {timer.k} test images x {cfg.repeats} interleaved "
         f"repeats after {cfg.warmup} warm-up")
-    source = (f"pinned from {cfg.costs_from}" if pinned is not None
-              else "measured here on %d val images" % min(cfg.cost_samples, inp.val.n_samples)
-              if cfg.costs == "measured" else "costs.json")
     log("  costs (" + source + ", ms/image): "
         + ", ".join(f"{n} {c:.3f}" for n, c in zip(names_all, cvec_all)))
     fits: dict[str, Any] = {"costs": cfg.costs, "margin_z": cfg.margin_z,
                             "selection": cfg.selection, "delta": cfg.delta,
                             "router_overhead_ms": overhead,
                             "ms_per_image": dict(zip(names_all, map(float, cvec_all))),
-                            "profile_ms_per_image": dict(zip(names_all, map(float, profile_cvec))),
-                            "zoos": {}}
+                            "profile_ms_per_image": dict(zip(names_all, map(float, inp.cvec))),
+                            "zoos": {}, "saved_routers": {}}
     rng = np.random.default_rng(cfg.seed)
     scorers: list[ZooScorer] = []
-    saved: dict[str, str] = {}
     zoo_fits: list[ZooFit] = []
     for zoo, idx in zoos.items():
-        names = [names_all[i] for i in idx]
         # the fit sees the validation split and nothing else
-        zf = fit_zoo(zoo, idx, inp.val.select_models(names), inp.val_images, inp.info,
-                     cvec_all[idx], inp.macs[idx], cfg, log, overhead,
+        zf = fit_zoo(zoo, idx, inp.val.select_models([names_all[i] for i in idx]),
+                     inp.val_images, inp.info, cvec_all[idx], inp.macs[idx], cfg, log, overhead,
                      dispatcher_archs=archs.get(zoo))
         zoo_fits.append(zf)
         fits["zoos"][zoo] = zf.record
         if zoo == "all":
             fits.update(zf.record)
-        sc = ZooScorer(inp, zf, cfg, rng)
-        score_zoo(inp, zf, cfg, timer, sc)
-        routers_dir = inp.root / "routers" / zf.zoo if zf.zoo != "all" else inp.root / "routers"
-        tag = "" if zf.zoo == "all" else f"{zf.zoo}/"
-        certs = {(lv.sacrifice, m): c for lv in zf.levels for m, c in lv.certificates.items()}
-        for method, s, router in sc.to_save:
-            saved[f"{tag}{method}@{s:g}"] = _save(routers_dir, method, s, router, inp, cfg,
-                                                  zf.index, certs.get((s, method)))
-        scorers.append(sc)
+        scorers.append(ZooScorer(inp, zf, cfg, rng))
+        score_zoo(inp, zf, cfg, timer, scorers[-1])
+        fits["saved_routers"].update(save_routers(inp, zf, scorers[-1], cfg))
     policy_paths = write_policies(rd, zoo_fits)
     write_deferral_curves(rd, zoo_fits, inp.test)
-
-    # ---- timing: every distinct routing, round-robin, then the timed columns --------------
     log(f"  timing {len(timer.runs)} distinct routings round-robin: {cfg.repeats} rounds on "
         f"{timer.k} test images")
-    timings = timer.measure()
+    result = timed_result(scorers, timer.measure(), device_note, fits)
+    fits.update(seconds=time.perf_counter() - t_start, threads=cfg.threads,
+                policies=[str(p) for p in policy_paths])
+    result.paths = write_results(rd, result, names_all, inp.test)
+    log(format_summary(result.rows))
+    log(f"wrote {result.paths['csv']} and {result.paths['npz']} in {fits['seconds']:.0f}s")
+    return result
+
+
+def fit_costs(inp: RunInputs, cfg: EvalConfig) -> tuple[np.ndarray, dict[str, float], str]:
+    """(ms per image of every model, each stage's routing overheads, where they came from):
+    pinned from ``cfg.costs_from``, measured here (the default: on val images, with the
+    threads, batch size and executor the routers run with; costs.json was timed by another
+    process at another time, and on a shared machine its figures can be off several-fold) or
+    read from costs.json."""
+    names = inp.test.model_names
+    if cfg.costs_from:
+        cvec, overhead = pinned_costs(cfg.costs_from, names)
+        return cvec, overhead if cfg.count_router_time else {}, f"pinned from {cfg.costs_from}"
+    if cfg.costs == "measured":
+        k = min(cfg.cost_samples, inp.val.n_samples)
+        cvec = model_ms_per_image(inp.models, inp.infos, inp.val_images[:k], cfg.batch_size,
+                                  warmup=cfg.warmup, rounds=max(3, cfg.repeats))
+        source = f"measured here on {k} val images"
+    else:
+        cvec, source = inp.cvec, "costs.json"
+    overhead = ({"stage_ms": stage_overhead_ms(inp.val_images[:1024], inp.val.n_classes),
+                 "head_ms": head_ms_per_image(inp.val.n_classes)}
+                if cfg.count_router_time else {})
+    return cvec, overhead, source
+
+
+def save_routers(inp: RunInputs, zf: ZooFit, sc: ZooScorer, cfg: EvalConfig) -> dict[str, str]:
+    """Every deployable router the scorer queued, as ``RUN/routers[/<zoo>]/<method>-s<s>.pt``
+    with its certificate; returns ``{"[zoo/]method@s": path}``."""
+    routers_dir = inp.root / "routers" / zf.zoo if zf.zoo != "all" else inp.root / "routers"
+    tag = "" if zf.zoo == "all" else f"{zf.zoo}/"
+    certs = {(lv.sacrifice, m): c for lv in zf.levels for m, c in lv.certificates.items()}
+    return {f"{tag}{method}@{s:g}": _save(routers_dir, method, s, router, inp, cfg, zf.index,
+                                          certs.get((s, method)))
+            for method, s, router in sc.to_save}
+
+
+def timed_result(scorers: Sequence[ZooScorer], timings: dict[Any, Any], device_note: str,
+                 fits: dict[str, Any]) -> EvalResult:
+    """Every zoo's rows with their timed columns filled from the one round-robin measurement."""
     rows: list[dict[str, Any]] = []
     preds_out: dict[tuple[str, str, float], np.ndarray] = {}
     chosen_out: dict[tuple[str, str, float], np.ndarray] = {}
@@ -166,15 +180,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         rows += sc.rows
         preds_out.update(sc.preds)
         chosen_out.update(sc.chosen)
-    fits["seconds"] = time.perf_counter() - t_start
-    fits["saved_routers"] = saved
-    fits["policies"] = [str(p) for p in policy_paths]
-    fits["threads"] = cfg.threads
-    result = EvalResult(rows, preds_out, chosen_out, fits)
-    result.paths = write_results(rd, result, names_all, inp.test)
-    log(format_summary(rows))
-    log(f"wrote {result.paths['csv']} and {result.paths['npz']} in {fits['seconds']:.0f}s")
-    return result
+    return EvalResult(rows, preds_out, chosen_out, fits)
 
 
 def pinned_costs(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
@@ -196,12 +202,14 @@ def pinned_costs(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, di
 
 
 def pinned_dispatchers(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """zoo -> mode -> the dispatcher architecture a previous evaluate-routers chose (its
-    fits.json): the search under the time cap depends on the machine's load, so a refit that
-    must repeat its choices reuses them."""
+    """zoo -> mode -> {"arch", "ms_per_image"}: the dispatcher architecture a previous
+    evaluate-routers chose and its network's measured time (its fits.json). Both depend on the
+    machine's load (the search runs under a time cap; the time enters every candidate's cost),
+    so a refit that must repeat its choices reuses them."""
     rec = json.loads(Path(path).read_text())
-    return {zoo: {mode: z[f"dispatcher_{mode}"]["arch"] for mode in ("label", "sample")
-                  if "arch" in z.get(f"dispatcher_{mode}", {})}
+    return {zoo: {mode: {k: z[f"dispatcher_{mode}"][k] for k in ("arch", "ms_per_image")
+                         if k in z[f"dispatcher_{mode}"]}
+                  for mode in ("label", "sample") if "arch" in z.get(f"dispatcher_{mode}", {})}
             for zoo, z in rec.get("zoos", {}).items()}
 
 

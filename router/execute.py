@@ -136,7 +136,9 @@ def execute_routed(router: Router, images: torch.Tensor, models: Sequence[nn.Mod
     for m in np.unique(chosen):
         idx = torch.nonzero(chosen_t == int(m), as_tuple=True)[0]
         logits = timed_logits(models[m], images.index_select(0, idx), infos[m], batch_size, clock)
-        p, y = torch.softmax(logits, dim=1).max(dim=1)
+        # the answer is the logits' argmax, as the prediction tables store it
+        # (``zoo.profile.table_columns``); the confidence is the top softmax probability
+        p, y = torch.softmax(logits, dim=1).max(dim=1).values, logits.argmax(dim=1)
         preds[idx], conf[idx] = y, p
     seconds = time.perf_counter() - t0
     return ExecResult(preds.numpy(), chosen, seconds, clock.model_seconds, conf.numpy())
@@ -189,7 +191,7 @@ def execute_cascade(stages: Sequence[int], thresholds: Sequence[float], images: 
         logits = timed_logits(models[m], images.index_select(0, todo), infos[m], batch_size, clock,
                             batch_seconds)
         probs = torch.softmax(logits, dim=1)
-        p, y = probs.max(dim=1)
+        p, y = probs.max(dim=1).values, logits.argmax(dim=1)     # answer as the tables store it
         last = k == len(stages) - 1
         scorer = None if scorers is None or last else scorers[k]
         if scorer is None:

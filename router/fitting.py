@@ -78,8 +78,9 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
     stage also pays its head), so expected costs include the routers' own time.
     ``cfg.selection``: "estimate" (the 1-SE rule on all of val) or "certified"
     (``router.certified``: chosen on one part of val, certified at risk ``cfg.delta`` on the
-    other). ``dispatcher_archs`` (mode -> architecture dict) pins the dispatchers' networks
-    (``--costs-from``) instead of searching the widest within the caps."""
+    other). ``dispatcher_archs`` (mode -> {"arch", "ms_per_image"}) pins the dispatchers'
+    networks and their measured time (``--costs-from``) instead of searching the widest within
+    the caps and timing it."""
     kinds = list(ROUTER_KINDS.values()) if kinds is None else list(kinds)
     names = list(val.model_names)
     ref = reference_index(val, cvec)

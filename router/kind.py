@@ -63,7 +63,8 @@ class KindSettings:
     dispatcher: Any = None                # router.dispatcher.DispatcherConfig
     dispatcher_max_macs: float = float("inf")
     dispatcher_max_ms: float | None = None
-    dispatcher_archs: dict[str, dict[str, Any]] | None = None   # mode -> pinned arch dict
+    # mode -> {"arch": arch dict, "ms_per_image": network ms} pinned from an earlier run
+    dispatcher_archs: dict[str, dict[str, Any]] | None = None
     delta: float = 0.1
 
 

@@ -97,12 +97,13 @@ class _DispatcherKind(RouterKind):
             raise ValueError(f"{self.name} trains on the val images: the fit needs them")
         t0 = time.perf_counter()
         cfg = s.dispatcher or DispatcherConfig(seed=s.seed)
-        pinned = (s.dispatcher_archs or {}).get(self.mode)
+        pinned = (s.dispatcher_archs or {}).get(self.mode) or {}
         fit = fit_dispatcher(self.mode, ctx.images, ctx.val, ctx.info, s.dispatcher_max_macs,
                              cfg, max_ms=s.dispatcher_max_ms,
-                             arch=None if pinned is None else DispatcherArch.from_dict(pinned))
+                             arch=DispatcherArch.from_dict(pinned["arch"]) if pinned else None)
         h = min(fit.history, key=lambda e: e["holdout_loss"]) if fit.history else {}
-        d_ms = dispatcher_ms_per_image(fit.arch, normalize(ctx.images[:1024], ctx.info))
+        d_ms = (float(pinned["ms_per_image"]) if "ms_per_image" in pinned else
+                dispatcher_ms_per_image(fit.arch, normalize(ctx.images[:1024], ctx.info)))
         max_ms = s.dispatcher_max_ms
         ctx.record[f"dispatcher_{self.mode}"] = {
             "arch": fit.arch.to_dict(), "macs": fit.macs, "ms_per_image": d_ms,

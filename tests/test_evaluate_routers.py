@@ -9,6 +9,7 @@ import pytest
 from common.io import read_csv
 from common.tables import PredictionTable
 from router.artifact import RoutedClassifier
+from router.kinds import kind_families
 from router.evaluate import images_for_table
 from scripts.bench_routers import main as bench_main
 from scripts.evaluate_routers import main
@@ -43,13 +44,13 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         assert col in rows[0], col
     fams = {r["family"] for r in rows}
     assert fams == {"single", "best-single", "cheapest-single", "oracle", "oracle-executed",
-                    "ceiling", "dispatcher", "cascade", "learned", "random"}
+                    "ceiling", "dispatcher", "cascade", "learned", "committee", "random"}
     # no compressed variant in this run: the base zoo would equal the whole zoo, so it is left out
     assert {r["zoo"] for r in rows} == {"all"}
     for s in LEVELS:
         at = {r["method"]: r for r in rows if float(r["sacrifice"]) == float(s)}
         for m in ["dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade",
-                  "ceiling", "oracle-budget", "oracle-budget-executed", "random~cascade",
+                  "committee-cascade", "ceiling", "oracle-budget", "oracle-budget-executed", "random~cascade",
                   "random~learned-cascade"]:
             assert m in at, (s, m)
         # (the per-round speedup and its interval are checked by hand in test_certify.py)
@@ -59,10 +60,9 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
         # exactly one deployable answer is selected per level, and it is the one whose fit
         # expected the least cost among those meeting the target on val
         sel = [r for r in at.values() if r["selected"] == "1"]
-        assert len(sel) == 1 and sel[0]["family"] in ("cheapest-single", "dispatcher", "cascade",
-                                                      "learned")
-        cands = [r for r in at.values() if r["family"] in ("cheapest-single", "dispatcher",
-                                                            "cascade", "learned")
+        deployable = ("cheapest-single", *kind_families())
+        assert len(sel) == 1 and sel[0]["family"] in deployable
+        cands = [r for r in at.values() if r["family"] in deployable
                  and json.loads(r["settings"]).get("val_meets_target", True)]
         assert float(sel[0]["fit_ms_per_image"]) == pytest.approx(
             min(float(r["fit_ms_per_image"]) for r in cands))
@@ -171,8 +171,8 @@ def test_never_fits_on_test_labels(evaluated_run, tmp_path, monkeypatch, selecti
         res = evaluate_run(run, cfg, inputs=inp, log=lambda s: None)
         out = {(r["zoo"], r["method"], r["sacrifice"]): (r["settings"], r["selected"],
                                                         r["fit_ms_per_image"], r["val_accuracy"])
-               for r in res.rows if r["family"] in ("dispatcher", "cascade", "learned",
-                                                    "cheapest-single", "single")}
+               for r in res.rows if r["family"] in (*kind_families(), "cheapest-single",
+                                                    "single")}
         out["learned heads"] = {z: f["learned_cascade"]["heads"]         # the deferral heads
                                 for z, f in res.fits["zoos"].items()}
         return out
@@ -302,16 +302,13 @@ def test_deferral_curves_run_from_the_cheap_model_to_the_reference(evaluated_run
     assert all(i >= s - 1e-12 for i, s in zip(ideal, soft))      # nothing beats the label
 
 
-def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path, monkeypatch):
-    """--costs-from reuses a fits.json's ms/image and overheads: two fits then see the same
-    costs (recorded back as given) and make the same choices; a zoo it lacks is refused."""
+def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path):
+    """--costs-from reuses a fits.json's ms/image, overheads, dispatcher architectures and the
+    dispatchers' measured network time: two fits then see the same costs (recorded back as
+    given) and make the same choices; a zoo it lacks is refused."""
     import shutil
-    import router.kind_dispatchers
     from router.base import RouterError
     from router.evaluate import pinned_costs
-    # the network's measured ms decides whether the label dispatcher skips it: held fixed
-    monkeypatch.setattr(router.kind_dispatchers, "dispatcher_ms_per_image",
-                        lambda arch, x: 0.01)
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     pinned = tmp_path / "pinned.json"
@@ -325,9 +322,10 @@ def test_costs_from_pins_the_costs_and_so_the_choices(evaluated_run, tmp_path, m
         fits = json.loads((run / "routers" / "fits.json").read_text())
         assert fits["ms_per_image"] == given["ms_per_image"]
         assert fits["router_overhead_ms"] == given["router_overhead_ms"]
-        for mode in ("label", "sample"):
-            assert (fits["zoos"]["all"][f"dispatcher_{mode}"]["arch"]
-                    == given["zoos"]["all"][f"dispatcher_{mode}"]["arch"])
+        for mode in ("label", "sample"):           # the network and its measured time
+            for key in ("arch", "ms_per_image"):
+                assert (fits["zoos"]["all"][f"dispatcher_{mode}"][key]
+                        == given["zoos"]["all"][f"dispatcher_{mode}"][key])
         rows = read_csv(RunDir(run).results / "routers.csv")
         return {(r["zoo"], r["method"], r["sacrifice"]): (r["selected"], r["settings"],
                                                          r["fit_ms_per_image"], r["accuracy"])

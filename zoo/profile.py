@@ -123,6 +123,13 @@ def predict_model(model: nn.Module, data: ImageSet, info: PreprocessLike,
     if logits.ndim != 2 or (n_cls is not None and logits.shape[1] != n_cls):
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, expected "
                          f"(N, {n_cls}) for this dataset")
+    return table_columns(logits)
+
+
+def table_columns(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """What a prediction table stores of one model's float32 logits (N, C): preds (N,) int64,
+    the argmax of the logits, and probs (N, C) float16, their softmax. The one definition, for
+    profile-zoo and the library's ``build_table`` alike."""
     preds = logits.argmax(dim=1).numpy().astype(np.int64)
     probs = torch.softmax(logits, dim=1).numpy().astype(np.float16)
     return preds, probs
@@ -218,9 +225,36 @@ def profile_run(run: str | Path, config: ProfileConfig | None = None) -> Profile
         models = finished
     hashes = checkpoint_hashes(rd.root, models)
     data = prepare_data(rd.root, **rd.load_config().data_kwargs())
+    costs, measured, reused_costs = _profile_costs(rd, models, finished, hashes, data, config)
+    order = [n for n in costs.sorted_names() if n in models]    # the costs fix the model order
+    dataset_fp = data.splits.meta.get("full_fingerprint", data.splits.fingerprint)
+    per_split, predicted, reused_pred = _profile_predictions(rd, order, hashes, data, config,
+                                                             dataset_fp)
+    # step 3: the tables (rewritten only where they changed)
+    meta = {"dataset": data.info.name, "dataset_info": data.info.to_dict(),
+            "split_fingerprint": data.splits.fingerprint, "full_split_fingerprint": dataset_fp,
+            "checkpoint_hashes": {m: hashes[m] for m in order},
+            "models_requested": list(config.models) if config.models else None,
+            "cost_order_key": "ms_per_image",
+            "ms_per_image": {m: costs[m].ms_per_image for m in order},
+            "created": _now(), "torch": torch.__version__}
+    tables = {}
+    for s in config.splits:
+        table = assemble_table(per_split[s], order, data.split(s), s, meta)
+        if not _table_is_current(rd.tables, s, table):
+            table.save(rd.tables)
+        tables[s] = table
+    rows = summary_rows(tables, costs)
+    write_csv(rd.results / "zoo_profile.csv", rows)
+    return ProfileResult(tables, costs, rows, measured, predicted, reused_costs, reused_pred)
+
+
+def _profile_costs(rd: RunDir, models: list[str], finished: list[str], hashes: dict[str, str],
+                   data: Any, config: ProfileConfig) -> tuple[CostTable, list[str], list[str]]:
+    """Step 1: each model's measured cost (a current entry of costs.json is kept), saved after
+    every model; returns (costs, measured, reused)."""
     settings = config.costs
 
-    # 1. costs (first: they fix the model order)
     machine = machine_info(settings)
     old = None if config.force else _load_costs(rd.costs)
     costs = CostTable(models={}, machine=machine)
@@ -250,10 +284,16 @@ def profile_run(run: str | Path, config: ProfileConfig | None = None) -> Profile
         costs.machine = old.machine  # nothing new: leave costs.json as it was
     else:
         costs.save(rd.costs)
-    order = [n for n in costs.sorted_names() if n in models]
+    return costs, measured, reused_costs
 
-    # 2. predictions, per model and split, through the cache
-    dataset_fp = data.splits.meta.get("full_fingerprint", data.splits.fingerprint)
+
+def _profile_predictions(rd: RunDir, order: list[str], hashes: dict[str, str], data: Any,
+                         config: ProfileConfig, dataset_fp: str
+                         ) -> tuple[dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                                    list[str], list[str]]:
+    """Step 2: every model's predictions per split, through the cache (one model in memory at
+    a time); returns (split -> model -> (preds, probs), predicted, reused)."""
+    settings = config.costs
     per_split: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {s: {} for s in config.splits}
     predicted, reused_pred = [], []
     todo = []  # (model, split), model-major so each model is loaded once
@@ -289,24 +329,7 @@ def profile_run(run: str | Path, config: ProfileConfig | None = None) -> Profile
             predicted.append(f"{m}/{s}")
     finally:
         torch.set_num_threads(torch_threads)
-
-    # 3. tables
-    meta = {"dataset": data.info.name, "dataset_info": data.info.to_dict(),
-            "split_fingerprint": data.splits.fingerprint, "full_split_fingerprint": dataset_fp,
-            "checkpoint_hashes": {m: hashes[m] for m in order},
-            "models_requested": list(config.models) if config.models else None,
-            "cost_order_key": "ms_per_image",
-            "ms_per_image": {m: costs[m].ms_per_image for m in order},
-            "created": _now(), "torch": torch.__version__}
-    tables = {}
-    for s in config.splits:
-        table = assemble_table(per_split[s], order, data.split(s), s, meta)
-        if not _table_is_current(rd.tables, s, table):
-            table.save(rd.tables)
-        tables[s] = table
-    rows = summary_rows(tables, costs)
-    write_csv(rd.results / "zoo_profile.csv", rows)
-    return ProfileResult(tables, costs, rows, measured, predicted, reused_costs, reused_pred)
+    return per_split, predicted, reused_pred
 
 
 def _table_is_current(directory: Path, split: str, new: PredictionTable) -> bool:

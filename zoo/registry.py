@@ -6,8 +6,9 @@ from typing import Callable
 
 from torch import nn
 
+from zoo.arch_kinds import build_from_arch
 from zoo.torchvision_models import TorchvisionArch, torchvision_archs, torchvision_zoo_arch
-from zoo.vgg import CFGS, VGG, VGGArch, scale_cfg
+from zoo.vgg import CFGS, VGGArch, scale_cfg
 
 Builder = Callable[..., VGGArch]
 _REGISTRY: dict[str, Builder] = {}
@@ -50,8 +51,10 @@ def create_model(name: str, *, num_classes: int, in_channels: int, input_size: i
 
 
 def build_arch(arch: VGGArch | TorchvisionArch) -> nn.Module:
-    """An untrained module from a zoo architecture (a VGG or a torchvision classifier)."""
-    return arch.build() if isinstance(arch, TorchvisionArch) else VGG(arch)
+    """An untrained module from a zoo architecture object (a VGG or a torchvision classifier):
+    its description built through the one architecture table (``zoo.arch_kinds``), as a
+    checkpoint's is."""
+    return build_from_arch(arch.to_dict())
 
 
 def arch_from_dict(d: dict, input_size: int = 224) -> VGGArch | TorchvisionArch:

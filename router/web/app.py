@@ -35,6 +35,8 @@ def create_app(service: WebService, limits: Limits | None = None,
                engine: ServingEngine | None = None, batching: BatchConfig | None = None) -> Flask:
     """Build the app around an already loaded ``WebService`` (models load once, not per
     request) and its ``ServingEngine`` (made here from ``batching`` when not given)."""
+    # Long by design: Flask's routes are closures over ``service``, ``engine`` and ``limits``,
+    # one short function each, registered here in one place.
     limits = limits or Limits()
     engine = engine or ServingEngine(service, batching)
     app = Flask(__name__)
