@@ -58,6 +58,7 @@ class EvalConfig:
     save_routers: bool = True
     embed_models: bool = False           # copy zoo checkpoints into each RUN/routers/*.pt
     zoos: Sequence[str] = ZOOS           # "all": every model; "base": the uncompressed ones
+    kinds: Sequence[str] | None = None   # router kinds to fit (router.kinds); None: every one
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -90,6 +91,12 @@ class EvalConfig:
             raise RouterError(f"label_policy must be one of {LABEL_KINDS}, got {self.label_policy!r}")
         if not self.zoos or any(z not in ZOOS for z in self.zoos):
             raise RouterError(f"zoos must be some of {ZOOS}, got {list(self.zoos)}")
+        if self.kinds is not None:
+            from router.kinds import ROUTER_KINDS
+            unknown = [k for k in self.kinds if k not in ROUTER_KINDS]
+            if unknown or not self.kinds:
+                raise RouterError(f"unknown router kinds {unknown}; use some of "
+                                  f"{list(ROUTER_KINDS)} (or leave --kinds out for every one)")
         bad = [k for k in self.oracle_kinds if k not in LABEL_KINDS]
         if bad:
             raise RouterError(f"unknown oracle kinds {bad}; use some of {LABEL_KINDS}")

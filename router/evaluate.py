@@ -54,7 +54,7 @@ from router.deferral import DeferralHead, deferral_curve_rows, head_ms_per_image
 from router.eval_config import DEFAULT_SACRIFICES, LEAD_COLUMNS, ZOOS, EvalConfig
 from router.execute import model_ms_per_image, stage_overhead_ms
 from router.fitting import LevelFit, ZooFit, fit_zoo
-from router.kinds import kind_records
+from router.kinds import kind_named, kind_records
 from router.run_inputs import RunInputs, images_for_table, load_run_inputs, zoo_indices
 from router.scoring import LabelOracleRouter, ZooScorer, cascade_cost, random_matched, score_zoo
 from router.timing import RoutingTimer, fill_timings
@@ -86,6 +86,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
     names_all = inp.test.model_names
     cvec_all, overhead, source = fit_costs(inp, cfg)
     archs = pinned_dispatchers(cfg.costs_from) if cfg.costs_from else {}
+    kinds = None if cfg.kinds is None else [kind_named(k) for k in cfg.kinds]
     zoos = zoo_indices(inp, cfg.zoos)
     used = sorted(set(inp.devices)) or ["cpu"]
     device_note = used[0] if len(used) == 1 else "; ".join(
@@ -111,7 +112,7 @@ def evaluate_run(run: str | Path, config: EvalConfig | None = None,
         # the fit sees the validation split and nothing else
         zf = fit_zoo(zoo, idx, inp.val.select_models([names_all[i] for i in idx]),
                      inp.val_images, inp.info, cvec_all[idx], inp.macs[idx], cfg, log, overhead,
-                     dispatcher_archs=archs.get(zoo))
+                     dispatcher_archs=archs.get(zoo), kinds=kinds)
         zoo_fits.append(zf)
         fits["zoos"][zoo] = zf.record
         if zoo == "all":

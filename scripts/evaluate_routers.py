@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learned-folds", type=int, default=5,
                    help="learned cascade: cross-fitting folds for its deferral heads (0: heads on "
                         "half of val, thresholds on the other half)")
+    p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="router kinds to fit (default: every kind of router/kinds.py: "
+                        "dispatcher-label dispatcher-sample cascade learned-cascade "
+                        "committee-cascade)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-routers", action="store_true", help="do not write RUN/routers/*.pt")
     p.add_argument("--embed-models", action="store_true",
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                      dispatcher_time_share=a.dispatcher_time_share or None,
                      dispatcher=DispatcherConfig(epochs=a.dispatcher_epochs, seed=a.seed,
                                                  progress=not a.no_progress),
-                     seed=a.seed, save_routers=not a.no_save_routers,
+                     seed=a.seed, save_routers=not a.no_save_routers, kinds=a.kinds,
                      embed_models=a.embed_models, progress=not a.no_progress)
     evaluate_run(a.run, cfg)
     return 0

@@ -198,3 +198,20 @@ def test_unknown_kinds_and_foreign_routers_are_refused():
     assert [k.name for k in ROUTER_KINDS.values()] == [
         "dispatcher-label", "dispatcher-sample", "cascade", "learned-cascade",
         "committee-cascade"]
+
+
+def test_evaluate_routers_fits_only_the_kinds_asked_for(router_run, tmp_path):
+    import shutil
+    from router.eval_config import EvalConfig
+    from scripts.evaluate_routers import main as evaluate
+    with pytest.raises(RouterError, match=r"unknown router kinds \['casc'\]"):
+        EvalConfig(kinds=["casc"])
+    run = tmp_path / "run"
+    shutil.copytree(router_run, run)
+    assert evaluate(["--run", str(run), "--sacrifices", "0.05", "--kinds", "cascade",
+                     "--threads", "1", "--repeats", "1", "--timing-samples", "20",
+                     "--no-progress", "--no-save-routers"]) == 0
+    families = {r["family"] for r in read_csv(run / "results" / "routers.csv")}
+    assert "cascade" in families and not families & {"dispatcher", "learned", "committee"}
+    fits = json.loads((run / "routers" / "fits.json").read_text())
+    assert fits["kinds"] == ["cascade"] and "dispatcher_label" not in fits
