@@ -349,6 +349,11 @@ def _zoo_section(b: _Builder, art: RunArtifacts) -> Section:
         write_csv(b.out / "zoo_table.csv", frame.to_dict("records"), list(frame.columns))
         sec.tables.append(("Models (accuracy from the tables, costs measured by profile-zoo)",
                            frame))
+    if art.committees is not None and not art.committees.empty:
+        sec.tables.append(("Committees: k models as one stacked module against the same models "
+                           "run one after the other (ms per image, same batch and threads; "
+                           "speedup = members' time / the module's; results/committees.csv, "
+                           "python -m scripts.bench_committee)", art.committees))
     ladder = ladder_table(art)
     if ladder.empty:
         b.skip(sec, "Ladder", "needs costs.json, the tables and two base models' cards")

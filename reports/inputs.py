@@ -20,6 +20,7 @@ ROUTER_COLUMNS = ("method", "family", "sacrifice", "accuracy", "images_per_secon
 COMPRESSION_COLUMNS = ("variant", "base")
 PRUNE_COLUMNS = ("method", "level", "accuracy", "images_per_second")
 HIST_COLUMNS = ("variant", "bin_left", "bin_right", "count")
+COMMITTEE_COLUMNS = ("committee", "members", "committee_ms_per_image", "members_ms_per_image")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 ROUTER_NPZ_KEYS = ("methods", "sacrifices", "preds")
 DEFAULT_ZOO = "all"       # routers.csv rows without a ``zoo`` (older runs) were fitted on it
@@ -82,6 +83,7 @@ class RunArtifacts:
     router_predictions: RouterPredictions | None = None
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    committees: pd.DataFrame | None = None    # results/committees.csv (bench_committee)
     # the router kinds evaluate-routers used: name, family, colour, marker (None: an older run)
     router_kinds: list[dict[str, Any]] | None = None
 
@@ -159,6 +161,8 @@ def load_run(root: str | Path) -> RunArtifacts:
     art.prune_sweep = read_frame(results / "prune_sweep.csv", PRUNE_COLUMNS, "compress")
     art.weight_hist = read_frame(results / "weight_hist.csv", HIST_COLUMNS, "compress")
     art.router_predictions = _read_router_predictions(results / "router_predictions.npz")
+    art.committees = read_frame(results / "committees.csv", COMMITTEE_COLUMNS,
+                                "python -m scripts.bench_committee")
     if (results / "router_kinds.json").exists():
         art.router_kinds = list(read_json(results / "router_kinds.json")["kinds"])
     zoo_dir = root / "zoo"

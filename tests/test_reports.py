@@ -622,3 +622,17 @@ def test_committee_table_best_single_against_the_committee_per_level():
     assert first["drop bound (points)"] == pytest.approx(-0.1)
     assert t.iloc[1]["gain (points)"] == pytest.approx(-0.69)
     assert committee_table(normalise_router_frame(pd.DataFrame(rows[:1]))).empty
+
+
+def test_report_shows_the_committee_timings(tmp_path):
+    from reports.inputs import load_run
+    results = tmp_path / "results"
+    results.mkdir(parents=True)
+    (results / "committees.csv").write_text(
+        "committee,k,members,batch,threads,rounds,committee_ms_per_image,members_ms_per_image,"
+        "speedup\ncommittee-ax3,3,a a@s1 a@s2,256,2,7,0.5,0.6,1.2\n")
+    art = load_run(tmp_path)
+    assert art.committees is not None and float(art.committees["speedup"][0]) == 1.2
+    (results / "committees.csv").write_text("committee,k\nx,3\n")
+    with pytest.raises(ValueError, match="bench_committee"):
+        load_run(tmp_path)
