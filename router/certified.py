@@ -183,10 +183,11 @@ def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec
     return (int(path[k - 1]) if k else int(ref)), k
 
 
-def describe_uncertified(level: CertifiedLevel) -> str:
-    """A line for the log when nothing cheaper than the reference was certified."""
-    return (f"nothing cheaper than the reference could be certified; the reference answers "
-            f"(with {level.record['certify_samples']} certification images the smallest level any "
-            f"answer could be certified at is {100 * level.record['smallest_certifiable']:.2f} "
-            f"points)")
-
+def describe_uncertified(level: CertifiedLevel, sacrifice: float = 0.0) -> str:
+    """A line for the log when no answer but the reference was certified at ``sacrifice``."""
+    what = ("nothing cheaper than the reference could be certified" if sacrifice >= 0 else
+            f"no answer could be certified as at least {-100 * sacrifice:g} points more "
+            "accurate than the reference")
+    return (f"{what}; the reference answers (with {level.record['certify_samples']} "
+            f"certification images the smallest level any answer could be certified at is "
+            f"{100 * level.record['smallest_certifiable']:.2f} points)")

@@ -154,7 +154,7 @@ def _certified_level(ctx: KindContext, val: PredictionTable, s: float, cfg: Eval
     policies = _policies(val, ctx.cvec, s, cfg)
     cl = certify_level(ctx, s, cfg.delta, kinds)
     cert = cl.certificates[cl.selected]
-    note = cert.statement() if cl.record["certified"] else describe_uncertified(cl)
+    note = cert.statement() if cl.record["certified"] else describe_uncertified(cl, s)
     ctx.log(f"  [{ctx.zoo}] s={s:g}: certified {cl.record['certified']} of "
             f"{len(cl.record['path'])} path candidates; cheapest certified single "
             f"{ctx.names[cl.cheapest_single]}; selected {cl.selected}: {note}")

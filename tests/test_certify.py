@@ -9,7 +9,8 @@ import pytest
 
 from common.tables import PredictionTable
 from router.base import RouterError
-from router.certified import REFERENCE_REASON, certify_context, certify_level, certify_singles
+from router.certified import REFERENCE_REASON, certify_context, certify_level, certify_singles, \
+    describe_uncertified
 from router.kind import KindSettings
 from router.kind_cascade import CascadeKind
 from router.kind_learned import LearnedCascadeKind
@@ -231,6 +232,8 @@ def test_a_negative_level_certifies_only_answers_that_beat_the_reference():
     assert lv.candidates["cascade"].val_accuracy >= split.certify.correct[:, 2].mean() + 0.002
     at1 = _level(split, -0.01)
     assert at1.selected == "single:m2" and not at1.certificates["single:m2"].certified
+    assert describe_uncertified(at1, -0.01).startswith(
+        "no answer could be certified as at least 1 points more accurate than the reference")
     flat = _table(_population(rng, 3000, 2, drop=0.01, q=0.04), informative=False)
     split = _split(flat, cvec)
     lv = _level(split, -0.002)
