@@ -108,20 +108,33 @@ def cascade_candidates(val: PredictionTable, costs: np.ndarray, *, max_stages: i
     ref_right = correct[:, reference]
     order = [int(i) for i in np.lexsort((np.arange(val.n_models), costs))]
     grids = [threshold_grid(conf[:, m], grid, table=scores is None) for m in range(val.n_models)]
+    chains, chain_of, ths, accs, cost, ses = sweep_chains(
+        order, max_stages, val.n_samples,
+        lambda chain: sweep_chain(conf, correct, costs, chain, [grids[m] for m in chain[:-1]],
+                                  ref_right))
+    return CascadeCandidates(list(val.model_names), chains, chain_of, ths, accs, cost, conf, ses,
+                             int(reference))
+
+
+def sweep_chains(order: Sequence[int], max_stages: int, n: int,
+                 sweep: Any) -> tuple[list[list[int]], np.ndarray, list[np.ndarray], np.ndarray,
+                                      np.ndarray, np.ndarray]:
+    """Every increasing chain (in ``order``) of 1..``max_stages`` models through ``sweep``
+    (chain -> accuracies, costs, thresholds, gains, losses, as ``sweep_chain`` returns them),
+    stacked: (chains, chain of each candidate, thresholds, accuracy, cost, paired SE on ``n``
+    images)."""
     chains, chain_of, ths, accs, cost, ses = [], [], [], [], [], []
     for k in range(1, max_stages + 1):
         for chain in itertools.combinations(order, k):
-            a, c, t, gain, loss = sweep_chain(conf, correct, costs, list(chain),
-                                               [grids[m] for m in chain[:-1]], ref_right)
+            a, c, t, gain, loss = sweep(list(chain))
             chain_of.append(np.full(len(a), len(chains)))
             chains.append(list(chain))
             ths.extend(list(t))
             accs.append(a)
             cost.append(c)
-            ses.append(paired_se(gain, loss, val.n_samples))
-    return CascadeCandidates(list(val.model_names), chains, np.concatenate(chain_of), ths,
-                             np.concatenate(accs), np.concatenate(cost), conf,
-                             np.concatenate(ses), int(reference))
+            ses.append(paired_se(gain, loss, n))
+    return (chains, np.concatenate(chain_of), ths, np.concatenate(accs), np.concatenate(cost),
+            np.concatenate(ses))
 
 
 def select_cascade(cands: CascadeCandidates, target: float, z: float = 0.0) -> CascadeFit:

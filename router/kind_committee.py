@@ -23,7 +23,6 @@ scores and answers); each level is then a lookup, as for the confidence cascade.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -32,9 +31,8 @@ import numpy as np
 import torch
 
 from common.tables import PredictionTable
-from router.base import RouterError, first_confident, least_cost_meeting, paired_se, \
-    table_precision
-from router.cascade import CascadeRouter, sweep_chain, threshold_grid
+from router.base import RouterError, first_confident, least_cost_meeting, table_precision
+from router.cascade import CascadeRouter, sweep_chain, sweep_chains, threshold_grid
 from router.certify import PoolEntry
 from router.execute import ExecResult, ModelClock, escalated_seconds, timed_logits
 from router.kind import KindStyle, RouterKind, TestView, candidate
@@ -108,22 +106,13 @@ def committee_candidates(val: PredictionTable, costs: np.ndarray, reference: int
     order = [int(i) for i in np.lexsort((np.arange(val.n_models), costs))]
     probs = table_precision(val.probs)
     ref_right = val.correct[:, reference]
-    chains, chain_of, ths, accs, cost, ses = [], [], [], [], [], []
-    for k in range(1, max_stages + 1):
-        for chain in itertools.combinations(order, k):
-            scores, answers = committee_stages(probs[:, list(chain)], agreement)
-            right = answers == val.labels[:, None]
-            grids = [threshold_grid(scores[:, j], grid, table=False) for j in range(k - 1)]
-            a, c, t, gain, loss = sweep_chain(scores, right, costs[list(chain)],
-                                              list(range(k)), grids, ref_right)
-            chain_of.append(np.full(len(a), len(chains)))
-            chains.append(list(chain))
-            ths.extend(list(t))
-            accs.append(a)
-            cost.append(c)
-            ses.append(paired_se(gain, loss, val.n_samples))
-    return CommitteeCandidates(chains, np.concatenate(chain_of), ths, np.concatenate(accs),
-                               np.concatenate(cost), np.concatenate(ses))
+
+    def sweep(chain: list[int]):
+        scores, answers = committee_stages(probs[:, chain], agreement)
+        grids = [threshold_grid(scores[:, j], grid, table=False) for j in range(len(chain) - 1)]
+        return sweep_chain(scores, answers == val.labels[:, None], costs[chain],
+                           list(range(len(chain))), grids, ref_right)
+    return CommitteeCandidates(*sweep_chains(order, max_stages, val.n_samples, sweep))
 
 
 class CommitteeCascadeRouter(CascadeRouter):
