@@ -3,7 +3,7 @@
 (Training a whole zoo into a run directory, with cards and the ladder, is ``zoo.train_zoo``.)
 
 Data stays as uint8 tensors; each batch is augmented (optional random crop with padding and
-horizontal flip, optional random erasing), normalised with ``zoo.data.normalize`` and sent to the device.
+horizontal flip, or the flip alone with ``crop=False``; optional random erasing), normalised with ``zoo.data.normalize`` and sent to the device.
 On a GPU (any device but the CPU) the whole uint8 train and val sets move to the device once per
 ``fit`` (``on_device``) and batches are indexed and augmented there: no per-batch host-to-device
 copy. The learning rate changes every step (cosine with optional linear warm-up, or
@@ -75,6 +75,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False              # random crop (padding 2) per batch
     flip: bool = True                  # with augment: horizontal flip (off for digits)
+    crop: bool = True                  # with augment: the random crop; False: flips only
     erase: float = 0.0                 # random-erasing probability per image (0 = off)
     seed: int = 0
     device: str = "cpu"
@@ -229,12 +230,19 @@ def evaluate(model: nn.Module, images: ImageSet, info: DatasetInfo, batch_size: 
 # ---- augmentation ----------------------------------------------------------------------------
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2,
-                  flip: bool = True) -> torch.Tensor:
+                  flip: bool = True, crop: bool = True) -> torch.Tensor:
     """Random crop with zero padding (and random horizontal flip) of uint8 ``(B, C, H, W)``.
 
-    Draws are made on ``generator``'s device (``fit`` gives a GPU batch a GPU generator)."""
+    ``crop=False``: the random horizontal flip alone (each image mirrored with probability
+    1/2; ``x`` itself when ``flip`` is off too). Draws are made on ``generator``'s device
+    (``fit`` gives a GPU batch a GPU generator)."""
     b, c, h, w = x.shape
     g = generator.device
+    if not crop:
+        if not flip:
+            return x
+        flipped = torch.rand(b, generator=generator, device=g) < 0.5
+        return torch.where(flipped[:, None, None, None], x.flip(-1), x)
     padded = F.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=g)
     ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=g)
@@ -468,7 +476,7 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
         idx = order[step * config.batch_size:(step + 1) * config.batch_size]
         xb = train.images[idx]
         if config.augment:
-            xb = augment_batch(xb, gen, flip=config.flip)
+            xb = augment_batch(xb, gen, flip=config.flip, crop=config.crop)
         if config.erase > 0:
             xb = random_erase(xb, gen, config.erase)
         yb = train.labels[idx]
