@@ -78,7 +78,8 @@ CASCADE_THRESHOLDS = {0.01: 0.0, 0.05: 1.01}  # 0: stage 1 always stops; > 1: ne
 def add_routers(root: Path) -> None:
     """Two cascades (sacrifice 1%: threshold 0, so always tiny_vgg1; 5%: threshold 1.01, so
     always tiny_vgg2), an untrained label dispatcher (predicted label -> LABEL_TO_MODEL) and a
-    learned cascade that always defers to tiny_vgg2: one router of every kind family.
+    learned cascade that always defers to tiny_vgg2 and a committee cascade: one router of
+    every kind family.
 
     The router modules need nothing optional (torch and numpy only), so an import error here
     is a broken router and fails the test that asked for the routers, never a skip."""
@@ -86,6 +87,7 @@ def add_routers(root: Path) -> None:
     from router.cascade import CascadeRouter
     from router.deferral import DeferralHead, LearnedCascadeRouter
     from router.dispatcher import Dispatcher, DispatcherArch, DispatcherNet
+    from router.kind_committee import CommitteeCascadeRouter
     from zoo.checkpoint import load_model
     run = RunDir(root)
     loaded = [load_model(run.checkpoint(n)) for n in MODELS]
@@ -108,6 +110,9 @@ def add_routers(root: Path) -> None:
     RoutedClassifier("learned-cascade", LearnedCascadeRouter(MODELS, [0, 1], [0.5, 0.0], [head]),
                      models, infos, ckpts, meta={"sacrifice": 0.01}).save(
                          root / "routers" / "learned-cascade-0.01.pt", root)
+    RoutedClassifier("committee-cascade", CommitteeCascadeRouter(MODELS, [0, 1], [0.5, 0.0]),
+                     models, infos, ckpts, meta={"sacrifice": 0.01}).save(
+                         root / "routers" / "committee-cascade-0.01.pt", root)
 
 
 def test_a_broken_router_import_fails_add_routers_instead_of_skipping(tmp_path, monkeypatch):
@@ -351,13 +356,13 @@ def test_routers_refuse_a_changed_or_missing_checkpoint(web_run, tmp_path):
     d = create_app(WebService.load(run, TimingConfig(repeats=1))).test_client().get(
         "/api/predict?sample=0").get_json()
     errors = [e for e in d["routers"] if e["status"] == "error"]
-    assert len(errors) == 4 and all("changed since" in e["message"] for e in errors)
+    assert len(errors) == 5 and all("changed since" in e["message"] for e in errors)
     assert len(d["models"]) == 2
 
     run = copy_run(web_run, tmp_path / "fewer", ("zoo/tiny_vgg2",))
     svc = WebService.load(run, TimingConfig(repeats=1))
     broken = [e for e in svc.strip.router_errors if e.status == "error"]
-    assert not svc.strip.routers and len(broken) == 4 and all(
+    assert not svc.strip.routers and len(broken) == 5 and all(
         "not a finished model" in e.message for e in broken)
     # every family of the kind table had a file, so none is noted as missing
     assert not [e for e in svc.strip.router_errors if e.status == "missing"]
