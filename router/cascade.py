@@ -150,10 +150,16 @@ def select_cascade(cands: CascadeCandidates, target: float, z: float = 0.0) -> C
     return cascade_fit_at(cands, i, z)
 
 
+def chain_at(cands: Any, i: int) -> tuple[list[int], list[float]]:
+    """Candidate ``i``'s stages and thresholds, one per stage (the last one's, never read, is
+    0): for any candidate set holding ``chains``, ``chain_of`` and ``thresholds``."""
+    stages = list(cands.chains[int(cands.chain_of[i])])
+    return stages, [float(t) for t in cands.thresholds[i]] + [0.0]
+
+
 def cascade_fit_at(cands: CascadeCandidates, i: int, z: float = 0.0) -> CascadeFit:
     """The ``CascadeFit`` of candidate ``i`` (its chain, thresholds and val figures)."""
-    stages = cands.chains[int(cands.chain_of[i])]
-    th = [float(t) for t in cands.thresholds[i]] + [0.0]
+    stages, th = chain_at(cands, i)
     chosen = simulate_cascade(cands.confidence, stages, th)
     reach = [1.0] + [float(np.mean(~np.isin(chosen, stages[:j]))) for j in range(1, len(stages))]
     return CascadeFit(stages=list(stages), thresholds=th, model_names=list(cands.model_names),

@@ -125,8 +125,12 @@ def fit_zoo(zoo: str, index: np.ndarray, val: PredictionTable, val_images: torch
 def _policies(val: PredictionTable, cvec: np.ndarray, s: float, cfg: EvalConfig
               ) -> dict[str, Any]:
     """The oracle policies at level ``s`` on all of val (bounds; a negative level shows s=0's)."""
-    return {kind: fit_policy(kind, val, cvec, max(s, 0.0))
-            for kind in dict.fromkeys(list(cfg.oracle_kinds) + [cfg.label_policy])}
+    return {kind: fit_policy(kind, val, cvec, max(s, 0.0)) for kind in _policy_kinds(cfg)}
+
+
+def _policy_kinds(cfg: EvalConfig) -> list[str]:
+    """The oracle policies every level fits: the bounds asked for and the label dispatcher's."""
+    return list(dict.fromkeys(list(cfg.oracle_kinds) + [cfg.label_policy]))
 
 
 def _estimate_level(ctx: KindContext, val: PredictionTable, s: float, cfg: EvalConfig,
@@ -135,7 +139,8 @@ def _estimate_level(ctx: KindContext, val: PredictionTable, s: float, cfg: EvalC
     minus the margin meets the target, then the cheapest of them."""
     names, cvec, ref = ctx.names, ctx.cvec, ctx.ref
     target = ctx.ref_accuracy - s
-    policies = _policies(val, cvec, s, cfg)
+    # the kinds choose on all of val here: the label dispatcher reuses these policies
+    policies = {kind: ctx.policy(kind, s) for kind in _policy_kinds(cfg)}
     cs, _ = cheapest_single(val.correct, cvec, ref, target, cfg.margin_z)
     cand = {"cheapest-single": Candidate("cheapest-single", float(val.correct[:, cs].mean()),
                                          float(cvec[cs]), True)}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from common.tables import PredictionTable
+from oracle.policy import fit_policy
 from router.base import Router
 from router.certify import PoolEntry
 from router.execute import ExecResult, execute_routed
@@ -98,6 +99,14 @@ class KindContext:
     @property
     def names(self) -> list[str]:
         return list(self.val.model_names)
+
+    def policy(self, kind: str, sacrifice: float) -> Any:
+        """The oracle policy ``kind`` fitted on ``val`` with ``cvec`` at ``sacrifice`` (a bound
+        by the true label; the label dispatcher maps through one), fitted once per level."""
+        key = ("policy", kind, float(sacrifice))
+        if key not in self.shared:
+            self.shared[key] = fit_policy(kind, self.val, self.cvec, sacrifice)
+        return self.shared[key]
 
     @property
     def ref_accuracy(self) -> float:

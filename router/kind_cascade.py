@@ -15,6 +15,7 @@ import torch
 
 from router.base import Router, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
+    chain_at, \
     cascade_fit_at, select_cascade, simulate_cascade, single_stage_index
 from router.certify import PoolEntry
 from router.execute import ExecResult, execute_cascade
@@ -68,8 +69,7 @@ class CascadeKind(RouterKind):
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         cc, val_c = self.prepared(), self.ctx.certify
-        stages = cc.chains[int(cc.chain_of[entry.key])]
-        th = [float(t) for t in cc.thresholds[entry.key]] + [0.0]
+        stages, th = chain_at(cc, entry.key)
         ch = simulate_cascade(table_precision(val_c.confidence), stages, th)
         return val_c.correct[np.arange(val_c.n_samples), ch]
 

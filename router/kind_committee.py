@@ -32,7 +32,8 @@ import torch
 
 from common.tables import PredictionTable
 from router.base import RouterError, first_confident, least_cost_meeting, table_precision
-from router.cascade import CascadeRouter, sweep_chain, sweep_chains, threshold_grid
+from router.cascade import CascadeRouter, chain_at, single_stage_index, sweep_chain, \
+    sweep_chains, threshold_grid
 from router.certify import PoolEntry
 from router.execute import ExecResult, ModelClock, escalated_seconds, timed_logits
 from router.kind import KindStyle, RouterKind, TestView, candidate
@@ -221,17 +222,10 @@ class CommitteeCascadeKind(RouterKind):
 
     def _set(self, i: int, cand: Candidate) -> "CommitteeCascadeKind":
         cc = self.prepared()
-        stages = cc.chains[int(cc.chain_of[i])]
-        th = [float(t) for t in cc.thresholds[i]] + [0.0]
-        self.router_ = CommitteeCascadeRouter(self.ctx.names, stages, th)
+        self.router_ = CommitteeCascadeRouter(self.ctx.names, *chain_at(cc, i))
         self.candidate_ = cand
         self.details_ = {"val_se": float(cc.se[i])}
         return self
-
-    def _single(self, model: int) -> int:
-        cc = self.prepared()
-        c = cc.chains.index([model])
-        return int(np.flatnonzero(cc.chain_of == c)[0])
 
     def fit(self, sacrifice: float, target: float) -> "CommitteeCascadeKind":
         cc = self.prepared()
@@ -243,22 +237,27 @@ class CommitteeCascadeKind(RouterKind):
                              self.ctx.val.n_samples)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
-        cc, val_c = self.prepared(), self.ctx.certify
-        stages = cc.chains[int(cc.chain_of[entry.key])]
-        th = [float(t) for t in cc.thresholds[entry.key]] + [0.0]
-        _, preds = simulate_committee(val_c.probs, stages, th)
+        val_c = self.ctx.certify
+        _, preds = simulate_committee(val_c.probs, *chain_at(self.prepared(), entry.key))
         return preds == val_c.labels
 
     def fit_entry(self, entry: PoolEntry | None, sacrifice: float,
                   cand: Candidate) -> "CommitteeCascadeKind":
-        return self._set(int(entry.key) if entry is not None else self._single(self.ctx.ref),
-                         cand)
+        return self._set(int(entry.key) if entry is not None
+                         else single_stage_index(self.prepared(), self.ctx.ref), cand)
+
+    def _on_test(self, test: TestView) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen, preds) on the test table, simulated once per fitted router."""
+        key = f"{self.name}:{id(self.router_)}"
+        if key not in test.shared:
+            test.shared[key] = self.router_.simulate_table(test.table.probs)
+        return test.shared[key]
 
     def simulate(self, test: TestView) -> np.ndarray:
-        return self.router_.simulate_table(test.table.probs)[0]
+        return self._on_test(test)[0]
 
     def predictions(self, test: TestView, chosen: np.ndarray) -> np.ndarray:
-        return self.router_.simulate_table(test.table.probs)[1]
+        return self._on_test(test)[1]
 
     def stages(self) -> Sequence[int]:
         return self.router_.stages

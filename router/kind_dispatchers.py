@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from oracle.policy import fit_policy
 from router.base import Router, accuracy_lower_bound, paired_se
 from router.certify import PoolEntry
 from router.dispatcher import Dispatcher, DispatcherArch, DispatcherConfig, DispatcherFit, \
@@ -202,7 +201,7 @@ class LabelDispatcherKind(_DispatcherKind):
     def fit(self, sacrifice: float, target: float) -> "LabelDispatcherKind":
         fit, net_ms, _ = self.prepared()
         ctx = self.ctx
-        pol = fit_policy(ctx.settings.label_policy, ctx.val, self.cvec, sacrifice)
+        pol = ctx.policy(ctx.settings.label_policy, sacrifice)
         d, skip, cand = label_dispatcher_at(fit, net_ms, ctx.val, self.cvec, ctx.ref, pol,
                                             sacrifice, ctx.settings.margin_z)
         return self._set(d, skip, cand)
@@ -212,7 +211,7 @@ class LabelDispatcherKind(_DispatcherKind):
         ctx, cvec, ref = self.ctx, self.cvec, self.ctx.ref
         hold = fit.holdout_index
         hold_correct = ctx.val.correct[hold]
-        pol = fit_policy(ctx.settings.label_policy, ctx.val, cvec, max(sacrifice, 0.0))
+        pol = ctx.policy(ctx.settings.label_policy, max(sacrifice, 0.0))
         d = Dispatcher.from_fit(fit, cvec, policy=pol, fallback=ref)
         if d.constant_choice is not None:
             return []
