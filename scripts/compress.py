@@ -13,18 +13,23 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 
 from zoo.compress.measure import MeasureSettings
 from zoo.amp import AMP_CHOICES, resolve_amp
 from zoo.compress.run import PRESETS, CompressConfig, run_compress
 from zoo.distributed import init_distributed, launched_by_torchrun
+from zoo.rundir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory (RUN/zoo/<base> is the base)")
-    p.add_argument("--base", required=True, help="base model name, e.g. vgg19_small or vgg19")
+    p.add_argument("--base", required=True, nargs="+",
+                   help="base model name(s), e.g. vgg19_small or vgg19; with several (e.g. "
+                        "tiny_vgg2 tiny_vgg2@s1 tiny_vgg4 --variants int8-static) each base gets "
+                        "the same variants, one after the other")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="quick: 8 variants, 1 fine-tune epoch on 20000 train images at lr "
                         "3e-4 (~5-8 min for vgg19_small width 0.25); full: 9 variants, 3 "
@@ -85,8 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         print("compress: name --variants (or --preset quick|standard|full)", file=sys.stderr)
         return 2
     pick = lambda v, key, default: v if v is not None else preset.get(key, default)  # noqa: E731
+    if len(set(args.base)) != len(args.base):
+        print(f"compress: --base names a model twice ({' '.join(args.base)}): name each once",
+              file=sys.stderr)
+        return 2
+    if len(args.base) > 1:
+        # several bases compress trained zoo members; cost-only mode takes one base at a time
+        missing = [b for b in args.base if not RunDir(args.run).checkpoint(b).exists()]
+        if args.weights or missing:
+            print(f"compress: several bases must all be trained members of {args.run} (missing: "
+                  f"{' '.join(missing) or 'none'}) and take no --weights; train them first or "
+                  "compress a cost-only base on its own", file=sys.stderr)
+            return 2
     cfg = CompressConfig(
-        run=args.run, base=args.base, variants=variants, ratio=args.ratio, norm=args.norm,
+        run=args.run, base=args.base[0], variants=variants, ratio=args.ratio, norm=args.norm,
         layers=args.layers, finetune_epochs=pick(args.finetune_epochs, "finetune_epochs", 1),
         finetune_lr=pick(args.finetune_lr, "finetune_lr", 1e-4), qat_lr=args.qat_lr,
         qat_epochs=pick(args.qat_epochs, "qat_epochs", None),
@@ -102,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         command=shlex.join(["compress", *(sys.argv[1:] if argv is None else argv)]))
     dist = init_distributed(args.device) if launched_by_torchrun() else None
     try:
-        run_compress(cfg, dist=dist)
+        for base in args.base:          # one base after the other; each keeps its own rows
+            run_compress(replace(cfg, base=base), dist=dist)
     except (FileNotFoundError, ValueError) as e:
         print(f"compress: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,8 @@ class PipelinePreset:
     name: str
     train_args: list[str]
     compress_args: list[str]
+    # further compress calls after the first (e.g. int8 copies of the committee members)
+    compress_more: list[list[str]] = field(default_factory=list)
     profile_args: list[str] = field(default_factory=lambda: ["--threads", "2"])
     evaluate_args: list[str] = field(default_factory=lambda: [
         "--sacrifices", "0", "0.005", "0.01", "0.02", "0.05", "0.1", "--threads", "2"])
@@ -72,6 +74,21 @@ PRESETS: dict[str, PipelinePreset] = {
         expected="under a minute: a plumbing check on a few hundred images, numbers mean nothing",
     ),
 }
+
+# the tiny models of train-zoo's standard-committee preset (seed 0 keeps the plain name)
+STANDARD_COMMITTEE_TINY = ["tiny_vgg1", "tiny_vgg2", "tiny_vgg2@s1", "tiny_vgg2@s2", "tiny_vgg3",
+                           "tiny_vgg3@s1", "tiny_vgg3@s2", "tiny_vgg4", "tiny_vgg5"]
+PRESETS["standard-committee"] = PipelinePreset(
+    name="standard-committee",
+    train_args=["--preset", "standard-committee", "--amp", "auto"],
+    compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
+    # static int8 copies of every tiny model: calibration only (no training), about 10 s each
+    compress_more=[["--base", *STANDARD_COMMITTEE_TINY, "--variants", "int8-static"]],
+    evaluate_args=["--sacrifices", "-0.005", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
+                   "--threads", "2"],
+    expected=("standard plus 4 more tiny trainings (about 11 more minutes on a 2-core AVX2 "
+              "CPU) and int8 copies of the tiny models (about 2 minutes)"),
+)
 
 STAGES: list[tuple[str, str]] = [
     ("train-zoo", "scripts.train_zoo"),
@@ -124,6 +141,18 @@ def stage_argv(preset: PipelinePreset, stage: str, run: Path, data_args: list[st
     return base + with_threads(args, threads)
 
 
+def stage_argvs(preset: PipelinePreset, stage: str, run: Path, data_args: list[str],
+                device_args: list[str], *, amp: str | None = None,
+                threads: int | None = None) -> list[list[str]]:
+    """Every argument list one stage is called with, in order: ``stage_argv``'s, then (for
+    compress) one per ``preset.compress_more``."""
+    argvs = [stage_argv(preset, stage, run, data_args, device_args, amp=amp, threads=threads)]
+    if stage == "compress":
+        argvs += [["--run", str(run)] + with_threads(device_args + more, threads)
+                  for more in preset.compress_more]
+    return argvs
+
+
 STAGE_COLUMNS = ["stage", "seconds", "started", "finished", "preset"]
 # stages whose main() shares its work over the ranks when launched by torchrun
 SHARED_STAGES = ("train-zoo", "compress", "profile-zoo")
@@ -142,6 +171,18 @@ def append_stage_row(run: Path, row: dict) -> Path:
 
 def _stamp_path(run: Path, stage: str) -> Path:
     return run / "stages" / f"{stage}.json"
+
+
+def _call_stage(module, argv: list[str], stage: str, dist: Dist | None) -> object:
+    """One call of a stage's ``main``; under torchrun a shared stage runs on every rank, any
+    other on rank 0 while the rest wait, and the first failing rank's code is returned."""
+    if dist is None:
+        return module.main(argv)
+    try:
+        code = module.main(argv) if dist.is_main or stage in SHARED_STAGES else 0
+    except Exception as e:
+        code = f"{type(e).__name__}: {e}"
+    return next((c for c in dist.gather_objects(code) if c not in (None, 0)), 0)
 
 
 def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] | None = None,
@@ -164,34 +205,34 @@ def run_pipeline(run: str | Path, preset: PipelinePreset, data_args: list[str] |
     for i, (stage, module_name) in enumerate(STAGES):
         if stage not in wanted:
             continue
-        argv = stage_argv(preset, stage, run, data_args, device_args, amp=amp, threads=threads)
+        argvs = stage_argvs(preset, stage, run, data_args, device_args, amp=amp, threads=threads)
+        argv = argvs[0]
         stamp = _stamp_path(run, stage)
-        skip = not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv
+        skip = (not invalidate and stamp.exists() and read_json(stamp).get("argv") == argv
+                and read_json(stamp).get("more", []) == argvs[1:])
         if dist is not None:
             skip = dist.broadcast_object(skip)
         if skip:
             log(f"[{i + 1}/{len(STAGES)}] {stage}: done already, skipped")
             outcomes.append(StageOutcome(stage, False, 0.0))
             continue
-        log(f"[{i + 1}/{len(STAGES)}] {stage} {' '.join(argv)}")
+        log(f"[{i + 1}/{len(STAGES)}] {stage} {' '.join(argv)}"
+            + "".join(f"; then {' '.join(a)}" for a in argvs[1:]))
         started = _now()
         start = time.perf_counter()
         module = importlib.import_module(module_name)
-        if dist is None:
-            code = module.main(argv)
-        else:   # a shared stage on every rank, any other on rank 0 while the rest wait
-            try:
-                code = module.main(argv) if main_rank or stage in SHARED_STAGES else 0
-            except Exception as e:
-                code = f"{type(e).__name__}: {e}"
-            code = next((c for c in dist.gather_objects(code) if c not in (None, 0)), 0)
+        code: object = 0
+        for a in argvs:
+            code = _call_stage(module, a, stage, dist)
+            if code not in (None, 0):
+                break
         if code not in (None, 0):
             raise RuntimeError(f"stage {stage} failed with exit code {code}; fix the cause and "
                                "run the same command again: finished work is kept")
         seconds = time.perf_counter() - start
         finished = _now()
         if main_rank:
-            write_json(stamp, {"argv": argv, "seconds": round(seconds, 1), "started": started,
+            write_json(stamp, {"argv": argv, "more": argvs[1:], "seconds": round(seconds, 1), "started": started,
                                "finished": finished})
             append_stage_row(run, {"stage": stage, "seconds": round(seconds, 1),
                                    "started": started, "finished": finished,

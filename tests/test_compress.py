@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -623,6 +624,36 @@ def test_compress_errors_name_the_problem(tmp_path, capsys):
     assert "does not fit tiny_vgg1" in capsys.readouterr().err
     assert main(["--run", str(tmp_path), "--base", "tiny_vgg1"]) == 2
     assert "--variants" in capsys.readouterr().err
+
+
+def test_several_bases_get_the_same_variants_and_keep_their_own_rows(tmp_path, fake_fmnist_dir,
+                                                                   capsys):
+    from scripts.compress import main
+    run = make_tiny_run(tmp_path / "run", fake_fmnist_dir, steps=5)
+    rd = RunDir(run)
+    # a second trained member: the same weights under a seed's name
+    shutil.copytree(rd.model_dir("tiny_vgg3"), rd.model_dir("tiny_vgg3@s1"))
+    card = rd.read_card("tiny_vgg3@s1")
+    write_json(rd.card("tiny_vgg3@s1"), {**card, "model_name": "tiny_vgg3@s1"})
+    # a missing base is refused before any work, naming it
+    assert main(["--run", str(run), "--base", "tiny_vgg3", "nope", "--variants", "int8-static",
+                 *FAST]) == 2
+    assert "missing: nope" in capsys.readouterr().err
+    assert not rd.checkpoint("tiny_vgg3-int8-static").exists()
+    assert main(["--run", str(run), "--base", "tiny_vgg3", "tiny_vgg3", "--variants",
+                 "int8-static", *FAST]) == 2
+    assert "names a model twice" in capsys.readouterr().err
+    assert main(["--run", str(run), "--base", "tiny_vgg3", "tiny_vgg3@s1", "--variants",
+                 "int8-static", *FAST]) == 0
+    for base in ("tiny_vgg3", "tiny_vgg3@s1"):
+        c = rd.read_card(f"{base}-int8-static")
+        assert c["parent"] == base and c["variant"] == "int8-static"
+    rows = read_csv(run / "results" / "compression.csv")
+    assert [(r["base"], r["variant"]) for r in rows] == [
+        ("tiny_vgg3", "tiny_vgg3"), ("tiny_vgg3", "int8-static"),
+        ("tiny_vgg3@s1", "tiny_vgg3@s1"), ("tiny_vgg3@s1", "int8-static")]
+    # same weights, same calibration: the two int8 copies answer alike
+    assert rows[1]["top1"] == rows[3]["top1"]
 
 
 @pytest.mark.slow

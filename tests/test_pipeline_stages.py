@@ -87,3 +87,45 @@ def test_stage_argv_threads_and_amp():
     assert compress[compress.index("--amp") + 1] == "bf16"
     assert "--amp" not in stage_argv(full, "profile-zoo", run, [], [], amp="bf16")
     assert "--amp" not in stage_argv(full, "compress", run, [], [])
+
+
+def test_compress_more_runs_after_the_first_call_and_is_part_of_the_stamp(tmp_path, fake_stages,
+                                                                          monkeypatch):
+    seen: list[list[str]] = []
+    sys.modules["fake_stage_b"].main = lambda argv: seen.append(list(argv)) or 0
+    real = pipeline.stage_argvs
+    # stage "b" plays compress: its further calls follow the first, in order
+    monkeypatch.setattr(pipeline, "stage_argvs", lambda preset, stage, run, d, dev, **kw: real(
+        preset, "compress" if stage == "b" else stage, run, d, dev, **kw))
+    preset = PipelinePreset("t", [], [], compress_more=[["--base", "m1", "m2"]])
+    run_pipeline(tmp_path, preset, log=lambda s: None)
+    assert seen == [["--run", str(tmp_path), "compress"],
+                    ["--run", str(tmp_path), "--base", "m1", "m2"]]
+    run_pipeline(tmp_path, preset, log=lambda s: None)              # stamped: nothing again
+    assert len(seen) == 2
+    more = PipelinePreset("t", [], [], compress_more=[["--base", "m1"]])
+    run_pipeline(tmp_path, more, log=lambda s: None)                # other calls: runs again
+    assert seen[2:] == [["--run", str(tmp_path), "compress"],
+                        ["--run", str(tmp_path), "--base", "m1"]]
+
+
+def test_standard_committee_pipeline_compresses_every_tiny_member_to_int8():
+    from pathlib import Path
+
+    from scripts.pipeline import PRESETS, stage_argvs
+    from zoo.presets import get_preset
+    preset = PRESETS["standard-committee"]
+    argvs = stage_argvs(preset, "compress", Path("r"), [], [], amp="bf16", threads=4)
+    assert argvs[0][:4] == ["--run", "r", "--base", "vgg19_small"]
+    more = argvs[1]
+    bases = more[more.index("--base") + 1:more.index("--variants")]
+    train = get_preset("standard-committee")
+    # every tiny model train-zoo trains for this preset (seed 0 plain, the others @sK)
+    tiny = [m for m in train.models if m.startswith("tiny_vgg")]
+    expected = set(tiny) | {f"{m}@s{k}" for c in train.committees
+                            for m, n in [c.split(":")] for k in range(1, int(n))}
+    assert set(bases) == expected and len(bases) == len(expected)
+    assert more[more.index("--variants") + 1:more.index("--threads")] == ["int8-static"]
+    assert more[more.index("--threads") + 1] == "4"
+    evaluate = stage_argvs(preset, "evaluate-routers", Path("r"), [], [])[0]
+    assert "-0.005" in evaluate                                     # a level below zero
