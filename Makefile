@@ -6,7 +6,7 @@ RUN ?= runs/quick
 PRESET ?= quick
 ARGS ?=
 
-.PHONY: venv data browser demo standard test test-slow clean
+.PHONY: venv data browser demo standard committee test test-slow clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: venv data
 # The well-trained study: at most 2 hours on a 2-core CPU (bf16 where the CPU has it natively).
 standard: venv data
 	$(VENV)/bin/run-all --preset standard --run runs/standard $(ARGS)
+
+# standard plus seed committees and int8 copies of the tiny models, evaluated from s = -0.5%
+committee: venv data
+	$(VENV)/bin/run-all --preset standard-committee --run runs/standard-committee $(ARGS)
 
 test: venv browser
 	$(PY) -m pytest -q

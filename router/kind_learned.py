@@ -2,7 +2,9 @@
 
 Per zoo it fits a deferral head per model (cross-fitted on the table it chooses on) and
 simulates every cascade with the heads' scores; each stage also pays its head's time
-(``KindContext.head_ms``).
+(``KindContext.head_ms``). Under certified selection its candidates are tested after the
+table-simulated kinds' (``path_group = 1``, with the dispatchers): its heads are fitted on the
+select part, so its estimates there are the more optimistic.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class LearnedCascadeKind(RouterKind):
     family = "learned"
     style = KindStyle("tab:cyan", "P", 6.0)
     simplicity = 2
+    path_group = 1          # its heads are fitted on the select part: tested after group 0
     router_types = (LearnedCascadeRouter,)
     description = "cascade with learned deferral heads (logistic regression per model)"
 

@@ -189,6 +189,13 @@ def test_certify_level_falls_back_to_the_reference_at_s0_and_routes_at_5pct():
     assert chosen.certified and chosen.drop_ucb <= 0.05
     # a certified single model costs less than the reference
     assert cvec[at5.cheapest_single] < cvec[ref]
+    # the learned cascade fits its heads on the select part: its candidates are tested after
+    # every table-simulated one (singles, cascades), never between them
+    fams = [e["family"] for e in at5.record["path"]]
+    assert "learned-cascade" in fams and "cascade" in fams
+    first = fams.index("learned-cascade")
+    assert all(f == "learned-cascade" for f in fams[first:])
+    assert LearnedCascadeKind.path_group > CascadeKind.path_group
 
 
 def test_a_cascade_that_beats_the_reference_is_certified_at_s0():
