@@ -75,8 +75,9 @@ def certify_level(ctx: KindContext, s: float, delta: float,
     on the certify part, so ahead of the others they would stop the whole path at its first
     point. The learned cascade's heads are fitted on the select part too: on the
     standard-committee run at s = 0 its candidate (-0.72 points on the select part, -0.21 on
-    the certify part) stood between the float committee cascade and its int8 copy, the same
-    answers at a seventh of the cost, and stopped the path before the copy was tested."""
+    the certify part) stood between the float committee cascade and its int8 copy (the same
+    loss and gain counts at a sixth of the cost) and stopped the path before the copy was
+    tested."""
     ref, val_s, val_c, cvec = ctx.ref, ctx.val, ctx.certify, ctx.cvec
     names = ctx.names
     ref_c = val_c.correct[:, ref]
