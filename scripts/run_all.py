@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run-all", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: minutes on a 2-core CPU; standard: a well-trained study in at most "
-                   "2 hours on a 2-core CPU; full: the whole study (GPU advised)")
+                   "2 hours on a 2-core CPU; standard-committee: standard plus seed committees "
+                   "and int8 copies of the tiny models, levels from -0.5%%; full: the whole "
+                   "study (GPU advised)")
     p.add_argument("--run", type=Path, default=None, help="run directory (default runs/<preset>)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
