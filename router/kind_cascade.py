@@ -15,8 +15,7 @@ import torch
 
 from router.base import Router, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
-    chain_at, \
-    cascade_fit_at, select_cascade, simulate_cascade, single_stage_index
+    cascade_fit_at, chain_at, select_cascade, simulate_cascade, single_stage_index
 from router.certify import PoolEntry
 from router.execute import ExecResult, execute_cascade
 from router.kind import KindStyle, RouterKind, TestView, candidate
