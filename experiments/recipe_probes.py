@@ -11,7 +11,9 @@ A probe is ``base`` (the preset's recipe as it is) or ``+``-joined changes to it
 ``flip`` (augment with horizontal flips only, ``TrainConfig.crop=False``), ``crop`` (the
 existing crop + flip augmentation), ``ls<S>`` (label smoothing S), ``ep<N>`` (N epochs),
 ``w<W>`` (width W), ``erase<P>`` (random erasing with probability P), ``drop<D>`` (classifier
-dropout D), ``lr<L>`` (peak learning rate L).
+dropout D), ``lr<L>`` (peak learning rate L), ``kd<A>`` (distillation weight A from the mean
+softmax of ``--teachers``, trained models of ``--teacher-run``; ``zoo.distill``), ``T<t>``
+(distillation temperature t), ``bs<N>`` (batch size N).
 
 Each (probe, seed) trains into ``SCRATCH/<probe>@s<seed>/`` (resumable: a killed probe goes on
 from its last finished epoch) and appends one row to ``--csv``; rows already there are not
@@ -39,7 +41,10 @@ from zoo.amp import resolve_amp  # noqa: E402
 from zoo.data import prepare_data  # noqa: E402
 from zoo.presets import ModelRecipe, get_preset  # noqa: E402
 from zoo.registry import build_arch, create_model, model_arch  # noqa: E402
+from zoo.checkpoint import load_model  # noqa: E402
 from zoo.costs import count_macs  # noqa: E402
+from zoo.distill import teacher_log_probs  # noqa: E402
+from zoo.rundir import RunDir  # noqa: E402
 from zoo.train import TrainConfig, fit  # noqa: E402
 
 # tiny_vgg5 at width 0.5, float32, one epoch of 54k images on the 2-core AVX2 EPYC
@@ -48,6 +53,7 @@ AVX2_S_PER_EPOCH = {"tiny_vgg5": 202.0, "tiny_vgg4": 135.0, "tiny_vgg3": 99.0,
                     "tiny_vgg2": 66.0, "tiny_vgg1": 37.0}
 BASE_WIDTH = 0.5
 COLUMNS = ["probe", "model", "seed", "width", "epochs", "augment", "crop", "label_smoothing",
+           "distill", "distill_temperature", "teachers",
            "erase", "dropout", "lr", "amp", "train_accuracy", "val_loss", "val_accuracy",
            "best_epoch_val_accuracy", "seconds", "est_avx2_s"]
 
@@ -72,6 +78,12 @@ def parse_probe(name: str, base: ModelRecipe) -> tuple[ModelRecipe, dict[str, An
             over["erase"] = float(tok[5:])
         elif tok.startswith("drop"):
             recipe = replace(recipe, dropout=float(tok[4:]))
+        elif tok.startswith("bs"):
+            over["batch_size"] = int(tok[2:])
+        elif tok.startswith("kd"):
+            over["distill"] = float(tok[2:])
+        elif tok.startswith("T"):
+            over["distill_temperature"] = float(tok[1:])
         elif tok.startswith("lr"):
             recipe = replace(recipe, lr=float(tok[2:]))
         else:
@@ -90,6 +102,20 @@ def width_cost(model: str, width: float, info: Any) -> float:
                            input_size=info.input_size, width=w)
         return count_macs(net, (1, info.in_channels, info.input_size, info.input_size))
     return 1.0 if width == BASE_WIDTH else macs(width) / macs(BASE_WIDTH)
+
+
+def zoo_teacher(run: Path, names: list[str], bundle: Any,
+                progress: bool = True) -> torch.Tensor:
+    """The mean softmax of trained models ``names`` of ``run`` on the training images, as logs;
+    prints the teacher's val accuracy (val only)."""
+    teachers = [load_model(RunDir(run).checkpoint(n))[0] for n in names]
+    t0 = time.perf_counter()
+    logp = teacher_log_probs(teachers, bundle.train, bundle.info, progress=progress)
+    val = teacher_log_probs(teachers, bundle.val, bundle.info, progress=False)
+    acc = float((val.argmax(1) == bundle.val.labels).float().mean())
+    print(f"teacher {'+'.join(names)} from {run}: val {100 * acc:.2f}%, "
+          f"{time.perf_counter() - t0:.0f} s for train + val", flush=True)
+    return logp
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -120,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--scratch", default="/tmp/recipe_probes")
     p.add_argument("--csv", default="/tmp/recipe_probes/probes.csv")
+    p.add_argument("--teacher-run", default="runs/standard",
+                   help="run whose trained models teach the kd<A> probes")
+    p.add_argument("--teachers", nargs="+", default=["tiny_vgg2", "tiny_vgg3", "tiny_vgg4"])
     p.add_argument("--table-only", action="store_true", help="print the CSV's table and stop")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -136,12 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: train {len(bundle.train)} / val {len(bundle.val)}, split "
               f"{bundle.splits.fingerprint}; amp {amp}; threads {args.threads}", flush=True)
         base = preset.recipe(args.model)
+        teacher = None
         for seed in args.seeds:
             for name in args.probes:
                 if (name, args.model, seed) in done:
                     print(f"{name} seed {seed}: in {csv_path} already", flush=True)
                     continue
                 recipe, over = parse_probe(name, base)
+                if over.get("distill", 0) > 0:
+                    over["teachers"] = list(args.teachers)
+                    if teacher is None:
+                        teacher = zoo_teacher(Path(args.teacher_run), args.teachers, bundle,
+                                              progress=not args.no_progress)
                 config: TrainConfig = preset.train_config(recipe, seed=seed,
                                                           threads=args.threads, amp=amp, **over)
                 arch = model_arch(args.model, num_classes=info.num_classes,
@@ -159,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 res = fit(model, bundle.train, bundle.val, info, config,
                           state_path=out / "train_state.pt", history_path=out / "history.csv",
-                          progress=not args.no_progress, log_epochs=True, desc=name)
+                          progress=not args.no_progress, log_epochs=True, desc=name,
+                          teacher_log_probs=teacher if config.distill > 0 else None)
                 wall = time.perf_counter() - t0
                 (out / "train_state.pt").unlink(missing_ok=True)
                 last = res.history[-1]
@@ -169,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     "probe": name, "model": args.model, "seed": seed, "width": recipe.width,
                     "epochs": recipe.epochs, "augment": config.augment, "crop": config.crop,
                     "label_smoothing": config.label_smoothing, "erase": config.erase,
+                    "distill": config.distill, "distill_temperature": config.distill_temperature,
+                    "teachers": "+".join(config.teachers),
                     "dropout": arch.dropout, "lr": config.lr, "amp": amp,
                     "train_accuracy": round(last["train_accuracy"], 5),
                     "val_loss": round(last["val_loss"], 5),

@@ -70,6 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="train every model once per seed; the first keeps the plain name, the "
                    "others are MODEL@sSEED (default: the preset's, else --seed)")
+    p.add_argument("--teachers", nargs="+", default=None, metavar="MODEL",
+                   help="knowledge distillation: every model of this call that is not a teacher "
+                   "learns from the teachers' mean softmax as well as from the labels (the "
+                   "teachers: finished models of the run, or earlier in --models)")
+    p.add_argument("--distill", type=float, default=None,
+                   help="weight of the distillation term, 0..1 (default 0.5 with --teachers)")
+    p.add_argument("--distill-temperature", type=float, default=None,
+                   help="softmax temperature of both sides of the distillation term (default 2)")
     p.add_argument("--committees", nargs="+", default=None, metavar="MODEL:K",
                    help="build committee-MODELxK from K seeds of MODEL (trained if missing); "
                    "default: the preset's (none but standard-committee's)")
@@ -99,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train-zoo: unknown models {unknown}; known: {', '.join(list_models())} and "
               "torchvision's classifiers (e.g. resnet18, mobilenet_v3_small)",
               file=sys.stderr)
+        return 2
+    if (args.distill is not None or args.distill_temperature is not None) and not args.teachers:
+        print("train-zoo: --distill and --distill-temperature need --teachers (the models the "
+              "others learn from)", file=sys.stderr)
         return 2
     dist = init_distributed(args.device) if launched_by_torchrun() else None
     try:
@@ -133,7 +145,9 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
                               threads=args.threads, amp=resolve_amp(args.amp, args.device),
                               progress=not args.no_progress, ddp_min_macs=args.ddp_macs * 1e6,
                               ddp_models=args.ddp_models, seeds=args.seeds,
-                              committees=args.committees)
+                              committees=args.committees, teachers=args.teachers,
+                              distill=args.distill,
+                              distill_temperature=args.distill_temperature)
     command = shlex.join(["train-zoo", *argv])
     try:
         rows = train_zoo(rd.root, bundle, settings, command=command, dist=dist)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from common.io import write_csv
 from zoo.checkpoint import atomic_torch_save, load_torch_file
 from zoo.data import DatasetInfo, ImageSet, normalize
+from zoo.distill import distillation_loss
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                    "seconds"]
@@ -85,6 +86,11 @@ class TrainConfig:
     eval_batch_size: int = 512
     amp: str = "off"                   # "bf16": forward and loss under bfloat16 autocast
     keep: str = "best"                 # weights kept: "best" (lowest val loss) | "last" epoch
+    # knowledge distillation (zoo.distill): the zoo members whose mean softmax teaches, the
+    # weight of the KL term to it (0 = off; fit then needs teacher_log_probs), its temperature
+    teachers: list[str] = field(default_factory=list)
+    distill: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +112,13 @@ class TrainConfig:
             problems.append(f"warmup_epochs={self.warmup_epochs} (use 0 <= warmup < epochs)")
         if self.patience is not None and self.patience < 1:
             problems.append(f"patience={self.patience} (use None to turn early stopping off)")
+        if not 0 <= self.distill <= 1:
+            problems.append(f"distill={self.distill} (use a weight 0 <= a <= 1; 0 turns it off)")
+        if (self.distill > 0) != bool(self.teachers):
+            problems.append(f"distill={self.distill} with teachers={list(self.teachers)} (name "
+                            "the teachers and a weight > 0 together, or neither)")
+        if not self.distill_temperature > 0:
+            problems.append(f"distill_temperature={self.distill_temperature} (use T > 0)")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing={self.label_smoothing} (use 0 <= s < 1)")
         if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
@@ -465,11 +478,13 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
                     gen: torch.Generator, n_steps: int, config: TrainConfig,
                     optimizer: torch.optim.Optimizer, scheduler: Any, criterion: nn.Module,
                     norm: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                    resident: bool, dp: DataParallel | None, bar: Any
-                    ) -> tuple[float, int, int]:
+                    resident: bool, dp: DataParallel | None, bar: Any,
+                    teacher: torch.Tensor | None = None) -> tuple[float, int, int]:
     """One pass over ``train`` in ``order`` (``n_steps`` batches of the global batch size,
     augmented with ``gen``), stepping ``optimizer`` and ``scheduler``; ``bar`` iterates the
-    steps (a tqdm bar). Returns this process's (summed loss, correct, seen)."""
+    steps (a tqdm bar); ``teacher`` (N, classes) holds the distillation targets of the training
+    images, indexed like them (``config.distill`` > 0). Returns this process's (summed loss,
+    correct, seen)."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for step in bar:
@@ -480,11 +495,15 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
         if config.erase > 0:
             xb = random_erase(xb, gen, config.erase)
         yb = train.labels[idx]
+        tb = teacher[idx.to(teacher.device)] if teacher is not None else None
         if dp is not None:      # the global batch was drawn and augmented whole: take a part
             part = dp.local_part(len(idx))
             xb, yb = xb[part], yb[part]
+            tb = tb[part] if tb is not None else None
         if not resident:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if tb is not None:
+            tb = tb.to(device, non_blocking=True)
         x = norm(xb)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -492,6 +511,9 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
         with autocast_context(device, config.amp):
             logits = model(x)
             loss = criterion(logits, y)
+        if tb is not None:
+            a = config.distill
+            loss = (1 - a) * loss + a * distillation_loss(logits, tb, config.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         (loss if dp is None else loss * dp.loss_weight(len(y), len(idx))).backward()
         optimizer.step()
@@ -504,11 +526,30 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
     return loss_sum, correct, seen
 
 
+def check_teacher(teacher_log_probs: torch.Tensor | None, config: TrainConfig, n_train: int,
+                  num_classes: int) -> torch.Tensor | None:
+    """The distillation targets ``fit`` uses, or None; refuses a mismatch with a fix."""
+    if config.distill == 0:
+        if teacher_log_probs is not None:
+            raise ValueError("teacher_log_probs were given but config.distill is 0; set a "
+                             "distillation weight or leave the teachers out")
+        return None
+    if teacher_log_probs is None:
+        raise ValueError(f"config.distill={config.distill} needs teacher_log_probs (compute "
+                         "them with zoo.distill.teacher_log_probs on the training set)")
+    if tuple(teacher_log_probs.shape) != (n_train, num_classes):
+        raise ValueError(f"teacher_log_probs has shape {tuple(teacher_log_probs.shape)}, the "
+                         f"training set needs ({n_train}, {num_classes}): compute them on the "
+                         "same training images")
+    return teacher_log_probs.float()
+
+
 def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         config: TrainConfig, *, state_path: str | Path | None = None,
         history_path: str | Path | None = None, progress: bool = True, desc: str = "",
         on_epoch_end: EpochCallback | None = None, log_epochs: bool | None = None,
-        data_parallel: DataParallel | None = None) -> FitResult:
+        data_parallel: DataParallel | None = None,
+        teacher_log_probs: torch.Tensor | None = None) -> FitResult:
     """Train ``model`` in place; restore the lowest-val-loss weights; resume from ``state_path``.
 
     ``on_epoch_end(epoch, row)`` runs after each epoch's state is saved (1-based epoch).
@@ -516,6 +557,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
     ``data_parallel`` (``zoo.distributed.DataParallel``, under torchrun) trains on every rank:
     ``config.batch_size`` is the global batch, of which each rank takes its part; evaluation is
     sharded and summed over the ranks; only rank 0 writes history and state, and shows progress.
+    ``teacher_log_probs`` (``zoo.distill.teacher_log_probs`` on ``train``) is required when
+    ``config.distill`` > 0 and refused otherwise.
     """
     dp = data_parallel
     log_epochs = progress if log_epochs is None else log_epochs
@@ -527,6 +570,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
         dp.check(config)
     if len(train) == 0:
         raise ValueError("the training set is empty; check --limit-train and the dataset")
+    teacher = check_teacher(teacher_log_probs, config, len(train), info.num_classes)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -577,7 +621,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
             train_model, train, order, gen, n_steps, config, optimizer, scheduler, criterion,
             norm, device, resident, dp,
             tqdm(range(n_steps), desc=f"{desc} epoch {epoch + 1}/{config.epochs}".strip(),
-                 disable=not progress, leave=False))
+                 disable=not progress, leave=False), teacher)
         if dp is not None:
             loss_sum, correct, seen = dp.sum_over_ranks(loss_sum, correct, seen)
         lr = optimizer.param_groups[0]["lr"]

@@ -29,6 +29,7 @@ from zoo.committee import (KIND as COMMITTEE_KIND, Committee, committee_arch, co
                            parse_committee, registry_name, seed_model_name)
 from zoo.costs import count_macs
 from zoo.data import DatasetInfo
+from zoo.distill import teacher_log_probs
 from zoo.distributed import (DDP_MIN_MACS, DataParallel, Dist, assign_to_ranks, parallel_modes,
                              per_rank_batch, training_images)
 from zoo.presets import flip_makes_sense, get_preset
@@ -60,6 +61,22 @@ def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfi
         out.append(f"split_fingerprint {card.get('split_fingerprint')} -> {split_fingerprint}")
     out += [f"train_config.{d}" for d in identity_diffs(card.get("train_config") or {}, config)]
     return out
+
+
+def zoo_teacher(rd: RunDir, model_name: str, config: TrainConfig, bundle: Any, *,
+                progress: bool = True) -> torch.Tensor:
+    """The distillation targets of ``model_name``: the log mean softmax of ``config.teachers``,
+    finished models of the run, on the training images (``zoo.distill``)."""
+    missing = [t for t in config.teachers if not rd.card(t).exists()]
+    if missing:
+        raise ValueError(f"{model_name} distils from {', '.join(missing)}, not trained in "
+                         f"{rd.root}; train {'them' if len(missing) > 1 else 'it'} first "
+                         f"(list {'them' if len(missing) > 1 else 'it'} before {model_name} "
+                         "in --models, or run train-zoo for them)")
+    teachers = [load_model(rd.checkpoint(t), config.device)[0] for t in config.teachers]
+    return teacher_log_probs(teachers, bundle.train, bundle.info,
+                             batch_size=config.eval_batch_size, device=config.device,
+                             progress=progress, desc=f"{model_name} teacher")
 
 
 def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any,
@@ -94,12 +111,15 @@ def train_zoo_model(run_dir: str | Path, model_name: str, arch: Any, bundle: Any
                          f"original settings, or delete {rd.model_dir(model_name)} to retrain")
     state_path = rd.model_dir(model_name) / "train_state.pt"
     status = "resumed" if state_path.exists() else "trained"
+    teacher = (zoo_teacher(rd, model_name, config, bundle, progress=progress)
+               if config.distill > 0 else None)
     torch.manual_seed(config.seed)  # the initial weights depend on the seed only
     model = build_arch(arch)
     dp = data_parallel
     result = fit(model, bundle.train, bundle.val, bundle.info, config, state_path=state_path,
                  history_path=rd.history(model_name), progress=progress, desc=model_name,
-                 on_epoch_end=on_epoch_end, log_epochs=log_epochs, data_parallel=dp)
+                 on_epoch_end=on_epoch_end, log_epochs=log_epochs, data_parallel=dp,
+                 teacher_log_probs=teacher)
     device = config.device
     evaluate_on = evaluate if dp is None else dp.evaluate
     val = evaluate_on(model, bundle.val, bundle.info, config.eval_batch_size, device,
@@ -179,6 +199,19 @@ class ZooRunSettings:
     # "MODEL:K" committees (None: the preset's): built from the first K seeds of MODEL (the
     # seeds list continued by consecutive seeds where it is shorter), trained if missing
     committees: list[str] | None = None
+    # knowledge distillation for every model of the call that is not a teacher (None: the
+    # preset's recipes decide); distill defaults to 0.5 where teachers are given
+    teachers: list[str] | None = None
+    distill: float | None = None
+    distill_temperature: float | None = None
+
+    def distill_overrides(self, model_name: str) -> dict[str, Any]:
+        """The TrainConfig fields the call's distillation flags set for ``model_name``."""
+        if not self.teachers or model_name in self.teachers:
+            return {}
+        return {"teachers": list(self.teachers),
+                "distill": 0.5 if self.distill is None else self.distill,
+                "distill_temperature": self.distill_temperature}
 
     def run_seeds(self) -> list[int]:
         seeds = list(self.seeds if self.seeds is not None else
@@ -251,7 +284,8 @@ def _job(index: int, name: str, model: str, seed: int, bundle: Any,
     if recipe.dropout is not None:
         arch.dropout = recipe.dropout
     config = preset.train_config(recipe, seed=seed, device=settings.device,
-                                 threads=settings.threads, amp=settings.amp)
+                                 threads=settings.threads, amp=settings.amp,
+                                 **settings.distill_overrides(name))
     if config.augment and not flip_makes_sense(info.name):
         config.flip = False
     return ZooJob(index, name, arch, config, recipe.width)
@@ -411,6 +445,8 @@ def train_zoo_parallel(run_dir: str | Path, bundle: Any, jobs: list[ZooJob],
     macs = {j.name: count_macs(build_arch(j.arch), shape) for j in jobs}
     modes = parallel_modes(macs, dist.world_size, ddp_min_macs=settings.ddp_min_macs,
                            ddp_models=settings.ddp_models or ())
+    # a student trains after the first phase, when every model it distils from is finished
+    modes.update({j.name: "ddp" for j in jobs if j.config.teachers and modes[j.name] == "across"})
     across = [j for j in jobs if modes[j.name] == "across"]
     owner = None
     if dist.is_main:   # decided on rank 0 before any rank writes a card, then told to all
