@@ -19,16 +19,16 @@ def test_standard_names_every_base_model_on_all_training_images():
     assert cfg.max_batches_per_epoch is None          # whole epochs of all 54k images
 
 
-@pytest.mark.parametrize("model, width, epochs", [
-    ("tiny_vgg1", 0.5, 8), ("tiny_vgg2", 0.5, 6), ("tiny_vgg3", 0.5, 6),
-    ("tiny_vgg4", 0.5, 6), ("tiny_vgg5", 0.5, 6), ("vgg19_small", 0.25, 3)])
-def test_standard_recipes_are_what_the_docs_say(model, width, epochs):
+@pytest.mark.parametrize("model, width, epochs, smoothing", [
+    ("tiny_vgg1", 0.5, 8, 0.0), ("tiny_vgg2", 0.5, 6, 0.0), ("tiny_vgg3", 0.5, 6, 0.0),
+    ("tiny_vgg4", 0.5, 6, 0.0), ("tiny_vgg5", 0.5, 6, 0.1), ("vgg19_small", 0.25, 3, 0.0)])
+def test_standard_recipes_are_what_the_docs_say(model, width, epochs, smoothing):
     p = get_preset("standard")
     r = p.recipe(model)
     assert (r.width, r.epochs, r.dropout, r.batch_norm) == (width, epochs, 0.1, True)
     cfg = p.train_config(r)
     assert (cfg.schedule, cfg.optimizer, cfg.lr, cfg.augment, cfg.keep, cfg.patience,
-            cfg.label_smoothing) == ("onecycle", "adam", 2e-3, False, "last", None, 0.0)
+            cfg.label_smoothing) == ("onecycle", "adam", 2e-3, False, "last", None, smoothing)
 
 
 def test_standard_order_is_cheapest_first_by_counted_macs():
