@@ -109,17 +109,18 @@ def test_compress_more_runs_after_the_first_call_and_is_part_of_the_stamp(tmp_pa
                         ["--run", str(tmp_path), "--base", "m1"]]
 
 
-def test_standard_committee_pipeline_compresses_every_tiny_member_to_int8():
+@pytest.mark.parametrize("name", ["standard", "standard-committee"])
+def test_standard_pipelines_compress_every_tiny_member_to_int8(name):
     from pathlib import Path
 
     from scripts.pipeline import PRESETS, stage_argvs
     from zoo.presets import get_preset
-    preset = PRESETS["standard-committee"]
+    preset = PRESETS[name]
     argvs = stage_argvs(preset, "compress", Path("r"), [], [], amp="bf16", threads=4)
     assert argvs[0][:4] == ["--run", "r", "--base", "vgg19_small"]
     more = argvs[1]
     bases = more[more.index("--base") + 1:more.index("--variants")]
-    train = get_preset("standard-committee")
+    train = get_preset(name)
     # every tiny model train-zoo trains for this preset (seed 0 plain, the others @sK)
     tiny = [m for m in train.models if m.startswith("tiny_vgg")]
     expected = set(tiny) | {f"{m}@s{k}" for c in train.committees

@@ -204,7 +204,7 @@ def _smoke() -> Preset:
 
 def _standard_committee() -> Preset:
     # The standard preset plus committees of its two cheap middle models, 3 seeds each: four
-    # more trainings (tiny_vgg2@s1/@s2, tiny_vgg3@s1/@s2, about 11 minutes of the AVX2 estimate
+    # more trainings (tiny_vgg2@s1/@s2, tiny_vgg3@s1/@s2, about 33 minutes of the AVX2 estimate
     # in _standard) and two committee members. The six base models train exactly as in
     # `standard` (seed 0 only: training all six three times would triple its 72 minutes), so
     # `standard`'s figures do not move; an opt-in preset, not a change to `standard`.
