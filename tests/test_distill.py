@@ -7,27 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_train import TINY as TRAIN_TINY, _arch, bundle  # noqa: F401  (bundle: a fixture)
 from zoo.checkpoint import load_model
-from zoo.data import ImageSet, normalize, prepare_data
+from zoo.data import ImageSet, normalize
 from zoo.distill import distillation_loss, teacher_log_probs
-from zoo.registry import build_arch, model_arch
+from zoo.registry import build_arch
 from zoo.train import TrainConfig, fit
 from zoo.train_zoo import train_zoo_model
 
-TINY = dict(epochs=1, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
-            schedule="cosine", patience=None)
-
-
-@pytest.fixture
-def bundle(tmp_path, fake_fmnist_dir):
-    return prepare_data(tmp_path / "run", "fashion-mnist", fake_fmnist_dir, seed=0,
-                        limit_train=96, limit_eval=40, download=False)
-
-
-def _arch(bundle, name="tiny_vgg1", width=0.25):
-    info = bundle.info
-    return model_arch(name, num_classes=info.num_classes, in_channels=info.in_channels,
-                      input_size=info.input_size, width=width)
+TINY = {**TRAIN_TINY, "epochs": 1}
 
 
 def test_distillation_loss_against_hand_worked_values():
