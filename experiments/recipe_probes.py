@@ -13,7 +13,8 @@ existing crop + flip augmentation), ``ls<S>`` (label smoothing S), ``ep<N>`` (N 
 ``w<W>`` (width W), ``erase<P>`` (random erasing with probability P), ``drop<D>`` (classifier
 dropout D), ``lr<L>`` (peak learning rate L), ``kd<A>`` (distillation weight A from the mean
 softmax of ``--teachers``, trained models of ``--teacher-run``; ``zoo.distill``), ``T<t>``
-(distillation temperature t), ``bs<N>`` (batch size N).
+(distillation temperature t), ``bs<N>`` (batch size N), ``wd<D>`` (AdamW
+decoupled weight decay D).
 
 Each (probe, seed) trains into ``SCRATCH/<probe>@s<seed>/`` (resumable: a killed probe goes on
 from its last finished epoch) and appends one row to ``--csv``; rows already there are not
@@ -72,6 +73,8 @@ def parse_probe(name: str, base: ModelRecipe) -> tuple[ModelRecipe, dict[str, An
             over["label_smoothing"] = float(tok[2:])
         elif tok.startswith("ep"):
             recipe = replace(recipe, epochs=int(tok[2:]))
+        elif tok.startswith("wd"):
+            over["weight_decay"] = float(tok[2:])
         elif tok.startswith("w"):
             recipe = replace(recipe, width=float(tok[1:]))
         elif tok.startswith("erase"):

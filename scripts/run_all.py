@@ -17,8 +17,8 @@ from zoo.distributed import init_distributed, launched_by_torchrun
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run-all", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: minutes on a 2-core CPU; standard: a well-trained study in at most "
-                   "2 hours on a 2-core CPU; standard-committee: standard plus seed committees "
+                   help="quick: minutes on a 2-core CPU; standard: a well-trained study (30 min on a "
+                   "2-core CPU with native bf16, estimated 2.1-2.7 h with AVX2 only); standard-committee: standard plus seed committees "
                    "and int8 copies of the tiny models, levels from -0.5%%; full: the whole "
                    "study (GPU advised)")
     p.add_argument("--run", type=Path, default=None, help="run directory (default runs/<preset>)")
