@@ -245,6 +245,12 @@ def budget_summary(points: Sequence[SelectedPoint]) -> str:
         within = sum(1 for v in known if v >= -1.0)
         line += (f"; {len(miss)} missed, {within} of them by less than one SE"
                  + (f" (worst {min(known):+.1f} SE)" if known else ""))
+        # a level where nothing was certified: the reference answered and no promise was made
+        # (below zero it cannot hold: its drop is 0)
+        unpromised = sum(1 for p in miss if p.certified is False)
+        if unpromised:
+            line += (f"; {unpromised} of the misses at a level where nothing was certified (the "
+                     "reference answers, no promise made)")
     return line
 
 

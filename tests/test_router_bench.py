@@ -160,6 +160,14 @@ def test_bench_reports_misses_in_standard_errors():
     # rows from an older evaluate-routers (no column) still bench, without the SE figures
     old = format_bench(bench_routers(write_and_read(hand_rows())))
     assert "1 missed, 0 of them" in old and "worst" not in old
+    assert "no promise made" not in text and "no promise made" not in old
+    # a miss where the run certified nothing (a level below zero, the reference answering) is
+    # told apart from a broken promise
+    for r in rows:
+        r.update(certified="True", certified_drop_ucb=0.004, settings="{}")
+    small.update(certified="False")
+    cert = format_bench(bench_routers(write_and_read(rows, CERT_COLUMNS + ["budget_margin_se"])))
+    assert "1 missed" in cert and "1 of the misses at a level where nothing was certified" in cert
 
 
 CERT_COLUMNS = COLUMNS + ["certified", "certified_drop_ucb", "speedup_vs_best_lo",
