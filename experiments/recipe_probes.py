@@ -42,11 +42,11 @@ from zoo.amp import resolve_amp  # noqa: E402
 from zoo.data import prepare_data  # noqa: E402
 from zoo.presets import ModelRecipe, get_preset  # noqa: E402
 from zoo.registry import build_arch, create_model, model_arch  # noqa: E402
-from zoo.checkpoint import load_model  # noqa: E402
 from zoo.costs import count_macs  # noqa: E402
 from zoo.distill import teacher_log_probs  # noqa: E402
 from zoo.rundir import RunDir  # noqa: E402
 from zoo.train import TrainConfig, fit  # noqa: E402
+from zoo.train_zoo import load_teachers  # noqa: E402
 
 # tiny_vgg5 at width 0.5, float32, one epoch of 54k images on the 2-core AVX2 EPYC
 # (zoo/presets.py::_standard: 54,000 / 267 images/s)
@@ -111,7 +111,7 @@ def zoo_teacher(run: Path, names: list[str], bundle: Any,
                 progress: bool = True) -> torch.Tensor:
     """The mean softmax of trained models ``names`` of ``run`` on the training images, as logs;
     prints the teacher's val accuracy (val only)."""
-    teachers = [load_model(RunDir(run).checkpoint(n))[0] for n in names]
+    teachers = load_teachers(RunDir(run), names, "the probe")
     t0 = time.perf_counter()
     logp = teacher_log_probs(teachers, bundle.train, bundle.info, progress=progress)
     val = teacher_log_probs(teachers, bundle.val, bundle.info, progress=False)

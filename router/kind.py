@@ -134,7 +134,8 @@ class RouterKind(ABC):
     simplicity: ClassVar[int] = 5          # tie-break at equal expected cost: lower is simpler
     router_types: ClassVar[tuple[type, ...]] = ()   # Router classes it deploys
     needs_images: ClassVar[bool] = False   # it trains on / looks at the images themselves
-    path_group: ClassVar[int] = 0          # certified path: 0 thresholds on tables, 1 models fitted on select
+    # certified path: 0 sets thresholds on tables, 1 fits models on the select part (tested after)
+    path_group: ClassVar[int] = 0
     description: ClassVar[str] = ""
 
     def __init__(self, ctx: KindContext):

@@ -20,6 +20,8 @@ from typing import Callable
 
 from common.io import read_csv, read_json, write_csv, write_json
 from zoo.distributed import Dist
+from zoo.committee import parse_committee
+from zoo.presets import get_preset
 
 
 @dataclass
@@ -38,6 +40,17 @@ class PipelinePreset:
     expected: str = ""
 
 
+def tiny_models(preset: str) -> list[str]:
+    """The tiny models train-zoo trains for ``preset``, in its order: each model, then the
+    other seeds its committee needs (``MODEL@sK``; seed 0 keeps the plain name)."""
+    train = get_preset(preset)
+    seeds = dict(parse_committee(c) for c in train.committees)
+    return [name for m in train.models if m.startswith("tiny_vgg")
+            for name in [m, *(f"{m}@s{k}" for k in range(1, seeds.get(m, 1)))]]
+
+
+STANDARD_TINY = tiny_models("standard")
+
 PRESETS: dict[str, PipelinePreset] = {
     "quick": PipelinePreset(
         name="quick",
@@ -51,8 +64,7 @@ PRESETS: dict[str, PipelinePreset] = {
         compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
         # static int8 copies of the five tiny models (calibration only, no training): the fast
         # stages a committee cascade needs to be both more accurate and faster (issue 33)
-        compress_more=[["--base", *[f"tiny_vgg{d}" for d in range(1, 6)],
-                        "--variants", "int8-static"]],
+        compress_more=[["--base", *STANDARD_TINY, "--variants", "int8-static"]],
         evaluate_args=["--sacrifices", "-0.005", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
                        "--threads", "2"],
         expected=("about 30 minutes on a 2-core CPU with native bf16 (AVX512-BF16 or AMX); "
@@ -81,9 +93,7 @@ PRESETS: dict[str, PipelinePreset] = {
     ),
 }
 
-# the tiny models of train-zoo's standard-committee preset (seed 0 keeps the plain name)
-STANDARD_COMMITTEE_TINY = ["tiny_vgg1", "tiny_vgg2", "tiny_vgg2@s1", "tiny_vgg2@s2", "tiny_vgg3",
-                           "tiny_vgg3@s1", "tiny_vgg3@s2", "tiny_vgg4", "tiny_vgg5"]
+STANDARD_COMMITTEE_TINY = tiny_models("standard-committee")
 PRESETS["standard-committee"] = PipelinePreset(
     name="standard-committee",
     train_args=["--preset", "standard-committee", "--amp", "auto"],

@@ -20,9 +20,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-
-from zoo.data import DatasetInfo, ImageSet, normalize
+from zoo.data import DatasetInfo, ImageSet
+from zoo.infer import predict_logits
 
 
 @torch.inference_mode()
@@ -30,19 +29,13 @@ def teacher_log_probs(teachers: Sequence[nn.Module], images: ImageSet, info: Dat
                       batch_size: int = 512, device: str | torch.device = "cpu",
                       progress: bool = True, desc: str = "teacher") -> torch.Tensor:
     """Log of the teachers' mean softmax on every image of ``images``: (N, classes), float32,
-    on the CPU, in the images' order."""
+    on the CPU, in the images' order (each teacher through ``zoo.infer.predict_logits``)."""
     if not teachers:
         raise ValueError("distillation needs at least one teacher model")
-    n = len(images)
-    out = torch.empty(n, info.num_classes, dtype=torch.float32)
-    for t in teachers:
-        t.eval().to(device)
-    starts = range(0, n, batch_size)
-    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = normalize(images.images[s:s + batch_size], info).to(device)
-        probs = torch.stack([F.softmax(t(x).float(), dim=1) for t in teachers]).mean(0)
-        out[s:s + batch_size] = probs.clamp_min(1e-12).log().cpu()
-    return out
+    probs = sum(F.softmax(predict_logits(t.to(device), images, info, batch_size, device,
+                                         progress=progress, desc=desc), dim=1)
+                for t in teachers) / len(teachers)
+    return probs.clamp_min(1e-12).log()
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_log_prob: torch.Tensor,

@@ -495,15 +495,14 @@ def train_one_epoch(model: nn.Module, train: ImageSet, order: torch.Tensor,
         if config.erase > 0:
             xb = random_erase(xb, gen, config.erase)
         yb = train.labels[idx]
-        tb = teacher[idx.to(teacher.device)] if teacher is not None else None
+        tb = teacher[idx] if teacher is not None else None   # resident with the data (fit)
         if dp is not None:      # the global batch was drawn and augmented whole: take a part
             part = dp.local_part(len(idx))
             xb, yb = xb[part], yb[part]
             tb = tb[part] if tb is not None else None
         if not resident:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        if tb is not None:
-            tb = tb.to(device, non_blocking=True)
+            tb = tb.to(device, non_blocking=True) if tb is not None else None
         x = norm(xb)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -585,6 +584,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, info: DatasetInfo,
     if resident:
         train, val = on_device(train, device), on_device(val, device)
         norm = normalizer(info, device)
+        teacher = teacher.to(device) if teacher is not None else None
     else:
         norm = lambda xb: normalize(xb, info)  # noqa: E731
 

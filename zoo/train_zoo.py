@@ -63,17 +63,24 @@ def card_mismatch(card: dict[str, Any], arch: dict[str, Any], config: TrainConfi
     return out
 
 
+def load_teachers(rd: RunDir, names: list[str], student: str,
+                  device: str | torch.device = "cpu") -> list[torch.nn.Module]:
+    """Finished models ``names`` of the run, loaded to teach ``student``; a teacher not trained
+    yet is refused with the fix."""
+    missing = [t for t in names if not rd.card(t).exists()]
+    if missing:
+        raise ValueError(f"{student} distils from {', '.join(missing)}, not trained in "
+                         f"{rd.root}; train {'them' if len(missing) > 1 else 'it'} first "
+                         f"(list {'them' if len(missing) > 1 else 'it'} before {student} "
+                         "in --models, or run train-zoo for them)")
+    return [load_model(rd.checkpoint(t), device)[0] for t in names]
+
+
 def zoo_teacher(rd: RunDir, model_name: str, config: TrainConfig, bundle: Any, *,
                 progress: bool = True) -> torch.Tensor:
     """The distillation targets of ``model_name``: the log mean softmax of ``config.teachers``,
     finished models of the run, on the training images (``zoo.distill``)."""
-    missing = [t for t in config.teachers if not rd.card(t).exists()]
-    if missing:
-        raise ValueError(f"{model_name} distils from {', '.join(missing)}, not trained in "
-                         f"{rd.root}; train {'them' if len(missing) > 1 else 'it'} first "
-                         f"(list {'them' if len(missing) > 1 else 'it'} before {model_name} "
-                         "in --models, or run train-zoo for them)")
-    teachers = [load_model(rd.checkpoint(t), config.device)[0] for t in config.teachers]
+    teachers = load_teachers(rd, config.teachers, model_name, config.device)
     return teacher_log_probs(teachers, bundle.train, bundle.info,
                              batch_size=config.eval_batch_size, device=config.device,
                              progress=progress, desc=f"{model_name} teacher")
