@@ -190,13 +190,29 @@ def _cost_order(costs: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(costs)), costs))
 
 
-def reference_index(val: PredictionTable, costs: np.ndarray | None = None) -> int:
-    """The most accurate model on ``val``; ties go to the cheaper (then the lower index).
+# Zoo members whose name starts with this are committees (``zoo.committee.committee_name``):
+# k models answering together. They compete as answers like any member, but the reference is
+# the best *single* model, so a committee never is one (unless the table holds nothing else).
+ENSEMBLE_PREFIX = "committee-"
 
-    Without ``costs`` a tie goes to the lower index (tables are sorted by cost).
+
+def is_ensemble(name: str) -> bool:
+    """Whether zoo member ``name`` is a committee of several models (never the reference)."""
+    return str(name).startswith(ENSEMBLE_PREFIX)
+
+
+def reference_index(val: PredictionTable, costs: np.ndarray | None = None) -> int:
+    """The most accurate single model on ``val``; ties go to the cheaper (then the lower index).
+
+    Committees (``is_ensemble``) are left out: a negative level asks for an answer better than
+    the best single model, which a committee can be. Without ``costs`` a tie goes to the lower
+    index (tables are sorted by cost).
     """
     _check_table(val)
-    counts = val.correct.sum(axis=0)
+    counts = val.correct.sum(axis=0).astype(np.int64)
+    single = np.array([not is_ensemble(n) for n in val.model_names])
+    if single.any():
+        counts = np.where(single, counts, -1)
     tied = np.flatnonzero(counts == counts.max())
     if costs is None or len(tied) == 1:
         return int(tied[0])

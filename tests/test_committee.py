@@ -193,8 +193,8 @@ def test_train_zoo_refuses_bad_committee_specs(tmp_path, capsys):
 
 
 def test_jobs_of_the_committee_preset_and_of_seeds():
-    """standard-committee trains the six standard models with seed 0 and the four extra seeds
-    its two committees need; --seeds trains every model once per seed."""
+    """standard-committee trains the six standard models with seed 0 and the two extra seeds
+    of tiny_vgg5 its committee needs; --seeds trains every model once per seed."""
     from types import SimpleNamespace
 
     from zoo.train_zoo import ZooRunSettings, zoo_jobs
@@ -202,13 +202,14 @@ def test_jobs_of_the_committee_preset_and_of_seeds():
                                                   name="fashion-mnist"))
     jobs = zoo_jobs(bundle, ZooRunSettings(preset="standard-committee"))
     std = zoo_jobs(bundle, ZooRunSettings(preset="standard"))
-    assert [j.name for j in jobs] == [j.name for j in std] + [
-        "tiny_vgg2@s1", "tiny_vgg2@s2", "tiny_vgg3@s1", "tiny_vgg3@s2"]
+    assert [j.name for j in jobs] == [j.name for j in std] + ["tiny_vgg5@s1", "tiny_vgg5@s2"]
     for a, b in zip(jobs, std):              # the standard models train exactly as in standard
         assert (a.arch, a.config) == (b.arch, b.config)
     extra = {j.name: j for j in jobs[len(std):]}
-    assert extra["tiny_vgg3@s2"].config.seed == 2
-    assert extra["tiny_vgg3@s2"].arch == jobs[2].arch        # same architecture as tiny_vgg3
+    assert extra["tiny_vgg5@s2"].config.seed == 2
+    assert extra["tiny_vgg5@s2"].arch == jobs[5].arch        # same architecture as tiny_vgg5
+    # and the same recipe, label smoothing included: only the seed differs
+    assert extra["tiny_vgg5@s2"].config.label_smoothing == jobs[5].config.label_smoothing == 0.1
     seeded = zoo_jobs(bundle, ZooRunSettings(preset="smoke", models=["tiny_vgg1", "tiny_vgg2"],
                                              seeds=[3, 4], committees=["tiny_vgg1:3"]))
     assert [(j.name, j.config.seed) for j in seeded] == [

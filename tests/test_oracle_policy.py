@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from common.tables import PredictionTable, TableMismatchError
-from oracle.policy import (Policy, PolicyError, fit_policy, per_sample_choice,
+from oracle.policy import (Policy, PolicyError, fit_policy, is_ensemble, per_sample_choice,
                            reference_index)
+from zoo.committee import committee_name
 
 
 def make_table(labels, correct, n_classes, names=None, split="val") -> PredictionTable:
@@ -50,6 +51,21 @@ def hand() -> PredictionTable:
 def test_reference_is_most_accurate_not_dearest(hand):
     assert reference_index(hand) == 2
     assert reference_index(hand, COSTS) == 2
+
+
+def test_a_committee_is_never_the_reference_unless_nothing_else_is_there():
+    # The hand table with D renamed as a committee and made the most accurate (right on s6-s10
+    # too would be 11; here on s7 as well: 7 right, level with R). Then a committee wins
+    # outright: R (7 right) stays the reference, the committee (8) does not take it.
+    names = ["A", "B", "R", committee_name("B", 3)]
+    assert is_ensemble(names[3]) and not any(is_ensemble(n) for n in NAMES)
+    correct = [list(c) for _, c in HAND]
+    correct[7][3] = correct[8][3] = 1                          # D: 6 -> 8 right of 11
+    t = make_table([l for l, _ in HAND], correct, 4, names)
+    assert t.correct.sum(axis=0).tolist() == [3, 6, 7, 8]
+    assert reference_index(t) == 2 and reference_index(t, COSTS) == 2
+    only = t.select_models([names[3]])                         # nothing but a committee
+    assert reference_index(only) == 0
 
 
 def test_reference_tie_goes_to_cheaper_model_by_cost_vector():

@@ -736,3 +736,24 @@ def test_serve_main_names_a_damaged_checkpoint(web_run, tmp_path):
     (run / "zoo" / "tiny_vgg1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="model tiny_vgg1 cannot be loaded"):
         serve.main(["--run", str(run)])
+
+
+def test_the_pages_baseline_is_the_best_single_model_not_a_committee(tmp_path):
+    """The page's baseline is the reference of the routers: the most accurate single model on
+    val, never a committee (``oracle.policy.reference_index``), from the val table or, without
+    one, from the cards."""
+    from router.web.service import LoadedModel, pick_baseline
+    info = DatasetInfo("t", 2, 1, 4, ["a", "b"], [0.5], [0.5])
+    names = ["tiny", "big", "committee-bigx3"]
+    models = [LoadedModel(n, torch.nn.Identity(), info, {"val_accuracy": acc}, 1.0)
+              for n, acc in zip(names, [0.5, 0.75, 1.0])]
+    run = RunDir(tmp_path)
+    assert pick_baseline(run, models).name == "big"              # cards: committee skipped
+    labels = np.array([0, 1, 0, 1])
+    right = np.array([[1, 0, 0, 1], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool).T   # 2, 3, 4 of 4
+    preds = np.where(right, labels[:, None], 1 - labels[:, None])
+    probs = np.zeros((4, 3, 2), dtype=np.float16)
+    PredictionTable(names, labels, preds, probs, np.arange(4), "val").save(run.tables)
+    assert pick_baseline(run, models).name == "big"              # val table: the same
+    only = [m for m in models if m.name.startswith("committee-")]
+    assert pick_baseline(run, only).name == "committee-bigx3"     # nothing else to pick

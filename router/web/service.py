@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from common.tables import CostTable, ModelCost, PredictionTable
+from oracle.policy import is_ensemble, reference_index
 from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import DatasetInfo, ImageSet
 from zoo.preprocess import Preprocess, prepare
@@ -253,16 +254,18 @@ def _cost_key(m: LoadedModel) -> tuple:
 
 
 def pick_baseline(run_dir: RunDir, models: list[LoadedModel]) -> Baseline | None:
-    """Most accurate single model on val: from ``RUN/tables/val.npz`` if present (ties -> the
-    cheaper, as tables are sorted by cost), else from the cards' ``val_accuracy``."""
+    """Most accurate single model on val, committees left out (``oracle.policy.reference_index``):
+    from ``RUN/tables/val.npz`` if present (ties -> the cheaper, as tables are sorted by cost),
+    else from the cards' ``val_accuracy``."""
     loaded = {m.name for m in models}
     if (run_dir.tables / "val.npz").exists():
         table = PredictionTable.load(run_dir.tables, "val")
         keep = [n for n in table.model_names if n in loaded]
         if keep:
-            acc = table.select_models(keep).accuracy()
-            return Baseline(keep[int(np.flatnonzero(acc == acc.max())[0])], "val table")
-    scored = [m for m in models if m.card.get("val_accuracy") is not None]
+            return Baseline(keep[reference_index(table.select_models(keep))], "val table")
+    scored = [m for m in models if m.card.get("val_accuracy") is not None
+              and not is_ensemble(m.name)] or \
+        [m for m in models if m.card.get("val_accuracy") is not None]
     if not scored:
         return None
     best = max(m.card["val_accuracy"] for m in scored)
