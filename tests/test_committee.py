@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.io import read_csv, read_json
+from common.io import read_csv
 from common.tables import PredictionTable
 from scripts.bench_committee import main as bench_main
 from scripts.train_zoo import main as train_zoo_main

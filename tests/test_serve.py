@@ -371,7 +371,7 @@ def test_routers_refuse_a_changed_or_missing_checkpoint(web_run, tmp_path):
 def save_fitted_policies(run: Path, levels=(0.01, 0.05)) -> list[Path]:
     """What evaluate-routers writes: every label policy kind at each level, fitted on the val
     table with the run's costs, saved as ``RUN/policies/<kind>-s<level>.json``."""
-    from oracle.policy import LABEL_KINDS, Policy, fit_policy
+    from oracle.policy import LABEL_KINDS, fit_policy
     rd = RunDir(run)
     val = PredictionTable.load(rd.tables, "val")
     costs = CostTable.load(rd.costs).vector(val.model_names, "ms_per_image")
