@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, help="first N training indices")
     p.add_argument("--limit-eval", type=int, help="first N val and test indices")
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the training pool held out as val, where every router is "
+                   "fitted, selected and certified (default 0.1; fixed by the run's first call, "
+                   "and a later call without it keeps the run's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--amp", choices=list(AMP_CHOICES), default=None,
@@ -126,11 +130,20 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
     limit_eval = args.limit_eval if args.limit_eval is not None else preset.limit_eval
     main_rank = dist is None or dist.is_main
 
+    val_fraction = args.val_fraction
+    if val_fraction is None:              # a run keeps what its first call fixed
+        val_fraction = (rd.load_config().val_fraction if rd.config_path.exists()
+                        else RunConfig.val_fraction)
+    if not 0.0 < val_fraction <= 0.5:
+        print(f"train-zoo: --val-fraction {val_fraction} is the share of the training pool held "
+              "out for val: use a value in (0, 0.5], e.g. 0.1 or 0.2", file=sys.stderr)
+        return 2
+
     def data():
         config = rd.ensure_config(RunConfig(
             dataset=args.dataset or preset.dataset, data_dir=args.data_dir, seed=args.seed,
             limit_train=limit_train, limit_eval=limit_eval, download=not args.no_download,
-            preset=args.preset))
+            val_fraction=val_fraction, preset=args.preset))
         return config, prepare_data(rd.root, **config.data_kwargs())
     try:   # under torchrun rank 0 writes the config and splits (and downloads) first
         config, bundle = data() if dist is None else dist.main_first(data)

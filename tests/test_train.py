@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.io import read_csv
+from common.io import read_csv, read_json
 from scripts.train_zoo import main as train_zoo_main
 from zoo.checkpoint import load_model
 from zoo.data import normalize, prepare_data
@@ -127,6 +127,28 @@ def test_train_zoo_script_end_to_end(tmp_path, fake_fmnist_dir, capsys):
     assert all(r["status"] == "skipped" for r in rows)
     assert train_zoo_main(argv[:-2] + ["--models", "no_such_model"]) == 2
     assert "unknown models" in capsys.readouterr().err
+
+
+def test_val_fraction_is_fixed_by_the_first_call_and_a_change_is_refused(tmp_path,
+                                                                           fake_fmnist_dir, capsys):
+    """--val-fraction 0.25 of the fake 400-image pool holds out 100 val images and trains on
+    300; a later call without the flag keeps it, another value is refused, 0 is refused."""
+    run = tmp_path / "run"
+    argv = ["--run", str(run), "--preset", "smoke", "--models", "tiny_vgg1", "--data-dir",
+            str(fake_fmnist_dir), "--no-download", "--no-progress", "--threads", "1",
+            "--limit-train", "1000", "--limit-eval", "1000"]
+    assert train_zoo_main(argv + ["--val-fraction", "0.25"]) == 0
+    assert read_json(run / "config.json")["val_fraction"] == 0.25
+    splits = read_json(next((run / "splits").glob("*.json")))
+    assert (len(splits["train"]), len(splits["val"])) == (300, 100)
+    assert train_zoo_main(argv) == 0                            # keeps the run's 0.25
+    assert read_json(run / "config.json")["val_fraction"] == 0.25
+    capsys.readouterr()
+    assert train_zoo_main(argv + ["--val-fraction", "0.1"]) == 2
+    assert "val_fraction: 0.25 -> 0.1" in capsys.readouterr().err
+    assert train_zoo_main(argv[:1] + [str(tmp_path / "new")] + argv[2:]
+                          + ["--val-fraction", "0"]) == 2
+    assert "(0, 0.5]" in capsys.readouterr().err
 
 
 def test_bf16_autocast_step_lowers_the_loss_and_keeps_float32_weights(bundle):
