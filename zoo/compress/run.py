@@ -61,8 +61,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               # 10k fine-tune images (20k before: compress took 886 s of the 85-minute quick
               # run on an AVX2-only CPU)
               "finetune_epochs": 1, "limit_train": 10000, "finetune_lr": 3e-4, "sweep": False},
-    # standard: the quick preset's variants and fine-tune budget on the standard preset's
-    # better-trained vgg19_small (width 0.25, 5 epochs); bf16 fine-tunes where native (run-all)
+    # standard: the quick preset's variants on the standard preset's better-trained
+    # vgg19_small (width 0.25), fine-tuned on 20k images; bf16 fine-tunes where native
+    # (run-all). 10k images (measured, docs/results.md) saved only 45 of ~270 s and lost up to
+    # 0.37 val points (2.2 for res-20), so the standard fine-tunes keep 20k.
     "standard": {"variants": ["struct-l1-30", "unstruct-30", "int8-dynamic", "int8-static",
                               "qat8", "qat4", "prune+int8", "res-20"],
                  "finetune_epochs": 1, "limit_train": 20000, "finetune_lr": 3e-4, "sweep": False},
