@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_download:
         data_args.append("--no-download")
     if args.val_fraction is not None:
+        if not 0.0 < args.val_fraction <= 0.5:
+            print(f"run-all: --val-fraction {args.val_fraction} is the share of the training "
+                  "pool held out for val: use a value in (0, 0.5], e.g. 0.1 or 0.2",
+                  file=sys.stderr)
+            return 2
         data_args += ["--val-fraction", str(args.val_fraction)]
     device_args = ["--device", args.device] if args.device else []
     if args.threads is not None and args.threads < 1:

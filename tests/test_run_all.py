@@ -93,3 +93,21 @@ def test_run_all_names_missing_data_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(empty) in err and "fashion-mnist" in err.lower()
     assert not os.path.exists(tmp_path / "run" / "stages" / "train-zoo.json")
+
+
+def test_run_all_hands_val_fraction_to_train_zoo_only_when_given(monkeypatch, tmp_path, capsys):
+    """--val-fraction reaches train-zoo (the stage that fixes the run's data settings) with the
+    other data arguments; without it nothing is added, so a run keeps its own; a share outside
+    (0, 0.5] is refused before any stage runs."""
+    import scripts.run_all as run_all
+    seen = []
+    monkeypatch.setattr(run_all, "run_pipeline",
+                        lambda run, preset, data_args, *a, **k: seen.append(data_args))
+    base = ["--preset", "smoke", "--run", str(tmp_path / "run")]
+    assert main(base + ["--val-fraction", "0.2"]) in (0, None)
+    assert main(base) in (0, None)
+    assert seen[0][-2:] == ["--val-fraction", "0.2"]
+    assert "--val-fraction" not in seen[1]
+    capsys.readouterr()
+    assert main(base + ["--val-fraction", "0.9"]) == 2 and len(seen) == 2
+    assert "(0, 0.5]" in capsys.readouterr().err
