@@ -78,6 +78,9 @@ def test_add_model_errors_name_the_fix(run_with_resnet, tmp_path):
                   "--name", "r18-wrong"])
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         add_main(["--run", str(tmp_path / "nowhere"), "--arch", "resnet18"])
+    with pytest.raises(ValueError, match="kept for committees"):
+        add_main(["--run", str(run), "--arch", "resnet18", "--weights", str(weights),
+                  "--name", "committee-mine"])
 
 
 def test_the_page_runs_an_added_member_through_its_own_preprocessing(run_with_resnet):

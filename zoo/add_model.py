@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from common.io import write_json
+from oracle.policy import ENSEMBLE_PREFIX, is_ensemble
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.data import DatasetInfo, prepare_data
 from zoo.infer import predict_logits
@@ -90,6 +91,9 @@ def add_model(run: str | Path, cfg: AddModelConfig, log=print) -> dict[str, Any]
     name = cfg.name or cfg.arch
     if "/" in name or not name:
         raise ValueError(f"model name {name!r} must be a plain folder name")
+    if is_ensemble(name):
+        raise ValueError(f"model name {name!r}: names starting with {ENSEMBLE_PREFIX!r} are "
+                         "kept for committees (never the reference model); pass another --name")
     if rd.card(name).exists() and not cfg.force:
         raise FileExistsError(f"the run already has a model {name!r}; pass --force to replace "
                               "it or --name to add it under another name")
