@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--population", choices=["pool", "val"], default="pool",
                    help="pool: val and test pooled (the benchmark); val: val alone, draws of "
                         "half its size (to study design choices without the test split)")
+    p.add_argument("--draw-size", type=int, default=None,
+                   help="images per draw (default: the run's val size; half of it with "
+                        "--population val): what a val split of that size would give; the "
+                        "results then go to guarantee[_val]_n<N>.csv/.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     p.add_argument("--no-progress", action="store_true")
@@ -55,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
                           learned=a.learned, seed=a.seed, progress=not a.no_progress)
     t0 = time.perf_counter()
     on_val = a.population == "val"
-    n_draw = val.n_samples // 2 if on_val else val.n_samples
+    population = val.n_samples + (0 if on_val else test.n_samples)
+    if a.draw_size is not None and not 100 <= a.draw_size <= population:
+        print(f"bench-guarantee: --draw-size {a.draw_size}: use 100 to {population} (the "
+              "images of the population drawn from)", file=sys.stderr)
+        return 2
+    n_draw = a.draw_size or (val.n_samples // 2 if on_val else val.n_samples)
     rows = run_guarantee(val, None if on_val else test, cvec, zoos, cfg,
                          learned_extra_ms=head_ms, draw_size=n_draw)
-    name = "guarantee_val" if on_val else "guarantee"
+    name = ("guarantee_val" if on_val else "guarantee") + \
+        (f"_n{a.draw_size}" if a.draw_size else "")
     path = write_csv(rd.results / f"{name}.csv", rows, COLUMNS)
     from reports.guarantee import plot_guarantee
     png, _ = plot_guarantee(rows, rd.root / "reports" / f"{name}.png")

@@ -67,6 +67,15 @@ def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
     from reports.build import build_report
     html = build_report(run).index.read_text()
     assert "guarantee.png" in html and "miss-rate benchmark" in html
+    # --draw-size: what a val split of another size would give, written beside the default
+    assert main(["--run", str(run), "--draws", "3", "--sacrifices", "0", "--draw-size", "1200",
+                 "--no-progress"]) == 0
+    rows = read_csv(run / "results" / "guarantee_n1200.csv")
+    assert {int(r["n_val"]) for r in rows} == {1200} and {int(r["draws"]) for r in rows} == {3}
+    assert int(read_csv(run / "results" / "guarantee.csv")[0]["n_val"]) == 600   # untouched
+    capsys.readouterr()
+    assert main(["--run", str(run), "--draw-size", "1501", "--no-progress"]) == 2
+    assert "100 to 1500" in capsys.readouterr().err
 
 
 def test_bench_guarantee_names_the_missing_step(tmp_path, capsys):
