@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from common.ensembles import is_ensemble
 from common.io import read_json, write_json
 from common.tables import PredictionTable, TableMismatchError
 
@@ -188,17 +189,6 @@ def _check_table(table: PredictionTable) -> None:
 def _cost_order(costs: np.ndarray) -> np.ndarray:
     """Model indices from cheapest to dearest, ties by lower index."""
     return np.lexsort((np.arange(len(costs)), costs))
-
-
-# Zoo members whose name starts with this are committees (``zoo.committee.committee_name``):
-# k models answering together. They compete as answers like any member, but the reference is
-# the best *single* model, so a committee never is one (unless the table holds nothing else).
-ENSEMBLE_PREFIX = "committee-"
-
-
-def is_ensemble(name: str) -> bool:
-    """Whether zoo member ``name`` is a committee of several models (never the reference)."""
-    return str(name).startswith(ENSEMBLE_PREFIX)
 
 
 def reference_index(val: PredictionTable, costs: np.ndarray | None = None) -> int:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from common.tables import PredictionTable, TableMismatchError
-from oracle.policy import (Policy, PolicyError, fit_policy, is_ensemble, per_sample_choice,
+from common.ensembles import is_ensemble
+from oracle.policy import (Policy, PolicyError, fit_policy, per_sample_choice,
                            reference_index)
 from zoo.committee import committee_name
 

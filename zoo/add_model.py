@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from common.io import write_json
-from oracle.policy import ENSEMBLE_PREFIX, is_ensemble
+from common.ensembles import ENSEMBLE_PREFIX, is_ensemble
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.data import DatasetInfo, prepare_data
 from zoo.infer import predict_logits

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from common.ensembles import ENSEMBLE_PREFIX
+
 KIND = "committee"
 SEED_SEP = "@s"
 
@@ -49,7 +51,8 @@ def registry_name(name: str) -> str:
 
 
 def committee_name(model: str, k: int) -> str:
-    return f"committee-{model}x{k}"
+    """``committee-<model>x<k>``: the prefix marks an ensemble (``common.ensembles``)."""
+    return f"{ENSEMBLE_PREFIX}{model}x{k}"
 
 
 def parse_committee(spec: str) -> tuple[str, int]:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from common.tables import CostTable, ModelCost, PredictionTable
-from oracle.policy import is_ensemble, reference_index
+from common.ensembles import is_ensemble
+from oracle.policy import reference_index
 from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import DatasetInfo, ImageSet
 from zoo.preprocess import Preprocess, prepare
