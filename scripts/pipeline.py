@@ -20,7 +20,7 @@ from typing import Callable
 
 from common.io import read_csv, read_json, write_csv, write_json
 from zoo.distributed import Dist
-from zoo.committee import parse_committee
+from zoo.committee import committee_member_names, parse_committee
 from zoo.presets import get_preset
 
 
@@ -44,9 +44,9 @@ def tiny_models(preset: str) -> list[str]:
     """The tiny models train-zoo trains for ``preset``, in its order: each model, then the
     other seeds its committee needs (``MODEL@sK``; seed 0 keeps the plain name)."""
     train = get_preset(preset)
-    seeds = dict(parse_committee(c) for c in train.committees)
+    k_of = dict(parse_committee(c) for c in train.committees)
     return [name for m in train.models if m.startswith("tiny_vgg")
-            for name in [m, *(f"{m}@s{k}" for k in range(1, seeds.get(m, 1)))]]
+            for name in committee_member_names(m, k_of.get(m, 1), range(k_of.get(m, 1)))]
 
 
 STANDARD_TINY = tiny_models("standard")

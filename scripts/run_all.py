@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scripts.pipeline import PRESETS, STAGES, run_pipeline, summary_lines
 from zoo.distributed import init_distributed, launched_by_torchrun
+from zoo.rundir import check_val_fraction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_download:
         data_args.append("--no-download")
     if args.val_fraction is not None:
-        if not 0.0 < args.val_fraction <= 0.5:
-            print(f"run-all: --val-fraction {args.val_fraction} is the share of the training "
-                  "pool held out for val: use a value in (0, 0.5], e.g. 0.1 or 0.2",
-                  file=sys.stderr)
+        try:
+            check_val_fraction(args.val_fraction)
+        except ValueError as e:
+            print(f"run-all: {e}", file=sys.stderr)
             return 2
         data_args += ["--val-fraction", str(args.val_fraction)]
     device_args = ["--device", args.device] if args.device else []

@@ -31,7 +31,7 @@ from zoo.committee import parse_committee
 from zoo.presets import PRESETS, Preset, get_preset
 from zoo.registry import list_models
 from zoo.torchvision_models import torchvision_archs
-from zoo.rundir import RunConfig, RunDir
+from zoo.rundir import RunConfig, RunDir, check_val_fraction
 from zoo.train_zoo import ZooRunSettings, ladder_rows, ladder_violations, train_zoo
 
 COLUMNS = ["model", "status", "width", "batch_norm", "params", "macs", "epochs", "best_epoch",
@@ -134,9 +134,10 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
     if val_fraction is None:              # a run keeps what its first call fixed
         val_fraction = (rd.load_config().val_fraction if rd.config_path.exists()
                         else RunConfig.val_fraction)
-    if not 0.0 < val_fraction <= 0.5:
-        print(f"train-zoo: --val-fraction {val_fraction} is the share of the training pool held "
-              "out for val: use a value in (0, 0.5], e.g. 0.1 or 0.2", file=sys.stderr)
+    try:
+        check_val_fraction(val_fraction)
+    except ValueError as e:
+        print(f"train-zoo: {e}", file=sys.stderr)
         return 2
 
     def data():

@@ -55,9 +55,8 @@ def test_reference_is_most_accurate_not_dearest(hand):
 
 
 def test_a_committee_is_never_the_reference_unless_nothing_else_is_there():
-    # The hand table with D renamed as a committee and made the most accurate (right on s6-s10
-    # too would be 11; here on s7 as well: 7 right, level with R). Then a committee wins
-    # outright: R (7 right) stays the reference, the committee (8) does not take it.
+    # The hand table with D renamed as a committee and made right on s7 and s8 too: 8 right of
+    # 11, more than R's 7. R stays the reference; the committee does not take it.
     names = ["A", "B", "R", committee_name("B", 3)]
     assert is_ensemble(names[3]) and not any(is_ensemble(n) for n in NAMES)
     correct = [list(c) for _, c in HAND]

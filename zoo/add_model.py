@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from common.io import write_json
 from common.ensembles import ENSEMBLE_PREFIX, is_ensemble
+from common.io import write_json
 from zoo.checkpoint import file_sha256, save_checkpoint
 from zoo.data import DatasetInfo, prepare_data
 from zoo.infer import predict_logits

@@ -38,6 +38,15 @@ class RunConfig:
                 "val_fraction": self.val_fraction}
 
 
+def check_val_fraction(fraction: float) -> float:
+    """``fraction`` if it can be the share of the training pool held out as val, (0, 0.5];
+    else ``ValueError`` naming the fix."""
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"--val-fraction {fraction} is the share of the training pool held out "
+                         "for val: use a value in (0, 0.5], e.g. 0.1 or 0.2")
+    return fraction
+
+
 def check_model_name(name: str) -> str:
     """``name`` if it can be a folder under ``RUN/zoo/``: not empty, not ``.``/``..``, no path
     separator, no control character; else ``ValueError``."""

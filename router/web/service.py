@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.tables import CostTable, ModelCost, PredictionTable
 from common.ensembles import is_ensemble
+from common.tables import CostTable, ModelCost, PredictionTable
 from oracle.policy import reference_index
 from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import DatasetInfo, ImageSet
@@ -263,9 +263,8 @@ def pick_baseline(run_dir: RunDir, models: list[LoadedModel]) -> Baseline | None
         keep = [n for n in table.model_names if n in loaded]
         if keep:
             return Baseline(keep[reference_index(table.select_models(keep))], "val table")
-    scored = [m for m in models if m.card.get("val_accuracy") is not None
-              and not is_ensemble(m.name)] or \
-        [m for m in models if m.card.get("val_accuracy") is not None]
+    scored = [m for m in models if m.card.get("val_accuracy") is not None]
+    scored = [m for m in scored if not is_ensemble(m.name)] or scored   # committees last resort
     if not scored:
         return None
     best = max(m.card["val_accuracy"] for m in scored)
