@@ -4,11 +4,13 @@ A run's val and test tables, pooled, are the population. Each draw takes |val| i
 with replacement (a fresh labelled val split), runs the whole selection from tables only, and
 measures the deployed answer's accuracy drop against the draw's reference on the whole
 population (its "true" drop, free of any one test split's noise). A draw *misses* level s when
-that drop exceeds s. Two rules run on every draw:
+that drop exceeds s where a promise was made: at s >= 0 always (the reference meets it
+itself); at a negative level only where an answer was certified (where none was, the rule says
+so and the reference answers uncertified: ``promised`` is the share of draws with a promise). Two rules run on every draw:
 
 - ``estimate``: today's rule: the cheapest of the cheapest adequate single model (val accuracy
-  minus ``margin_z`` paired SEs >= target), the cascade and (optionally) the learned cascade,
-  all fitted on the whole draw;
+  minus ``margin_z`` paired SEs >= target), the cascade and (optionally) the learned cascade
+  and the committee cascade, all fitted on the whole draw;
 - ``certified``: ``router.certified`` at risk ``delta``: fitted and chosen on the select part,
   certified on the certify part, one path across the same families.
 
@@ -32,16 +34,18 @@ from common.tables import PredictionTable
 from oracle.policy import reference_index
 from router.base import RouterError
 from router.certified import certify_context, certify_level
+from router.certify import ESTIMATE_WEIGHT
 from router.deferral import rows_of
 from router.kind import KindContext, KindSettings, RouterKind, TestView
 from router.kind_cascade import CascadeKind
+from router.kind_committee import CommitteeCascadeKind
 from router.kind_learned import LearnedCascadeKind
 from router.scoring import cascade_cost
 from router.selection import Candidate, cheapest_single, select_deployable
 
 COLUMNS = ["zoo", "rule", "sacrifice", "delta", "draws", "misses", "miss_rate", "miss_lo",
-           "miss_hi", "mean_drop", "p90_drop", "median_speedup", "mean_speedup",
-           "max_stages", "learned", "n_val", "population"]
+           "miss_hi", "mean_drop", "p90_drop", "median_speedup", "mean_speedup", "promised",
+           "max_stages", "learned", "committee", "estimate_weight", "n_val", "population"]
 
 
 @dataclass
@@ -57,6 +61,9 @@ class GuaranteeConfig:
     select_share: float = 0.3
     learned: bool = False
     learned_folds: int = 5
+    committee: bool = False          # add the committee cascade (growing committees)
+    rules: Sequence[str] = ("estimate", "certified")
+    estimate_weight: float | None = None   # certified path (None: ESTIMATE_WEIGHT)
     seed: int = 0
     progress: bool = True
 
@@ -69,6 +76,8 @@ class Deployed:
     family: str
     chosen: np.ndarray               # (P,) the model answering each population image
     cost: float                      # expected ms per image on the population
+    promised: bool = True            # False: a negative level where nothing was certified
+    preds: np.ndarray | None = None  # (P,) its answers where not those of ``chosen`` (committees)
 
 
 def pool_tables(val: PredictionTable, test: PredictionTable) -> PredictionTable:
@@ -82,13 +91,15 @@ def pool_tables(val: PredictionTable, test: PredictionTable) -> PredictionTable:
 
 
 def _kinds(cfg: GuaranteeConfig) -> list[type[RouterKind]]:
-    return [CascadeKind] + ([LearnedCascadeKind] if cfg.learned else [])
+    return [CascadeKind] + ([LearnedCascadeKind] if cfg.learned else []) + \
+        ([CommitteeCascadeKind] if cfg.committee else [])
 
 
 def _context(draw: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, ref: int,
              cfg: GuaranteeConfig, seed: int) -> KindContext:
     settings = KindSettings(margin_z=cfg.margin_z, max_stages=cfg.max_stages, grid=cfg.grid,
-                            learned_folds=cfg.learned_folds, seed=seed, delta=cfg.delta)
+                            learned_folds=cfg.learned_folds, seed=seed, delta=cfg.delta,
+                            estimate_weight=cfg.estimate_weight)
     return KindContext("draw", draw, cvec, ref, settings,
                        head_ms=float(learned_cvec[0] - cvec[0]), log=lambda _: None)
 
@@ -96,10 +107,12 @@ def _context(draw: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, 
 def estimate_rule(draw: PredictionTable, pool: PredictionTable, cvec: np.ndarray,
                   learned_cvec: np.ndarray, ref: int, cfg: GuaranteeConfig
                   ) -> dict[float, Deployed]:
-    """Today's rule on one draw, at every level: the deployed answer per level."""
+    """Today's rule on one draw, at every level >= 0: the deployed answer per level (a
+    negative level has none: the rule falls back to the reference, which cannot meet it, so
+    evaluate-routers refuses such levels without certification)."""
     ctx = _context(draw, cvec, learned_cvec, ref, cfg, cfg.seed)
     out = {}
-    for s in cfg.sacrifices:
+    for s in [s for s in cfg.sacrifices if s >= 0]:
         target = ctx.ref_accuracy - s
         cs, _ = cheapest_single(draw.correct, cvec, ref, target, cfg.margin_z)
         fitted = {k.name: k(ctx).fit(s, target) for k in _kinds(cfg)}
@@ -123,8 +136,10 @@ def certified_rule(draw: PredictionTable, pool: PredictionTable, cvec: np.ndarra
     for s in cfg.sacrifices:
         lv = certify_level(ctx, s, cfg.delta, _kinds(cfg))
         sel = lv.selected
-        out[s] = (_single("certified", pool, cvec, names.index(sel.split(":", 1)[1]))
-                  if sel.startswith("single:") else _deployed("certified", lv.kinds[sel], pool))
+        dep = (_single("certified", pool, cvec, names.index(sel.split(":", 1)[1]))
+               if sel.startswith("single:") else _deployed("certified", lv.kinds[sel], pool))
+        dep.promised = bool(lv.certificates[sel].certified)
+        out[s] = dep
     return out
 
 
@@ -134,8 +149,18 @@ def _single(rule: str, pool: PredictionTable, cvec: np.ndarray, m: int) -> Deplo
 
 def _deployed(rule: str, kind: RouterKind, pool: PredictionTable) -> Deployed:
     """A fitted cascade kind's answer on the population and its expected cost there."""
-    chosen = kind.simulate(TestView(pool, None, None))
-    return Deployed(rule, kind.name, chosen, cascade_cost(chosen, kind.stages(), kind.cvec))
+    view = TestView(pool, None, None)
+    chosen = kind.simulate(view)
+    return Deployed(rule, kind.name, chosen, cascade_cost(chosen, kind.stages(), kind.cvec),
+                    preds=kind.predictions(view, chosen))
+
+
+def accuracy_on(dep: Deployed, pool: PredictionTable) -> float:
+    """A deployed answer's accuracy on the population: its own answers where it has them (a
+    committee's mean), else each image's chosen model's."""
+    if dep.preds is not None:
+        return float(np.mean(np.asarray(dep.preds) == pool.labels))
+    return float(pool.correct[np.arange(pool.n_samples), dep.chosen].mean())
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -167,23 +192,29 @@ def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.n
         correct_pool = pool.correct
         drops: dict[tuple[str, float], list[float]] = {}
         speed: dict[tuple[str, float], list[float]] = {}
+        promised: dict[tuple[str, float], list[bool]] = {}
         bar = tqdm(range(cfg.draws), desc=f"draws ({zoo})", disable=not cfg.progress)
         for d in bar:
             take = rng.integers(0, pool.n_samples, n_draw)
             draw = rows_of(pool, take)
             ref = reference_index(draw, zc)
             ref_acc = float(correct_pool[:, ref].mean())
-            answers = {"estimate": estimate_rule(draw, pool, zc, lc, ref, cfg),
-                       "certified": certified_rule(draw, pool, zc, lc, ref, cfg,
-                                                   seed=cfg.seed + d)}
+            answers = {}
+            if "estimate" in cfg.rules:
+                answers["estimate"] = estimate_rule(draw, pool, zc, lc, ref, cfg)
+            if "certified" in cfg.rules:
+                answers["certified"] = certified_rule(draw, pool, zc, lc, ref, cfg,
+                                                      seed=cfg.seed + d)
             for rule, per_level in answers.items():
                 for s, dep in per_level.items():
-                    acc = float(correct_pool[np.arange(pool.n_samples), dep.chosen].mean())
+                    acc = accuracy_on(dep, pool)
                     drops.setdefault((rule, s), []).append(ref_acc - acc)
+                    promised.setdefault((rule, s), []).append(dep.promised)
                     speed.setdefault((rule, s), []).append(float(zc[ref]) / dep.cost)
         for (rule, s), dl in drops.items():
             dl_a = np.asarray(dl)
-            k = int(np.sum(dl_a > s + 1e-12))
+            kept = np.asarray(promised[(rule, s)], dtype=bool)
+            k = int(np.sum((dl_a > s + 1e-12) & kept))
             lo, hi = clopper_pearson(k, len(dl_a))
             sp = np.asarray(speed[(rule, s)])
             rows.append({"zoo": zoo, "rule": rule, "sacrifice": s, "delta": cfg.delta,
@@ -191,7 +222,11 @@ def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.n
                          "miss_lo": lo, "miss_hi": hi, "mean_drop": float(dl_a.mean()),
                          "p90_drop": float(np.quantile(dl_a, 0.9)),
                          "median_speedup": float(np.median(sp)), "mean_speedup": float(sp.mean()),
+                         "promised": float(kept.mean()),
                          "max_stages": cfg.max_stages, "learned": cfg.learned,
+                         "committee": cfg.committee,
+                         "estimate_weight": (ESTIMATE_WEIGHT if cfg.estimate_weight is None
+                                             else cfg.estimate_weight),
                          "n_val": n_draw, "population": pool.n_samples})
     rows.sort(key=lambda r: (r["zoo"] != "all", r["zoo"], r["sacrifice"], r["rule"]))
     return rows
@@ -242,13 +277,13 @@ def judge(rows: Sequence[dict[str, Any]], *, from_level: float = 0.005,
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     """The table the script prints."""
     out = [f"{'zoo':<5}{'rule':<11}{'s':>7}{'miss':>8}{'95% CI':>15}{'mean drop':>11}"
-           f"{'p90 drop':>10}{'x ref (median)':>16}"]
+           f"{'p90 drop':>10}{'x ref (median)':>16}{'promised':>10}"]
     for r in rows:
         out.append(f"{r['zoo']:<5}{r['rule']:<11}{float(r['sacrifice']):>7g}"
                    f"{100 * float(r['miss_rate']):>7.1f}%"
                    f"{100 * float(r['miss_lo']):>7.1f}-{100 * float(r['miss_hi']):.1f}%"
                    f"{100 * float(r['mean_drop']):>10.2f}p{100 * float(r['p90_drop']):>9.2f}p"
-                   f"{float(r['median_speedup']):>15.2f}x")
+                   f"{float(r['median_speedup']):>15.2f}x{100 * float(r['promised']):>9.0f}%")
     return "\n".join(out)
 
 

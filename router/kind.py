@@ -67,6 +67,7 @@ class KindSettings:
     # mode -> {"arch": arch dict, "ms_per_image": network ms} pinned from an earlier run
     dispatcher_archs: dict[str, dict[str, Any]] | None = None
     delta: float = 0.1
+    estimate_weight: float | None = None  # certified path: router.certify.ESTIMATE_WEIGHT
 
 
 @dataclass

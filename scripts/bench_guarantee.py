@@ -2,7 +2,9 @@
 against the certified one, over many resampled val splits of one run.
 
     python -m scripts.bench_guarantee --run runs/standard [--draws 500] [--delta 0.1]
-        [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--max-stages 2] [--learned] [--strict]
+        [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--max-stages 2] [--learned] [--committee]
+        [--estimate-weight W] [--rules estimate certified] [--zoos all base]
+        [--population pool|val] [--draw-size N] [--strict]
 
 Reads RUN/tables/{val,test}.npz and the costs in RUN/routers/fits.json (run evaluate-routers
 first); writes RUN/results/guarantee.csv and RUN/reports/guarantee.png (+ .csv) and prints a
@@ -35,6 +37,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="certified rule: share of each draw that chooses (the rest certifies)")
     p.add_argument("--learned", action="store_true",
                    help="include the learned cascade, its heads refitted on every draw (slow)")
+    p.add_argument("--committee", action="store_true",
+                   help="include the committee cascade (growing committees, up to --max-stages "
+                        "members); the results go to guarantee[_val]_committee.csv/.png")
+    p.add_argument("--estimate-weight", type=float, default=None,
+                   help="certified rule: weight of the select part's own noise in the bound "
+                        "a candidate is predicted to get (default router.certify."
+                        "ESTIMATE_WEIGHT); study it with --population val, never on test; "
+                        "the results go to guarantee[_val]_w<W>.csv/.png")
+    p.add_argument("--rules", nargs="+", choices=["estimate", "certified"],
+                   default=["estimate", "certified"],
+                   help="which rules to run (the estimate rule fits on the whole draw: the "
+                        "slower one with --committee --max-stages 3)")
+    p.add_argument("--zoos", nargs="+", default=None,
+                   help="which of the run's zoos (default: every one, e.g. all base)")
     p.add_argument("--population", choices=["pool", "val"], default="pool",
                    help="pool: val and test pooled (the benchmark); val: val alone, draws of "
                         "half its size (to study design choices without the test split)")
@@ -54,9 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"bench-guarantee: {e}", file=sys.stderr)
         return 2
+    if a.estimate_weight is not None and a.estimate_weight < 0:
+        print(f"bench-guarantee: --estimate-weight {a.estimate_weight}: a weight of the "
+              "estimate's noise is >= 0 (0: no guard)", file=sys.stderr)
+        return 2
     cfg = GuaranteeConfig(draws=a.draws, delta=a.delta, sacrifices=a.sacrifices,
                           max_stages=a.max_stages, select_share=a.select_share,
-                          learned=a.learned, seed=a.seed, progress=not a.no_progress)
+                          learned=a.learned, committee=a.committee, rules=a.rules,
+                          estimate_weight=a.estimate_weight, seed=a.seed,
+                          progress=not a.no_progress)
+    if a.zoos:
+        unknown = sorted(set(a.zoos) - set(zoos))
+        if unknown:
+            print(f"bench-guarantee: --zoos {' '.join(unknown)}: the run has zoos "
+                  f"{' '.join(zoos)}", file=sys.stderr)
+            return 2
+        zoos = {z: zoos[z] for z in a.zoos}
     t0 = time.perf_counter()
     on_val = a.population == "val"
     population = val.n_samples + (0 if on_val else test.n_samples)
@@ -68,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_guarantee(val, None if on_val else test, cvec, zoos, cfg,
                          learned_extra_ms=head_ms, draw_size=n_draw)
     name = ("guarantee_val" if on_val else "guarantee") + \
-        (f"_n{a.draw_size}" if a.draw_size else "")
+        (f"_n{a.draw_size}" if a.draw_size else "") + ("_committee" if a.committee else "") + \
+        (f"_w{a.estimate_weight:g}" if a.estimate_weight is not None else "")
     path = write_csv(rd.results / f"{name}.csv", rows, COLUMNS)
     from reports.guarantee import plot_guarantee
     png, _ = plot_guarantee(rows, rd.root / "reports" / f"{name}.png")
@@ -78,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench-guarantee {a.run}: {a.draws} draws of {n_draw} images (with "
           f"replacement) from {pop}; "
           f"cascades of <= {a.max_stages} stages" + (", learned cascade" if a.learned else "")
+          + (", committee cascade" if a.committee else "")
           + "; dispatchers left out (their networks would train on every draw); "
           f"{time.perf_counter() - t0:.0f}s")
     print("miss: share of draws whose deployed answer's accuracy drop against the draw's "

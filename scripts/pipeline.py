@@ -100,7 +100,10 @@ PRESETS["standard-committee"] = PipelinePreset(
     compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
     # static int8 copies of every tiny model: calibration only (no training), about 10 s each
     compress_more=[["--base", *STANDARD_COMMITTEE_TINY, "--variants", "int8-static"]],
-    evaluate_args=["--sacrifices", "-0.005", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
+    # -0.1 %, not -0.5 %: the committee gains 0.2-0.5 points, and certifying a gain of s with
+    # 4,200 certify images needs an observed gain near s + 0.3 points (-0.5 % was never
+    # certified; bench_guarantee --committee on val draws: -0.1 % in 16 % of them)
+    evaluate_args=["--sacrifices", "-0.001", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
                    "--threads", "2"],
     expected=("standard plus 2 more trainings of tiny_vgg5 (about 7 more minutes with native "
               "bf16, 40 estimated on a 2-core AVX2 CPU) and int8 copies of them"),

@@ -10,12 +10,12 @@ import pytest
 from common.tables import PredictionTable
 from router.base import RouterError
 from router.certified import REFERENCE_REASON, certify_context, certify_level, certify_singles, \
-    describe_uncertified
+    describe_uncertified, last_try
 from router.kind import KindSettings
 from router.kind_cascade import CascadeKind
 from router.kind_learned import LearnedCascadeKind
 from router.certify import GAMMA, _tail, certifies, drop_pvalue, drop_ucb, fixed_sequence, \
-    loss_gain, pareto_path, smallest_certifiable, split_calibration
+    PoolEntry, loss_gain, pareto_path, smallest_certifiable, split_calibration
 from router.selection import cheapest_single
 from router.timing import median_interval, paired_speedup
 
@@ -260,3 +260,42 @@ def test_the_deployed_answer_is_the_cheapest_certified_one():
                 else at.candidates[sel].fit_ms_per_image)
         certified = [c.fit_ms_per_image for c in at.candidates.values() if c.meets_target]
         assert at.certificates[sel].certified and cost == min(certified)
+
+
+def test_last_try_when_no_candidate_is_predicted_to_pass():
+    # pool: the reference (0), a dear committee (1), a cheap cascade (2), a cheap single (3)
+    pool = [PoolEntry("single", 0, 8.0, 0.0), PoolEntry("committee-cascade", 5, 12.0, -0.004),
+            PoolEntry("cascade", 7, 2.0, -0.002), PoolEntry("single", 3, 1.0, 0.001)]
+    predicted = np.array([0.0005, 0.001, 0.0008, 0.004])
+    # s = -0.1 %: nothing is predicted to pass; the try is the lowest predicted bound among
+    # those whose estimate clears the level (1 and 2): the cascade; never the reference
+    assert last_try(pool, predicted, 0, -0.001, 8.0).tolist() == [2]
+    # s = -0.3 %: only the committee's estimate clears it, though it costs more than the
+    # reference (a gain may)
+    assert last_try(pool, predicted, 0, -0.003, 8.0).tolist() == [1]
+    assert last_try(pool, predicted, 0, -0.005, 8.0).tolist() == []
+    # s = 0: cheaper than the reference only: the committee is out
+    predicted[2] = 0.002
+    assert last_try(pool, predicted, 0, 0.0, 8.0).tolist() == [2]
+    # s = 0.2 %: the single's estimate (0.1 %) clears it too, and its bound is lower now
+    predicted[3] = 0.0015
+    assert last_try(pool, predicted, 0, 0.002, 8.0).tolist() == [3]
+
+
+def test_an_empty_path_gets_its_last_try_and_keeps_the_risk():
+    # the cascade m0 -> m2 gains about a point. At a level just above its select estimate
+    # no candidate is predicted to certify (the predicted bound adds about a point of noise),
+    # so the path would be empty; the last try tests the best one alone at the full delta
+    rng = np.random.default_rng(3)
+    cvec = np.array([1.0, 2.0, 8.0])
+    split = _split(_table(_population(rng, 3000, 2, drop=0.01, q=0.04)), cvec)
+    best = min(e["drop_select"] for e in _level(split, -0.005).record["path"])
+    s = round(best + 0.001, 6)
+    lv = _level(split, s)
+    assert len(lv.record["path"]) == 1
+    tried = lv.record["path"][0]
+    assert tried["drop_select"] <= s
+    assert lv.record["certified"] == (1 if certifies(tried["loss"], tried["gain"],
+                                                     split.certify.n_samples, s, 0.1) else 0)
+    # beyond every estimate, nothing is tried
+    assert _level(split, round(best - 0.001, 6)).record["path"] == []

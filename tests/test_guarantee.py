@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.io import read_csv
-from router.guarantee import clopper_pearson, judge, pool_tables
+from router.guarantee import Deployed, accuracy_on, clopper_pearson, judge, pool_tables
 from router.scoring import cascade_cost
 from scripts.bench_guarantee import main
 from tests.test_certify import _population, _table
@@ -37,7 +37,7 @@ def test_clopper_pearson_and_expected_cost_by_hand():
     assert cascade_cost(np.array([0, 2, 0, 2]), [0, 2], np.array([1.0, 9.0, 4.0])) == 3.0
 
 
-def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
+def _fake_run(tmp_path):
     rng = np.random.default_rng(0)
     correct = _population(rng, 1500, 2, drop=0.01, q=0.05)
     val, test = _table(correct[:600], seed=1), _table(correct[600:], seed=2)
@@ -50,6 +50,11 @@ def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
         "ms_per_image": {"m0": 1.0, "m1": 2.0, "m2": 8.0},
         "router_overhead_ms": {"stage_ms": 0.01, "head_ms": 0.01},
         "zoos": {"all": {"models": ["m0", "m1", "m2"]}}}))
+    return run
+
+
+def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
+    run = _fake_run(tmp_path)
     assert main(["--run", str(run), "--draws", "6", "--sacrifices", "0", "0.02",
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -76,6 +81,37 @@ def test_bench_guarantee_writes_its_table_and_figure(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--run", str(run), "--draw-size", "1501", "--no-progress"]) == 2
     assert "100 to 1500" in capsys.readouterr().err
+
+
+def test_bench_guarantee_with_committees_and_a_negative_level(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    assert main(["--run", str(run), "--draws", "4", "--sacrifices", "-0.005", "0",
+                 "--committee", "--estimate-weight", "1", "--no-progress"]) == 0
+    rows = read_csv(run / "results" / "guarantee_committee_w1.csv")
+    # the estimate rule has no negative level (evaluate-routers refuses it there)
+    assert {(r["rule"], float(r["sacrifice"])) for r in rows} == {
+        ("certified", -0.005), ("certified", 0.0), ("estimate", 0.0)}
+    for r in rows:
+        assert r["committee"] == "True" and float(r["estimate_weight"]) == 1.0
+        # a miss is a broken promise: never more misses than draws with a promise
+        assert int(r["misses"]) <= round(float(r["promised"]) * int(r["draws"]))
+        if float(r["sacrifice"]) >= 0:
+            assert float(r["promised"]) == 1.0           # the reference meets s >= 0 itself
+    capsys.readouterr()
+    assert main(["--run", str(run), "--estimate-weight", "-1", "--no-progress"]) == 2
+    assert "--estimate-weight -1" in capsys.readouterr().err
+
+
+def test_accuracy_of_a_deployed_answer_by_hand():
+    # 3 images, labels 0 1 2; model 0 answers 0 0 2, model 1 answers 1 1 1
+    pool = _table(np.array([[1, 0], [0, 1], [1, 0]], bool), n_classes=3)
+    pool.labels[:] = [0, 1, 2]
+    pool.preds[:] = [[0, 1], [0, 1], [2, 1]]
+    chosen = np.array([0, 1, 1])
+    assert accuracy_on(Deployed("r", "single", chosen, 1.0), pool) == pytest.approx(2 / 3)
+    # a committee's own answers count, not its last member's
+    committee = Deployed("r", "committee-cascade", chosen, 1.0, preds=np.array([0, 1, 2]))
+    assert accuracy_on(committee, pool) == 1.0
 
 
 def test_bench_guarantee_names_the_missing_step(tmp_path, capsys):

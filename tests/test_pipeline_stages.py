@@ -129,4 +129,5 @@ def test_standard_pipelines_compress_every_tiny_member_to_int8(name):
     assert more[more.index("--variants") + 1:more.index("--threads")] == ["int8-static"]
     assert more[more.index("--threads") + 1] == "4"
     evaluate = stage_argvs(preset, "evaluate-routers", Path("r"), [], [])[0]
-    assert "-0.005" in evaluate                                     # a level below zero
+    levels = evaluate[evaluate.index("--sacrifices") + 1:evaluate.index("--threads")]
+    assert min(float(x) for x in levels) < 0                        # a level below zero
