@@ -10,10 +10,8 @@ tests the path in order at the full risk ``delta`` and stops at the first failur
 (``fixed_sequence``), so every candidate before the stop is certified at once with
 family-wise error <= delta, whichever kind it comes from. The deployed answer is the cheapest
 certified one; each kind's row shows its own cheapest certified candidate (or the reference
-alone, where none of its candidates was certified). At a level <= 0 the path opens with the
-zoo's declared committees and their compressed twins (``anchor_path``): the select part
-cannot tell a committee's real gain from the luck of the best of many candidates, and the
-user's declaration can. A path left empty gets one last try (``last_try``). The cheapest adequate single model, the
+alone, where none of its candidates was certified). A path left empty gets one last try
+(``last_try``). The cheapest adequate single model, the
 baseline, is certified the same way on a path of single models only.
 
 Numpy; the kinds bring their own (a dispatcher scores the certify part's images with torch).
@@ -26,7 +24,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from common.ensembles import is_ensemble
 from common.tables import PredictionTable
 from router.base import paired_se
 from router.certify import Certificate, PoolEntry, certificate, fixed_sequence, loss_gain, \
@@ -87,20 +84,16 @@ def certify_level(ctx: KindContext, s: float, delta: float,
     ref_c = val_c.correct[:, ref]
     fitted = {k.name: k(ctx) for k in kinds}
     pool: list[PoolEntry] = single_entries(val_s.correct, ref, cvec)
-    for e in pool:
-        e.anchor = is_ensemble(names[int(e.key)])
     for k in fitted.values():
         pool += k.path_entries(s)
     group = {k.name: k.path_group for k in kinds}
     z = path_z(delta)
     predicted = np.array([e.predicted_bound(val_c.n_samples, z, ctx.settings.estimate_weight)
                           for e in pool])
-    first = anchor_path(pool, predicted, s, float(cvec[ref]))
-    parts = [first] if first.size else []
-    taken = set(first.tolist())
+    parts = []
     for g in sorted(set(group.values()) | {0}):
-        idx = np.asarray([i for i, e in enumerate(pool) if group.get(e.family, 0) == g
-                          and i not in taken], dtype=np.int64)
+        idx = np.asarray([i for i, e in enumerate(pool) if group.get(e.family, 0) == g],
+                         dtype=np.int64)
         if idx.size:
             parts.append(idx[pareto_path(np.array([pool[i].cost for i in idx]), predicted[idx],
                                          s, max_len=max_path, reference_cost=float(cvec[ref]))])
@@ -161,24 +154,6 @@ def certify_level(ctx: KindContext, s: float, delta: float,
               "select_samples": int(val_s.n_samples), "certify_samples": int(val_c.n_samples),
               "smallest_certifiable": smallest_certifiable(val_c.n_samples, delta)}
     return CertifiedLevel(cs, fitted, cands, certs, selected, record)
-
-
-def anchor_path(pool: Sequence[PoolEntry], predicted: np.ndarray, s: float,
-                reference_cost: float) -> np.ndarray:
-    """The declared committees the path tests first at a level <= 0 (``PoolEntry.anchor``:
-    the zoo's ``committee-*`` members and their compressed twins run whole), lowest predicted
-    bound first. At s <= 0 only an answer measurably better than the reference can be
-    certified, and a committee is the one kind of answer with a reason to be: its members'
-    errors partly cancel. The select part alone cannot find it among hundreds of thousands
-    of candidates (the luckiest of them look better there, then lose on the certify part), so
-    the user's declaration ranks it first. Each still needs its select estimate to meet the
-    level; at s = 0 it must be cheaper than the reference, as every candidate there."""
-    if s > 0:
-        return np.zeros(0, dtype=np.int64)
-    idx = [i for i, e in enumerate(pool) if e.anchor and e.drop <= s + 1e-12
-           and (s < 0 or e.cost < reference_cost - 1e-12)]
-    return np.asarray(sorted(idx, key=lambda i: (predicted[i], pool[i].cost, i)),
-                      dtype=np.int64)
 
 
 def last_try(pool: Sequence[PoolEntry], predicted: np.ndarray, ref: int, s: float,

@@ -258,14 +258,13 @@ class PoolEntry:
     drop: float                      # estimated drop against the reference on the select part
     se: float = 0.0                  # paired standard error of that estimate ...
     n: int = 1                       # ... from this many images
-    anchor: bool = False             # a declared committee (or its twin): tested first at s <= 0
 
     def predicted_bound(self, n_certify: int, z: float,
                         estimate_weight: float | None = None) -> float:
         """The drop bound the certify part is expected to give: the estimate plus ``z``
         standard errors for the certify part's own noise and ``z x estimate_weight`` (default
-        ``ESTIMATE_WEIGHT``) for the
-        estimate's (it was read off a few images and among many candidates). The per-image
+        ``ESTIMATE_WEIGHT``) for the estimate's (it was read off a few images and among many
+        candidates). The per-image
         variance is floored at two disagreements' worth, so an answer that happened to agree
         with the reference on every select image does not look certain (low for answers that
         rarely disagree)."""

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from common.ensembles import committee_members, committee_twins
 from common.tables import PredictionTable
 from router.base import RouterError, first_confident, least_cost_meeting, table_precision
 from router.cascade import CascadeRouter, chain_at, single_stage_index, sweep_chain, \
@@ -115,29 +114,6 @@ def committee_candidates(val: PredictionTable, costs: np.ndarray, reference: int
         return sweep_chain(scores, answers == val.labels[:, None], costs[chain],
                            list(range(len(chain))), grids, ref_right)
     return CommitteeCandidates(*sweep_chains(order, max_stages, val.n_samples, sweep))
-
-
-def twin_committees(cands: CommitteeCandidates, names: Sequence[str],
-                    costs: np.ndarray) -> list[int]:
-    """Candidates that are a declared committee's compressed twin run whole: for each
-    ``committee-*`` member of the zoo whose members all have a copy of one variant
-    (``common.ensembles.committee_twins``), the candidate on the chain of those copies (in cost
-    order) whose thresholds never stop early. Certified selection tests them first at levels
-    <= 0 (``router.certified``); chains longer than the sweep's are not there."""
-    costs = np.asarray(costs, dtype=np.float64)
-    index = {n: i for i, n in enumerate(names)}
-    chain_id = {tuple(c): j for j, c in enumerate(cands.chains)}
-    out: list[int] = []
-    for name in names:
-        for twin in committee_twins(committee_members(name, names), names):
-            chain = tuple(sorted((index[n] for n in twin), key=lambda i: (costs[i], i)))
-            j = chain_id.get(chain)
-            if j is None:
-                continue
-            whole = [i for i in np.flatnonzero(cands.chain_of == j)
-                     if np.all(np.asarray(cands.thresholds[i]) > 1.0)]
-            out += [int(whole[0])] if whole else []
-    return out
 
 
 class CommitteeCascadeRouter(CascadeRouter):
@@ -257,12 +233,8 @@ class CommitteeCascadeKind(RouterKind):
         return self._set(i, candidate(self, cc.accuracy[i], cc.cost[i], True))
 
     def path_entries(self, sacrifice: float) -> list[PoolEntry]:
-        cc = self.prepared()
-        entries = chain_entries(self.name, cc, self.ctx.ref_accuracy, self.ctx.val.n_samples)
-        anchors = set(twin_committees(cc, self.ctx.names, self.cvec))
-        for e in entries:
-            e.anchor = int(e.key) in anchors
-        return entries
+        return chain_entries(self.name, self.prepared(), self.ctx.ref_accuracy,
+                             self.ctx.val.n_samples)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         val_c = self.ctx.certify

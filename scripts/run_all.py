@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of the training pool held out as val (train-zoo; default 0.1)")
+                   help="share of the training pool held out as val (train-zoo; default "
+                        "the preset's: 0.2 for standard-committee, else 0.1)")
     p.add_argument("--device", default=None, help="cpu or cuda for training (default: cpu)")
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default=None,
                    help="mixed precision for train-zoo and compress's fine-tunes: bf16 trains "
@@ -51,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         data_args += ["--data-dir", args.data_dir]
     if args.no_download:
         data_args.append("--no-download")
-    if args.val_fraction is not None:
+    val_fraction = args.val_fraction if args.val_fraction is not None else preset.val_fraction
+    if val_fraction is not None:
         try:
-            check_val_fraction(args.val_fraction)
+            check_val_fraction(val_fraction)
         except ValueError as e:
             print(f"run-all: {e}", file=sys.stderr)
             return 2
-        data_args += ["--val-fraction", str(args.val_fraction)]
+        data_args += ["--val-fraction", str(val_fraction)]
     device_args = ["--device", args.device] if args.device else []
     if args.threads is not None and args.threads < 1:
         print(f"run-all: --threads {args.threads}: use at least 1", file=sys.stderr)

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.ensembles import committee_members, committee_twins
 from common.io import read_csv
 from common.tables import PredictionTable
-from router.certified import anchor_path, certify_context, certify_level
-from router.certify import PoolEntry
+from router.certified import certify_context, certify_level
 from router.kind import KindSettings
 from router.kind_cascade import CascadeKind
 from router.kind_committee import NEVER, CommitteeCascadeKind, CommitteeCascadeRouter, \
-    committee_stages, execute_committee, simulate_committee, twin_committees
+    committee_stages, execute_committee, simulate_committee
 from tests.conftest import make_fake_idx_dataset
 from tests.router_run import make_router_run
 
@@ -131,80 +129,3 @@ def test_committee_kind_through_evaluate_routers_and_its_artifact(router_run, tm
     assert isinstance(clf.router, CommitteeCascadeRouter)
     out = clf(torch.zeros(3, 1, 28, 28, dtype=torch.uint8))
     assert out.scores.shape == (3, len(clf.router.stages)) and "agrees" in out.rule
-
-
-def _declared_table(n: int, seed: int = 0) -> PredictionTable:
-    """A zoo with a declared committee: three seeds of ``a`` (88 % right, independent
-    mistakes), their int8 copies (the same answers), a cheap ``b`` (85 %) and
-    ``committee-ax3`` (the seeds' mean probability, right wherever two seeds are)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    right = rng.random((n, 4)) < np.array([0.88, 0.88, 0.88, 0.85])
-    wrong = (labels[:, None] + rng.integers(1, 10, (n, 4))) % 10
-    preds = np.where(right, labels[:, None], wrong)
-    probs = np.full((n, 4, 10), 0.1 / 8, dtype=np.float32)
-    rows, cols = np.meshgrid(np.arange(n), np.arange(4), indexing="ij")
-    probs[rows, cols, preds] = 0.6
-    probs[rows, cols, labels[:, None].repeat(4, 1)] = np.where(right, 0.6, 0.3)
-    seeds, b = probs[:, :3], probs[:, 3:]
-    committee = seeds.mean(axis=1, keepdims=True)
-    allp = np.concatenate([b, seeds, seeds, committee], axis=1).astype(np.float16)
-    names = ["b", "a-int8-static", "a@s1-int8-static", "a@s2-int8-static", "a", "a@s1", "a@s2",
-             "committee-ax3"]
-    return PredictionTable(names, labels, allp.astype(np.float32).argmax(axis=2), allp,
-                           np.arange(n), "val")
-
-
-DECLARED_COSTS = np.array([0.5, 1.0, 1.1, 1.2, 4.0, 4.1, 4.2, 12.0])
-
-
-def test_declared_committee_names_and_twins():
-    names = _declared_table(10).model_names
-    assert committee_members("committee-ax3", names) == ["a", "a@s1", "a@s2"]
-    assert committee_members("committee-ax4", names) == []         # only three seeds
-    assert committee_members("a", names) == []                     # not a committee
-    assert committee_twins(["a", "a@s1", "a@s2"], names) == [
-        ["a-int8-static", "a@s1-int8-static", "a@s2-int8-static"]]
-    # a variant only some members have is no twin
-    assert committee_twins(["a", "a@s1"], names + ["a-qat8"]) == [
-        ["a-int8-static", "a@s1-int8-static"]]
-
-
-def test_the_twin_runs_whole_and_is_tested_first_at_s0():
-    val = _declared_table(6000)
-    ref = val.model_names.index("a")
-    ctx = certify_context("t", val, DECLARED_COSTS, ref,
-                          KindSettings(max_stages=3, grid=6, seed=0), select_share=0.3)
-    kind = CommitteeCascadeKind(ctx)
-    cc = kind.prepared()
-    (twin,) = twin_committees(cc, val.model_names, DECLARED_COSTS)
-    assert cc.chains[int(cc.chain_of[twin])] == [1, 2, 3]
-    assert np.all(np.asarray(cc.thresholds[twin]) > 1.0)          # never stops early
-    assert cc.cost[twin] == pytest.approx(1.0 + 1.1 + 1.2)
-    # s = 0: the twin (cheaper than the reference) is the path's first test and is certified;
-    # the float committee (dearer than the reference) is not on the path at s = 0
-    lv = certify_level(ctx, 0.0, 0.1, [CascadeKind, CommitteeCascadeKind])
-    first = lv.record["path"][0]
-    assert first["family"] == "committee-cascade" and first["cost"] == pytest.approx(3.3)
-    assert lv.record["certified"] >= 1 and first["gain"] > first["loss"]
-    assert all(p["cost"] < DECLARED_COSTS[ref] for p in lv.record["path"])
-    # s = -1 %: both declared committees lead the path, the float one allowed now
-    neg = certify_level(ctx, -0.01, 0.1, [CascadeKind, CommitteeCascadeKind])
-    lead = sorted(round(p["cost"], 3) for p in neg.record["path"][:2])
-    assert lead == [3.3, 12.0]
-    assert neg.certificates[neg.selected].certified
-
-
-def test_anchor_path_by_hand():
-    pool = [PoolEntry("single", 0, 8.0, 0.0), PoolEntry("single", 5, 12.0, -0.004, anchor=True),
-            PoolEntry("committee-cascade", 7, 3.0, -0.003, anchor=True),
-            PoolEntry("committee-cascade", 9, 2.0, 0.002, anchor=True),
-            PoolEntry("cascade", 1, 1.0, -0.01)]
-    predicted = np.array([0.001, -0.001, 0.0005, 0.004, -0.005])
-    # s = -0.2 %: the two anchors whose estimate meets it, lowest predicted bound first; the
-    # cascade is no anchor, however good it looks
-    assert anchor_path(pool, predicted, -0.002, 8.0).tolist() == [1, 2]
-    # s = 0: only anchors cheaper than the reference (8 ms)
-    assert anchor_path(pool, predicted, 0.0, 8.0).tolist() == [2]
-    # above 0 the path is the usual one
-    assert anchor_path(pool, predicted, 0.005, 8.0).tolist() == []

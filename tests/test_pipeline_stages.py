@@ -131,3 +131,22 @@ def test_standard_pipelines_compress_every_tiny_member_to_int8(name):
     evaluate = stage_argvs(preset, "evaluate-routers", Path("r"), [], [])[0]
     levels = evaluate[evaluate.index("--sacrifices") + 1:evaluate.index("--threads")]
     assert min(float(x) for x in levels) < 0                        # a level below zero
+
+
+def test_summary_says_no_promise_where_a_negative_level_certified_nothing(tmp_path):
+    from common.io import write_csv
+    from scripts.pipeline import summary_lines
+    cols = ["zoo", "sacrifice", "method", "family", "selected", "accuracy", "budget_held",
+            "certified", "images_per_second", "speedup_vs_best", "speedup_vs_cheapest_single"]
+    rows = [dict(zip(cols, r)) for r in [
+        ("all", 0.0, "single:m", "best-single", False, 0.9, True, "", 100, 1, 1),
+        ("all", -0.001, "single:m", "cheapest-single", True, 0.9, False, False, 100, 1, 1),
+        ("all", 0.0, "cascade", "cascade", True, 0.91, True, True, 200, 2, 2),
+        ("all", 0.005, "cascade", "cascade", True, 0.88, False, True, 300, 3, 3)]]
+    write_csv(tmp_path / "results" / "routers.csv", rows, cols)
+    text = "\n".join(summary_lines(tmp_path))
+    assert "sacrifice -0.1%: selected on val single:m  accuracy 0.9000 (nothing certified: " \
+           "no promise made)" in text
+    assert "sacrifice 0.0%: selected on val cascade  accuracy 0.9100 (budget held on test)" in text
+    assert "sacrifice 0.5%: selected on val cascade  accuracy 0.8800 (budget NOT held on " \
+           "test)" in text
