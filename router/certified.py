@@ -27,7 +27,7 @@ import torch
 from common.tables import PredictionTable
 from router.base import paired_se
 from router.certify import Certificate, PoolEntry, certificate, fixed_sequence, loss_gain, \
-    pareto_path, path_z, smallest_certifiable, split_calibration
+    pareto_path, path_z, predicted_bounds, smallest_certifiable, split_calibration
 from router.deferral import rows_of
 from router.kind import KindContext, KindSettings, RouterKind
 from router.selection import Candidate
@@ -88,8 +88,7 @@ def certify_level(ctx: KindContext, s: float, delta: float,
         pool += k.path_entries(s)
     group = {k.name: k.path_group for k in kinds}
     z = path_z(delta)
-    predicted = np.array([e.predicted_bound(val_c.n_samples, z, ctx.settings.estimate_weight)
-                          for e in pool])
+    predicted = predicted_bounds(pool, val_c.n_samples, z, ctx.settings.estimate_weight)
     parts = []
     for g in sorted(set(group.values()) | {0}):
         idx = np.asarray([i for i, e in enumerate(pool) if group.get(e.family, 0) == g],
@@ -201,8 +200,7 @@ def certify_singles(correct_s: np.ndarray, correct_c: np.ndarray, ref: int, cvec
     ``correct_*`` (n, M) booleans. Returns (model, how many were certified); the reference
     where none was."""
     z = path_z(delta)
-    predicted = np.array([e.predicted_bound(len(correct_c), z)
-                          for e in single_entries(correct_s, ref, cvec)])
+    predicted = predicted_bounds(single_entries(correct_s, ref, cvec), len(correct_c), z)
     path = pareto_path(np.asarray(cvec, float), predicted, s, max_len=max_path,
                        reference_cost=float(cvec[ref]))
     counts = [loss_gain(correct_c[:, m], correct_c[:, ref]) for m in path]

@@ -274,6 +274,19 @@ class PoolEntry:
                                                + w / np.sqrt(max(1, self.n)))
 
 
+def predicted_bounds(pool: Sequence[PoolEntry], n_certify: int, z: float,
+                     estimate_weight: float | None = None) -> np.ndarray:
+    """``PoolEntry.predicted_bound`` of every entry at once (vectorised: a path is drawn from
+    about 1.5 million candidates where committee cascades of three stages are simulated)."""
+    k = len(pool)
+    drop = np.fromiter((e.drop for e in pool), dtype=np.float64, count=k)
+    se = np.fromiter((e.se for e in pool), dtype=np.float64, count=k)
+    n = np.maximum(1, np.fromiter((e.n for e in pool), dtype=np.float64, count=k))
+    w = ESTIMATE_WEIGHT if estimate_weight is None else float(estimate_weight)
+    var = np.maximum(se ** 2 * n, 2.0 / n)
+    return drop + z * np.sqrt(var) * (1.0 / np.sqrt(max(1, n_certify)) + w / np.sqrt(n))
+
+
 # weight of the estimate's own noise in the predicted bound: chosen on resampled val-only
 # draws of the standard run (`bench_guarantee --population val`): 1.0 cost 5-7 % of the
 # expected speedup at s = 2 %, 0.5 and 0.25 did as well as no guard; 0.5 keeps a guard for

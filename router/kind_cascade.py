@@ -28,9 +28,12 @@ def chain_entries(kind: str, cands: Any, ref_accuracy: float, n: int) -> list[Po
     one is a single model, pooled already): ``cands`` holds ``chains``, ``chain_of``,
     ``accuracy``, ``cost`` and ``se`` per candidate, estimated on ``n`` images against a
     reference of accuracy ``ref_accuracy`` there."""
-    return [PoolEntry(kind, i, float(cands.cost[i]), ref_accuracy - float(cands.accuracy[i]),
-                      float(cands.se[i]), n)
-            for i in range(len(cands.accuracy)) if len(cands.chains[int(cands.chain_of[i])]) > 1]
+    lengths = np.array([len(c) for c in cands.chains])
+    keep = np.flatnonzero(lengths[np.asarray(cands.chain_of, dtype=np.int64)] > 1)
+    drop = (ref_accuracy - np.asarray(cands.accuracy, dtype=np.float64)[keep]).tolist()
+    return [PoolEntry(kind, i, c, d, e, n) for i, c, d, e in
+            zip(keep.tolist(), np.asarray(cands.cost, dtype=np.float64)[keep].tolist(), drop,
+                np.asarray(cands.se, dtype=np.float64)[keep].tolist())]
 
 
 class CascadeKind(RouterKind):

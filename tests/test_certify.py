@@ -15,7 +15,8 @@ from router.kind import KindSettings
 from router.kind_cascade import CascadeKind
 from router.kind_learned import LearnedCascadeKind
 from router.certify import GAMMA, _tail, certifies, drop_pvalue, drop_ucb, fixed_sequence, \
-    PoolEntry, loss_gain, pareto_path, smallest_certifiable, split_calibration
+    PoolEntry, loss_gain, pareto_path, predicted_bounds, smallest_certifiable, \
+    split_calibration
 from router.selection import cheapest_single
 from router.timing import median_interval, paired_speedup
 
@@ -299,3 +300,14 @@ def test_an_empty_path_gets_its_last_try_and_keeps_the_risk():
                                                      split.certify.n_samples, s, 0.1) else 0)
     # beyond every estimate, nothing is tried
     assert _level(split, round(best - 0.001, 6)).record["path"] == []
+
+
+def test_predicted_bounds_equal_each_entry_s_own():
+    rng = np.random.default_rng(5)
+    pool = [PoolEntry("cascade", i, 1.0, float(d), float(se), int(n)) for i, (d, se, n) in
+            enumerate(zip(rng.normal(0, 0.01, 50), rng.uniform(0, 0.01, 50),
+                          rng.integers(0, 3000, 50)))]
+    pool[0].se, pool[1].n = 0.0, 0                  # the variance floor, an empty estimate
+    for w in (None, 0.0, 1.5):
+        want = [e.predicted_bound(4200, 1.28, w) for e in pool]
+        assert predicted_bounds(pool, 4200, 1.28, w) == pytest.approx(want, rel=1e-12, abs=0)
