@@ -11,8 +11,8 @@ tests the path in order at the full risk ``delta`` and stops at the first failur
 family-wise error <= delta, whichever kind it comes from. The deployed answer is the cheapest
 certified one; each kind's row shows its own cheapest certified candidate (or the reference
 alone, where none of its candidates was certified). A path left empty gets one last try
-(``last_try``). The cheapest adequate single model, the
-baseline, is certified the same way on a path of single models only.
+(``last_try``). The cheapest adequate single model, the baseline, is certified the same way
+on a path of single models only.
 
 Numpy; the kinds bring their own (a dispatcher scores the certify part's images with torch).
 """
@@ -165,7 +165,7 @@ def last_try(pool: Sequence[PoolEntry], predicted: np.ndarray, ref: int, s: floa
     itself is never the try (its drop is 0 exactly), nor is a candidate whose estimate on
     the select part does not itself meet the level."""
     ok = [i for i, e in enumerate(pool)
-          if not (e.family == "single" and int(e.key) == ref) and e.drop <= s - 1e-12 * (s < 0)
+          if not (e.family == "single" and int(e.key) == ref) and e.drop <= s + 1e-12
           and (s < 0 or e.cost < reference_cost - 1e-12)]
     if not ok:
         return np.zeros(0, dtype=np.int64)

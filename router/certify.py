@@ -264,14 +264,10 @@ class PoolEntry:
         """The drop bound the certify part is expected to give: the estimate plus ``z``
         standard errors for the certify part's own noise and ``z x estimate_weight`` (default
         ``ESTIMATE_WEIGHT``) for the estimate's (it was read off a few images and among many
-        candidates). The per-image
-        variance is floored at two disagreements' worth, so an answer that happened to agree
-        with the reference on every select image does not look certain (low for answers that
-        rarely disagree)."""
-        w = ESTIMATE_WEIGHT if estimate_weight is None else float(estimate_weight)
-        var = max(self.se ** 2 * self.n, 2.0 / max(1, self.n))
-        return self.drop + z * np.sqrt(var) * (1.0 / np.sqrt(max(1, n_certify))
-                                               + w / np.sqrt(max(1, self.n)))
+        candidates). The per-image variance is floored at two disagreements' worth, so an
+        answer that happened to agree with the reference on every select image does not look
+        certain (low for answers that rarely disagree)."""
+        return float(predicted_bounds([self], n_certify, z, estimate_weight)[0])
 
 
 def predicted_bounds(pool: Sequence[PoolEntry], n_certify: int, z: float,

@@ -6,7 +6,8 @@ measures the deployed answer's accuracy drop against the draw's reference on the
 population (its "true" drop, free of any one test split's noise). A draw *misses* level s when
 that drop exceeds s where a promise was made: at s >= 0 always (the reference meets it
 itself); at a negative level only where an answer was certified (where none was, the rule says
-so and the reference answers uncertified: ``promised`` is the share of draws with a promise). Two rules run on every draw:
+so and the reference answers uncertified: ``promised`` is the share of draws with a promise).
+Two rules run on every draw (``rules`` may keep one):
 
 - ``estimate``: today's rule: the cheapest of the cheapest adequate single model (val accuracy
   minus ``margin_z`` paired SEs >= target), the cascade and (optionally) the learned cascade

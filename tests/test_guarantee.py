@@ -97,9 +97,16 @@ def test_bench_guarantee_with_committees_and_a_negative_level(tmp_path, capsys):
         assert int(r["misses"]) <= round(float(r["promised"]) * int(r["draws"]))
         if float(r["sacrifice"]) >= 0:
             assert float(r["promised"]) == 1.0           # the reference meets s >= 0 itself
+    # one rule, one zoo
+    assert main(["--run", str(run), "--draws", "2", "--sacrifices", "0", "--rules", "certified",
+                 "--zoos", "all", "--no-progress"]) == 0
+    assert [(r["rule"], r["zoo"]) for r in read_csv(run / "results" / "guarantee.csv")] == [
+        ("certified", "all")]
     capsys.readouterr()
     assert main(["--run", str(run), "--estimate-weight", "-1", "--no-progress"]) == 2
     assert "--estimate-weight -1" in capsys.readouterr().err
+    assert main(["--run", str(run), "--zoos", "base", "--no-progress"]) == 2
+    assert "the run has zoos all" in capsys.readouterr().err
 
 
 def test_accuracy_of_a_deployed_answer_by_hand():
