@@ -269,9 +269,11 @@ def format_bench(rep: BenchReport, source: str = "") -> str:
     for p in rep.points:
         cert = "" if p.certified is None else ("yes" if p.certified else "no")
         ucb = "" if p.drop_ucb is None else f"{100 * p.drop_ucb:.2f}p"
+        # "none": nothing was certified (a level below zero), so no promise could be missed
+        held = "held" if p.budget_held else ("none" if p.certified is False else "MISS")
         out.append(f"{p.zoo:<5}{p.sacrifice:>9g}  {p.method:<30}{cert:>5}{ucb:>7}"
                    f"{p.accuracy:>9.4f} "
-                   f"{'held' if p.budget_held else 'MISS':>5}{_se(p.margin_se):>6}"
+                   f"{held:>5}{_se(p.margin_se):>6}"
                    f"{_ci(p.vs_best, p.best_lo, p.best_hi):>22}"
                    f"{_ci(p.vs_cheapest, p.cheapest_lo, p.cheapest_hi):>22}"
                    f"  {p.cheapest:<28}{100 * p.overhead_share:>8.1f}%")

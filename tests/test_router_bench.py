@@ -168,6 +168,9 @@ def test_bench_reports_misses_in_standard_errors():
     small.update(certified="False")
     cert = format_bench(bench_routers(write_and_read(rows, CERT_COLUMNS + ["budget_margin_se"])))
     assert "1 missed" in cert and "1 of the misses at a level where nothing was certified" in cert
+    # its row says "none" (no promise), not MISS; the other rows' verdicts are unchanged
+    line = next(t for t in cert.splitlines() if "cheapest-single:small" in t and " no " in t)
+    assert " none " in line and "MISS" not in cert
 
 
 CERT_COLUMNS = COLUMNS + ["certified", "certified_drop_ucb", "speedup_vs_best_lo",
