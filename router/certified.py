@@ -83,22 +83,25 @@ def certify_level(ctx: KindContext, s: float, delta: float,
     names = ctx.names
     ref_c = val_c.correct[:, ref]
     fitted = {k.name: k(ctx) for k in kinds}
+    # the single models come first, in model order: pool[ref] is the reference itself
     pool: list[PoolEntry] = single_entries(val_s.correct, ref, cvec)
     for k in fitted.values():
         pool += k.path_entries(s)
     group = {k.name: k.path_group for k in kinds}
     z = path_z(delta)
     predicted = predicted_bounds(pool, val_c.n_samples, z, ctx.settings.estimate_weight)
+    cost = np.fromiter((e.cost for e in pool), dtype=np.float64, count=len(pool))
     parts = []
     for g in sorted(set(group.values()) | {0}):
         idx = np.asarray([i for i, e in enumerate(pool) if group.get(e.family, 0) == g],
                          dtype=np.int64)
         if idx.size:
-            parts.append(idx[pareto_path(np.array([pool[i].cost for i in idx]), predicted[idx],
-                                         s, max_len=max_path, reference_cost=float(cvec[ref]))])
+            parts.append(idx[pareto_path(cost[idx], predicted[idx], s, max_len=max_path,
+                                         reference_cost=float(cvec[ref]))])
     path = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if path.size == 0:
-        path = last_try(pool, predicted, ref, s, float(cvec[ref]))
+        drop = np.fromiter((e.drop for e in pool), dtype=np.float64, count=len(pool))
+        path = last_try(cost, drop, predicted, ref, s, float(cvec[ref]))
     correct_c = [val_c.correct[:, int(pool[i].key)] if pool[i].family == "single"
                  else fitted[pool[i].family].correct_on_certify(pool[i]) for i in path]
     counts = [loss_gain(c, ref_c) for c in correct_c]
@@ -155,21 +158,24 @@ def certify_level(ctx: KindContext, s: float, delta: float,
     return CertifiedLevel(cs, fitted, cands, certs, selected, record)
 
 
-def last_try(pool: Sequence[PoolEntry], predicted: np.ndarray, ref: int, s: float,
-             reference_cost: float) -> np.ndarray:
+def last_try(cost: np.ndarray, drop: np.ndarray, predicted: np.ndarray, reference: int,
+             s: float, reference_cost: float) -> np.ndarray:
     """The path when no candidate's predicted bound meets level ``s``: the one candidate
     predicted to come closest (lowest predicted bound, then the cheaper), tested alone. An
     empty path certifies nothing for sure; one test at the full ``delta`` keeps the
     family-wise error at ``delta`` (the choice uses the select part only). At a level >= 0
-    it must be cheaper than the reference, which answers there for free; the reference
-    itself is never the try (its drop is 0 exactly), nor is a candidate whose estimate on
-    the select part does not itself meet the level."""
-    ok = [i for i, e in enumerate(pool)
-          if not (e.family == "single" and int(e.key) == ref) and e.drop <= s + 1e-12
-          and (s < 0 or e.cost < reference_cost - 1e-12)]
-    if not ok:
+    it must be cheaper than the reference, which answers there for free; the reference's own
+    entry (index ``reference``) is never the try (its drop is 0 exactly), nor is a candidate
+    whose estimate on the select part does not itself meet the level. ``cost``, ``drop``
+    and ``predicted`` are the pool's, one value per candidate."""
+    ok = np.asarray(drop) <= s + 1e-12
+    if s >= 0:
+        ok &= np.asarray(cost) < reference_cost - 1e-12
+    ok[reference] = False
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
         return np.zeros(0, dtype=np.int64)
-    best = min(ok, key=lambda i: (predicted[i], pool[i].cost, i))
+    best = idx[np.lexsort((idx, np.asarray(cost)[idx], np.asarray(predicted)[idx]))[0]]
     return np.asarray([best], dtype=np.int64)
 
 

@@ -268,19 +268,20 @@ def test_last_try_when_no_candidate_is_predicted_to_pass():
     pool = [PoolEntry("single", 0, 8.0, 0.0), PoolEntry("committee-cascade", 5, 12.0, -0.004),
             PoolEntry("cascade", 7, 2.0, -0.002), PoolEntry("single", 3, 1.0, 0.001)]
     predicted = np.array([0.0005, 0.001, 0.0008, 0.004])
+    cost, drop = np.array([e.cost for e in pool]), np.array([e.drop for e in pool])
     # s = -0.1 %: nothing is predicted to pass; the try is the lowest predicted bound among
     # those whose estimate clears the level (1 and 2): the cascade; never the reference
-    assert last_try(pool, predicted, 0, -0.001, 8.0).tolist() == [2]
+    assert last_try(cost, drop, predicted, 0, -0.001, 8.0).tolist() == [2]
     # s = -0.3 %: only the committee's estimate clears it, though it costs more than the
     # reference (a gain may)
-    assert last_try(pool, predicted, 0, -0.003, 8.0).tolist() == [1]
-    assert last_try(pool, predicted, 0, -0.005, 8.0).tolist() == []
+    assert last_try(cost, drop, predicted, 0, -0.003, 8.0).tolist() == [1]
+    assert last_try(cost, drop, predicted, 0, -0.005, 8.0).tolist() == []
     # s = 0: cheaper than the reference only: the committee is out
     predicted[2] = 0.002
-    assert last_try(pool, predicted, 0, 0.0, 8.0).tolist() == [2]
+    assert last_try(cost, drop, predicted, 0, 0.0, 8.0).tolist() == [2]
     # s = 0.2 %: the single's estimate (0.1 %) clears it too, and its bound is lower now
     predicted[3] = 0.0015
-    assert last_try(pool, predicted, 0, 0.002, 8.0).tolist() == [3]
+    assert last_try(cost, drop, predicted, 0, 0.002, 8.0).tolist() == [3]
 
 
 def test_an_empty_path_gets_its_last_try_and_keeps_the_risk():
