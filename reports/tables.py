@@ -13,6 +13,7 @@ from reports.inputs import DEFAULT_ZOO, RunArtifacts, _as_bool, model_of, select
     zoo_rows, zoos_of
 
 SUMMARY_SACRIFICE = 0.01
+NO_PROMISE = "no promise"   # routers.csv budget_status (router.scoring): nothing certified below 0
 ROUTER_TABLE_COLUMNS = ("zoo", "sacrifice", "method", "family", "selected", "accuracy",
                         "precision", "recall", "f1", "seconds", "images_per_second",
                         "speedup_vs_best", "speedup_vs_cheapest_single", "router_seconds",
@@ -345,7 +346,9 @@ def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
                      "test accuracy": pct(r["accuracy"]),
                      "target (test)": pct(r["target_accuracy"]),
                      "certified on val": certified(r),
-                     "budget on test": held(r["budget_held"], r.get("budget_margin_se")),
+                     "budget on test": ("no promise (nothing certified)"
+                                        if r.get("budget_status") == NO_PROMISE else
+                                        held(r["budget_held"], r.get("budget_margin_se"))),
                      "x best single": times(r["speedup_vs_best"]) + interval(r),
                      "x cheapest single": times(r["speedup_vs_cheapest_single"]),
                      "overhead share": pct(r["overhead_share"], 1),

@@ -579,7 +579,8 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
                 "router": clf.meta.get("certificate")}[role]
         rows.append({"role": role, "method": method, "accuracy": acc,
                      "budget_held": held, "budget_margin_se": margin,
-                     "budget_status": budget_status(held, margin),
+                     "budget_status": budget_status(held, margin, sacrifice,
+                                                    None if cert is None else cert["certified"]),
                      "certified": None if cert is None else cert["certified"],
                      "certified_drop_ucb": None if cert is None else (
                          cert.get("drop_ucb") if cert.get("drop_ucb") is not None

@@ -30,9 +30,18 @@ from router.timing import RoutingTimer
 NOISE_Z = 1.96
 
 
-def budget_status(held: bool, margin_se: float | None) -> str:
+NO_PROMISE = "no promise"
+
+
+def budget_status(held: bool, margin_se: float | None, sacrifice: float = 0.0,
+                  certified: bool | None = None) -> str:
     """"held" (test accuracy >= target), "within test noise" (missed by less than 1.96 paired
-    test SEs: a 95 % two-sided test cannot tell it from held) or "violated"."""
+    test SEs: a 95 % two-sided test cannot tell it from held) or "violated"; "no promise" at a
+    negative level where nothing was certified (``certified`` False): the reference answered
+    and the output said it could not be more accurate than itself, so no budget was promised
+    that test could miss."""
+    if sacrifice < 0 and certified is False:
+        return NO_PROMISE
     if held:
         return "held"
     if margin_se is not None and margin_se >= -NOISE_Z:
@@ -172,7 +181,8 @@ class ZooScorer:
                     "delta": self.cfg.delta if self.cfg.selection == "certified" else None,
                     "certified": None if cert is None else bool(cert.certified),
                     "certified_drop_ucb": None if cert is None else cert.drop_ucb,
-                    "budget_status": budget_status(held, margin)})
+                    "budget_status": budget_status(held, margin, s,
+                                                   None if cert is None else bool(cert.certified))})
         row.update({"budget_held": held,
                     "target_accuracy": self.ref_test_acc - s,
                     "accuracy_drop": self.ref_test_acc - row["accuracy"],

@@ -636,3 +636,19 @@ def test_report_shows_the_committee_timings(tmp_path):
     (results / "committees.csv").write_text("committee,k\nx,3\n")
     with pytest.raises(ValueError, match="bench_committee"):
         load_run(tmp_path)
+
+
+def test_headline_display_says_no_promise_where_nothing_was_certified_below_zero():
+    from reports.tables import headline_display
+    base = {"zoo": "all", "method": "cascade", "family": "cascade", "val_accuracy": 0.95,
+            "fit_ms_per_image": 0.5, "accuracy": 0.937, "target_accuracy": 0.938,
+            "budget_held": False, "budget_margin_se": -2.4, "selection": "certified",
+            "delta": 0.1, "certified_drop_ucb": None, "speedup_vs_best": 1.0,
+            "speedup_vs_best_lo": None, "speedup_vs_best_hi": None,
+            "speedup_vs_cheapest_single": None, "overhead_share": None, "best_single": "b",
+            "cheapest_single": "b"}
+    rows = pd.DataFrame([dict(base, sacrifice=-0.001, certified=False,
+                              budget_status="no promise"),
+                         dict(base, sacrifice=0.0, certified=True, budget_status="violated")])
+    shown = headline_display(rows)["budget on test"].tolist()
+    assert shown == ["no promise (nothing certified)", "MISSED (-2.4 SE)"]

@@ -143,3 +143,15 @@ def test_cost_matched_random_router_mixes_hull_neighbours_by_hand():
     # a dearer, less accurate model never enters the hull
     assert cost_accuracy_hull(np.array([1.0, 5.0, 3.0]), np.array([0.8, 0.85, 0.9])).tolist() \
         == [0, 2]
+
+
+def test_budget_status_by_hand_and_no_promise_below_zero():
+    from router.scoring import NO_PROMISE, budget_status
+    assert budget_status(True, 0.4) == "held"
+    assert budget_status(False, -1.0) == "within test noise"       # missed by < 1.96 SEs
+    assert budget_status(False, -2.5) == "violated"
+    # below zero, nothing certified: the reference answered and promised nothing
+    assert budget_status(False, -2.5, -0.001, False) == NO_PROMISE
+    # a certified negative level is judged like any other; so is an uncertified s = 0
+    assert budget_status(False, -2.5, -0.001, True) == "violated"
+    assert budget_status(False, -2.5, 0.0, False) == "violated"
