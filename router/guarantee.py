@@ -46,7 +46,8 @@ from router.selection import Candidate, cheapest_single, select_deployable
 
 COLUMNS = ["zoo", "rule", "sacrifice", "delta", "draws", "misses", "miss_rate", "miss_lo",
            "miss_hi", "mean_drop", "p90_drop", "median_speedup", "mean_speedup", "promised",
-           "max_stages", "learned", "committee", "estimate_weight", "n_val", "population"]
+           "max_stages", "learned", "committee", "estimate_weight", "committee_grid",
+           "n_val", "population"]
 
 
 @dataclass
@@ -65,6 +66,7 @@ class GuaranteeConfig:
     committee: bool = False          # add the committee cascade (growing committees)
     rules: Sequence[str] = ("estimate", "certified")
     estimate_weight: float | None = None   # certified path (None: ESTIMATE_WEIGHT)
+    committee_grid: int | None = None  # the committee cascade's threshold grid (None: grid)
     seed: int = 0
     progress: bool = True
 
@@ -100,7 +102,8 @@ def _context(draw: PredictionTable, cvec: np.ndarray, learned_cvec: np.ndarray, 
              cfg: GuaranteeConfig, seed: int) -> KindContext:
     settings = KindSettings(margin_z=cfg.margin_z, max_stages=cfg.max_stages, grid=cfg.grid,
                             learned_folds=cfg.learned_folds, seed=seed, delta=cfg.delta,
-                            estimate_weight=cfg.estimate_weight)
+                            estimate_weight=cfg.estimate_weight,
+                            committee_grid=cfg.committee_grid)
     return KindContext("draw", draw, cvec, ref, settings,
                        head_ms=float(learned_cvec[0] - cvec[0]), log=lambda _: None)
 
@@ -228,6 +231,7 @@ def run_guarantee(val: PredictionTable, test: PredictionTable | None, cvec: np.n
                          "committee": cfg.committee,
                          "estimate_weight": (ESTIMATE_WEIGHT if cfg.estimate_weight is None
                                              else cfg.estimate_weight),
+                         "committee_grid": cfg.committee_grid or cfg.grid,
                          "n_val": n_draw, "population": pool.n_samples})
     rows.sort(key=lambda r: (r["zoo"] != "all", r["zoo"], r["sacrifice"], r["rule"]))
     return rows

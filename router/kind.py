@@ -57,6 +57,7 @@ class KindSettings:
     margin_z: float = 1.0                 # estimate rule: paired SEs subtracted before the target
     max_stages: int = 3
     grid: int = 24
+    committee_grid: int | None = None     # the committee cascade's grid (None: ``grid``)
     learned_folds: int = 5
     learned_fit_share: float = 0.5
     seed: int = 0

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from common.tables import PredictionTable
 from router.base import Router, table_precision
 from router.cascade import CascadeCandidates, CascadeFit, CascadeRouter, cascade_candidates, \
     cascade_fit_at, chain_at, select_cascade, simulate_cascade, single_stage_index
@@ -70,10 +71,13 @@ class CascadeKind(RouterKind):
                              self.ctx.val.n_samples)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
-        cc, val_c = self.prepared(), self.ctx.certify
-        stages, th = chain_at(cc, entry.key)
-        ch = simulate_cascade(table_precision(val_c.confidence), stages, th)
-        return val_c.correct[np.arange(val_c.n_samples), ch]
+        return self.correct_on(entry, self.ctx.certify)
+
+    def correct_on(self, entry: PoolEntry, table: PredictionTable) -> np.ndarray:
+        """(n,) whether candidate ``entry`` answers each image of ``table`` right."""
+        stages, th = chain_at(self.prepared(), entry.key)
+        ch = simulate_cascade(table_precision(table.confidence), stages, th)
+        return table.correct[np.arange(table.n_samples), ch]
 
     def fit_entry(self, entry: PoolEntry | None, sacrifice: float,
                   cand: Candidate) -> "CascadeKind":

@@ -214,7 +214,8 @@ class CommitteeCascadeKind(RouterKind):
     def prepare(self) -> CommitteeCandidates:
         s, t0 = self.ctx.settings, time.perf_counter()
         cands = committee_candidates(self.ctx.val, self.cvec, self.ctx.ref,
-                                     max_stages=s.max_stages, grid=s.grid)
+                                     max_stages=s.max_stages,
+                                     grid=s.committee_grid or s.grid)
         self.ctx.record["committee_cascade"] = {"candidates": int(len(cands.accuracy)),
                                                 "agreement": AGREEMENT,
                                                 "fit_seconds": time.perf_counter() - t0}
@@ -237,9 +238,12 @@ class CommitteeCascadeKind(RouterKind):
                              self.ctx.val.n_samples)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
-        val_c = self.ctx.certify
-        _, preds = simulate_committee(val_c.probs, *chain_at(self.prepared(), entry.key))
-        return preds == val_c.labels
+        return self.correct_on(entry, self.ctx.certify)
+
+    def correct_on(self, entry: PoolEntry, table: PredictionTable) -> np.ndarray:
+        """(n,) whether candidate ``entry`` answers each image of ``table`` right."""
+        _, preds = simulate_committee(table.probs, *chain_at(self.prepared(), entry.key))
+        return preds == table.labels
 
     def fit_entry(self, entry: PoolEntry | None, sacrifice: float,
                   cand: Candidate) -> "CommitteeCascadeKind":

@@ -3,7 +3,7 @@ against the certified one, over many resampled val splits of one run.
 
     python -m scripts.bench_guarantee --run runs/standard [--draws 500] [--delta 0.1]
         [--sacrifices 0 0.005 0.01 0.02 0.05 0.1] [--max-stages 2] [--learned] [--committee]
-        [--estimate-weight W] [--rules estimate certified] [--zoos all base]
+        [--estimate-weight W] [--committee-grid G] [--rules estimate certified] [--zoos all base]
         [--population pool|val] [--draw-size N] [--strict]
 
 Reads RUN/tables/{val,test}.npz and the costs in RUN/routers/fits.json (run evaluate-routers
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                         "a candidate is predicted to get (default router.certify."
                         "ESTIMATE_WEIGHT); study it with --population val, never on test; "
                         "the results go to guarantee[_val]_w<W>.csv/.png")
+    p.add_argument("--committee-grid", type=int, default=None,
+                   help="thresholds per stage of the committee cascade's grid (default: the "
+                        "cascade's, 24); the results go to guarantee[_val]_g<G>.csv/.png")
     p.add_argument("--rules", nargs="+", choices=["estimate", "certified"],
                    default=["estimate", "certified"],
                    help="which rules to run (the estimate rule fits on the whole draw: the "
@@ -74,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-guarantee: --estimate-weight {a.estimate_weight}: a weight of the "
               "estimate's noise is >= 0 (0: no guard)", file=sys.stderr)
         return 2
+    if a.committee_grid is not None and a.committee_grid < 2:
+        print(f"bench-guarantee: --committee-grid {a.committee_grid}: use 2 or more thresholds "
+              "per stage", file=sys.stderr)
+        return 2
     cfg = GuaranteeConfig(draws=a.draws, delta=a.delta, sacrifices=a.sacrifices,
                           max_stages=a.max_stages, select_share=a.select_share,
                           learned=a.learned, committee=a.committee, rules=a.rules,
-                          estimate_weight=a.estimate_weight, seed=a.seed,
+                          estimate_weight=a.estimate_weight,
+                          committee_grid=a.committee_grid, seed=a.seed,
                           progress=not a.no_progress)
     if a.zoos:
         unknown = sorted(set(a.zoos) - set(zoos))
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                          learned_extra_ms=head_ms, draw_size=n_draw)
     name = ("guarantee_val" if on_val else "guarantee") + \
         (f"_n{a.draw_size}" if a.draw_size else "") + ("_committee" if a.committee else "") + \
-        (f"_w{a.estimate_weight:g}" if a.estimate_weight is not None else "")
+        (f"_w{a.estimate_weight:g}" if a.estimate_weight is not None else "") + \
+        (f"_g{a.committee_grid}" if a.committee_grid else "")
     path = write_csv(rd.results / f"{name}.csv", rows, COLUMNS)
     from reports.guarantee import plot_guarantee
     png, _ = plot_guarantee(rows, rd.root / "reports" / f"{name}.png")

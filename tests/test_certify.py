@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from common.tables import PredictionTable
-from router.base import RouterError
+from router.base import RouterError, table_precision
+from router.cascade import chain_at, simulate_cascade
 from router.certified import REFERENCE_REASON, certify_context, certify_level, certify_singles, \
     describe_uncertified, last_try
 from router.kind import KindSettings
@@ -312,3 +313,22 @@ def test_predicted_bounds_equal_each_entry_s_own():
     for w in (None, 0.0, 1.5):
         want = [e.predicted_bound(4200, 1.28, w) for e in pool]
         assert predicted_bounds(pool, 4200, 1.28, w) == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_a_table_kind_scores_a_candidate_on_any_table():
+    # correct_on(entry, table) simulates the candidate on the table it is given; on the
+    # certify part it is what the certified path tests, and by hand it is the chain's choice
+    rng = np.random.default_rng(3)
+    cvec = np.array([1.0, 2.0, 8.0])
+    ctx = _split(_table(_population(rng, 3000, 2, drop=0.01, q=0.04)), cvec)
+    kind = CascadeKind(ctx)
+    entries = kind.path_entries(0.01)
+    assert entries
+    for e in entries[:: max(1, len(entries) // 5)]:
+        assert (kind.correct_on(e, ctx.certify) == kind.correct_on_certify(e)).all()
+        stages, th = chain_at(kind.prepared(), e.key)
+        ch = simulate_cascade(table_precision(ctx.val.confidence), stages, th)
+        want = ctx.val.correct[np.arange(ctx.val.n_samples), ch]
+        assert (kind.correct_on(e, ctx.val) == want).all()
+        # on the select part it is the estimate the entry carries
+        assert ctx.ref_accuracy - want.mean() == pytest.approx(e.drop)

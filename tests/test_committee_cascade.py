@@ -110,6 +110,39 @@ def test_a_negative_level_selects_only_answers_that_clear_the_reference():
     assert far.selected == "single:m2" and not far.certificates["single:m2"].certified
 
 
+def test_committee_grid_sets_the_committee_cascade_s_own_thresholds():
+    # three models in cost order: chains m0-m1, m0-m2, m1-m2 (one threshold each), m0-m1-m2
+    # (two) and the three chains of one; each stage's thresholds are its select-part scores'
+    # quantiles (plus 0 and never), so count the candidates per chain from the grid itself
+    from router.base import table_precision
+    from router.cascade import threshold_grid
+    from router.kind_committee import committee_stages
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), (600, 3)).astype(np.float16)
+    labels = rng.integers(0, 10, 600)
+    val = PredictionTable(["m0", "m1", "m2"], labels, probs.argmax(axis=2), probs,
+                          np.arange(600), "val")
+    cvec = np.array([1.0, 2.0, 8.0])
+
+    def expected(table: PredictionTable, grid: int) -> int:
+        probs = table_precision(table.probs)
+        total = 3
+        for chain in ([0, 1], [0, 2], [1, 2], [0, 1, 2]):
+            scores, _ = committee_stages(probs[:, chain])
+            total += int(np.prod([len(threshold_grid(scores[:, j], grid, table=False))
+                                  for j in range(len(chain) - 1)]))
+        return total
+    counts = []
+    for grid in (2, 6):
+        ctx = certify_context("t", val, cvec, 2, KindSettings(max_stages=3, grid=24,
+                                                               committee_grid=grid, seed=0),
+                              select_share=0.5)
+        CommitteeCascadeKind(ctx).prepared()
+        counts.append(ctx.record["committee_cascade"]["candidates"])
+        assert counts[-1] == expected(ctx.val, grid)
+    assert counts[0] < counts[1]
+
+
 def test_committee_kind_through_evaluate_routers_and_its_artifact(router_run, tmp_path):
     import shutil
     from router.artifact import RoutedClassifier

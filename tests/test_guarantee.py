@@ -109,6 +109,21 @@ def test_bench_guarantee_with_committees_and_a_negative_level(tmp_path, capsys):
     assert "the run has zoos all" in capsys.readouterr().err
 
 
+def test_bench_guarantee_committee_grid_flag(tmp_path, capsys):
+    # a design knob studied on val-only draws: its own file, and a column that says so
+    run = _fake_run(tmp_path)
+    assert main(["--run", str(run), "--draws", "2", "--sacrifices", "0", "0.02", "--committee",
+                 "--rules", "certified", "--committee-grid", "4", "--population", "val",
+                 "--no-progress"]) == 0
+    rows = read_csv(run / "results" / "guarantee_val_committee_g4.csv")
+    assert len(rows) == 2 and {int(r["committee_grid"]) for r in rows} == {4}
+    for r in rows:
+        assert int(r["misses"]) <= int(r["draws"]) and float(r["promised"]) == 1.0
+    capsys.readouterr()
+    assert main(["--run", str(run), "--committee-grid", "1", "--no-progress"]) == 2
+    assert "--committee-grid 1" in capsys.readouterr().err
+
+
 def test_accuracy_of_a_deployed_answer_by_hand():
     # 3 images, labels 0 1 2; model 0 answers 0 0 2, model 1 answers 1 1 1
     pool = _table(np.array([[1, 0], [0, 1], [1, 0]], bool), n_classes=3)
