@@ -85,16 +85,18 @@ def certify_level(ctx: KindContext, s: float, delta: float,
     fitted = {k.name: k(ctx) for k in kinds}
     # the single models come first, in model order: pool[ref] is the reference itself
     pool: list[PoolEntry] = single_entries(val_s.correct, ref, cvec)
+    pool_group = [np.zeros(len(pool), dtype=np.int64)]        # each entry's path group
     for k in fitted.values():
-        pool += k.path_entries(s)
-    group = {k.name: k.path_group for k in kinds}
+        entries = k.path_entries(s)
+        pool += entries
+        pool_group.append(np.full(len(entries), k.path_group, dtype=np.int64))
+    group_of = np.concatenate(pool_group)
     z = path_z(delta)
     predicted = predicted_bounds(pool, val_c.n_samples, z, ctx.settings.estimate_weight)
     cost = np.fromiter((e.cost for e in pool), dtype=np.float64, count=len(pool))
     parts = []
-    for g in sorted(set(group.values()) | {0}):
-        idx = np.asarray([i for i, e in enumerate(pool) if group.get(e.family, 0) == g],
-                         dtype=np.int64)
+    for g in np.unique(group_of):
+        idx = np.flatnonzero(group_of == g)
         if idx.size:
             parts.append(idx[pareto_path(cost[idx], predicted[idx], s, max_len=max_path,
                                          reference_cost=float(cvec[ref]))])

@@ -37,6 +37,18 @@ def chain_entries(kind: str, cands: Any, ref_accuracy: float, n: int) -> list[Po
                 np.asarray(cands.se, dtype=np.float64)[keep].tolist())]
 
 
+def cached_chain_entries(kind: RouterKind) -> list[PoolEntry]:
+    """``chain_entries`` of a kind that simulates chains (``prepared()`` holds its candidates),
+    built once per zoo: they do not depend on the level (about 1.5 million entries where
+    committee cascades of three stages are simulated; building them was most of a level's
+    time). The list is shared: callers copy it before adding to it."""
+    key = f"entries:{kind.name}"
+    if key not in kind.ctx.shared:
+        kind.ctx.shared[key] = chain_entries(kind.name, kind.prepared(), kind.ctx.ref_accuracy,
+                                             kind.ctx.val.n_samples)
+    return kind.ctx.shared[key]
+
+
 class CascadeKind(RouterKind):
     """Run models cheap to dear; stop at the first whose top softmax probability clears its
     stage's threshold."""
@@ -67,8 +79,7 @@ class CascadeKind(RouterKind):
         return self._set(fit, candidate(self, fit.val_accuracy, fit.val_cost, True))
 
     def path_entries(self, sacrifice: float) -> list[PoolEntry]:
-        return chain_entries(self.name, self.prepared(), self.ctx.ref_accuracy,
-                             self.ctx.val.n_samples)
+        return cached_chain_entries(self)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         return self.correct_on(entry, self.ctx.certify)

@@ -37,7 +37,7 @@ from router.cascade import CascadeRouter, chain_at, single_stage_index, sweep_ch
 from router.certify import PoolEntry
 from router.execute import ExecResult, ModelClock, escalated_seconds, timed_logits
 from router.kind import KindStyle, RouterKind, TestView, candidate
-from router.kind_cascade import CascadeKind, chain_entries
+from router.kind_cascade import CascadeKind, cached_chain_entries
 from router.selection import Candidate
 from zoo.data import DatasetInfo
 
@@ -234,8 +234,7 @@ class CommitteeCascadeKind(RouterKind):
         return self._set(i, candidate(self, cc.accuracy[i], cc.cost[i], True))
 
     def path_entries(self, sacrifice: float) -> list[PoolEntry]:
-        return chain_entries(self.name, self.prepared(), self.ctx.ref_accuracy,
-                             self.ctx.val.n_samples)
+        return cached_chain_entries(self)
 
     def correct_on_certify(self, entry: PoolEntry) -> np.ndarray:
         return self.correct_on(entry, self.ctx.certify)

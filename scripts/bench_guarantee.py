@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                    default=[0.0, 0.005, 0.01, 0.02, 0.05, 0.1])
     p.add_argument("--max-stages", type=int, default=2,
                    help="longest cascade chain (evaluate-routers uses 3; 2 keeps 500 draws to "
-                        "minutes)")
+                        "minutes); another value is named in the file: guarantee*_s<N>.csv")
     p.add_argument("--select-share", type=float, default=0.3,
                    help="certified rule: share of each draw that chooses (the rest certifies)")
     p.add_argument("--learned", action="store_true",
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     name = ("guarantee_val" if on_val else "guarantee") + \
         (f"_n{a.draw_size}" if a.draw_size else "") + ("_committee" if a.committee else "") + \
         (f"_w{a.estimate_weight:g}" if a.estimate_weight is not None else "") + \
-        (f"_g{a.committee_grid}" if a.committee_grid else "")
+        (f"_g{a.committee_grid}" if a.committee_grid else "") + \
+        (f"_s{a.max_stages}" if a.max_stages != 2 else "")
     path = write_csv(rd.results / f"{name}.csv", rows, COLUMNS)
     from reports.guarantee import plot_guarantee
     png, _ = plot_guarantee(rows, rd.root / "reports" / f"{name}.png")

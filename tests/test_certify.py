@@ -332,3 +332,17 @@ def test_a_table_kind_scores_a_candidate_on_any_table():
         assert (kind.correct_on(e, ctx.val) == want).all()
         # on the select part it is the estimate the entry carries
         assert ctx.ref_accuracy - want.mean() == pytest.approx(e.drop)
+
+
+def test_chain_entries_are_built_once_per_zoo_and_left_intact_by_the_levels():
+    # the simulated chains do not depend on the level: one list per kind and zoo, which the
+    # levels read and never extend (the pool copies it)
+    rng = np.random.default_rng(3)
+    ctx = _split(_table(_population(rng, 3000, 2, drop=0.01, q=0.04)), np.array([1.0, 2.0, 8.0]))
+    first = CascadeKind(ctx).path_entries(0.0)
+    n = len(first)
+    for s in (0.0, 0.01, -0.002):
+        certify_level(ctx, s, 0.1, [CascadeKind])
+    again = CascadeKind(ctx).path_entries(0.05)
+    assert again is first and len(again) == n
+    assert all(e.family == "cascade" for e in again)

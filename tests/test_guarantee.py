@@ -119,6 +119,13 @@ def test_bench_guarantee_committee_grid_flag(tmp_path, capsys):
     assert len(rows) == 2 and {int(r["committee_grid"]) for r in rows} == {4}
     for r in rows:
         assert int(r["misses"]) <= int(r["draws"]) and float(r["promised"]) == 1.0
+    # another chain length is named in the file: a 3-stage study keeps the 2-stage one
+    assert main(["--run", str(run), "--draws", "1", "--sacrifices", "0", "--committee",
+                 "--rules", "certified", "--committee-grid", "4", "--population", "val",
+                 "--max-stages", "3", "--no-progress"]) == 0
+    assert {int(r["max_stages"]) for r in read_csv(
+        run / "results" / "guarantee_val_committee_g4_s3.csv")} == {3}
+    assert len(read_csv(run / "results" / "guarantee_val_committee_g4.csv")) == 2
     capsys.readouterr()
     assert main(["--run", str(run), "--committee-grid", "1", "--no-progress"]) == 2
     assert "--committee-grid 1" in capsys.readouterr().err
