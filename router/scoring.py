@@ -38,8 +38,8 @@ def budget_status(held: bool, margin_se: float | None, sacrifice: float = 0.0,
     """"held" (test accuracy >= target), "within test noise" (missed by less than 1.96 paired
     test SEs: a 95 % two-sided test cannot tell it from held) or "violated"; "no promise" at a
     negative level where nothing was certified (``certified`` False): the reference answered
-    and the output said it could not be more accurate than itself, so no budget was promised
-    that test could miss."""
+    and the output said no answer more accurate than it could be certified, so test has no
+    promise to judge."""
     if sacrifice < 0 and certified is False:
         return NO_PROMISE
     if held:
