@@ -44,7 +44,7 @@ demo: venv data
 standard: venv data
 	$(VENV)/bin/run-all --preset standard --run runs/standard $(ARGS)
 
-# standard plus seed committees and int8 copies of the tiny models, val 20%, evaluated from s = -0.1%
+# standard plus seed committees and int8 copies of the tiny models, val 30%, evaluated from s = -0.1%
 committee: venv data
 	$(VENV)/bin/run-all --preset standard-committee --run runs/standard-committee $(ARGS)
 

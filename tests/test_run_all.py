@@ -111,8 +111,8 @@ def test_run_all_hands_val_fraction_to_train_zoo_only_when_given(monkeypatch, tm
     capsys.readouterr()
     assert main(base + ["--val-fraction", "0.9"]) == 2 and len(seen) == 2
     assert "(0, 0.5]" in capsys.readouterr().err
-    # standard-committee holds out 20 % unless told otherwise
+    # standard-committee holds out 30 % unless told otherwise
     committee = ["--preset", "standard-committee", "--run", str(tmp_path / "c")]
     assert main(committee) in (0, None)
     assert main(committee + ["--val-fraction", "0.1"]) in (0, None)
-    assert seen[2][-2:] == ["--val-fraction", "0.2"] and seen[3][-2:] == ["--val-fraction", "0.1"]
+    assert seen[2][-2:] == ["--val-fraction", "0.3"] and seen[3][-2:] == ["--val-fraction", "0.1"]
