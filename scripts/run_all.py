@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training pool held out as val (train-zoo; default "
-                        "the preset's: 0.2 for standard-committee, else 0.1)")
+                        "the preset's: " + ", ".join(
+                            f"{v.val_fraction:g} for {k}" for k, v in PRESETS.items()
+                            if v.val_fraction is not None) + ", else 0.1)")
     p.add_argument("--device", default=None, help="cpu or cuda for training (default: cpu)")
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default=None,
                    help="mixed precision for train-zoo and compress's fine-tunes: bf16 trains "
