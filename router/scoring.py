@@ -177,12 +177,12 @@ class ZooScorer:
             cascade_cost(chosen, stages, zf.cvec) if stages is not None else float(share @ zf.cvec))
         held = bool(row["accuracy"] >= self.ref_test_acc - s - EPS)
         margin = budget_margin_se(preds == test.labels, test.correct[:, zf.ref], s)
+        certified = None if cert is None else bool(cert.certified)
         row.update({"selection": self.cfg.selection,
                     "delta": self.cfg.delta if self.cfg.selection == "certified" else None,
-                    "certified": None if cert is None else bool(cert.certified),
+                    "certified": certified,
                     "certified_drop_ucb": None if cert is None else cert.drop_ucb,
-                    "budget_status": budget_status(held, margin, s,
-                                                   None if cert is None else bool(cert.certified))})
+                    "budget_status": budget_status(held, margin, s, certified)})
         row.update({"budget_held": held,
                     "target_accuracy": self.ref_test_acc - s,
                     "accuracy_drop": self.ref_test_acc - row["accuracy"],

@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: minutes on a 2-core CPU; standard: a well-trained study with "
                    "int8 copies of the tiny models, levels from -0.5%% (30 min on a 2-core CPU "
                    "with native bf16, estimated 2.1-2.7 h with AVX2 only); standard-committee: "
-                   "standard plus seed committees, val 20%%, levels from -0.1%%; full: the "
-                   "whole study (GPU advised)")
+                   "standard plus seed committees, val "
+                   f"{round(100 * PRESETS['standard-committee'].val_fraction)}%%, levels from "
+                   "-0.1%%; full: the whole study (GPU advised)")
     p.add_argument("--run", type=Path, default=None, help="run directory (default runs/<preset>)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
