@@ -14,7 +14,8 @@ existing crop + flip augmentation), ``ls<S>`` (label smoothing S), ``ep<N>`` (N 
 dropout D), ``lr<L>`` (peak learning rate L), ``kd<A>`` (distillation weight A from the mean
 softmax of ``--teachers``, trained models of ``--teacher-run``; ``zoo.distill``), ``T<t>``
 (distillation temperature t), ``bs<N>`` (batch size N), ``wd<D>`` (AdamW
-decoupled weight decay D).
+decoupled weight decay D; with ``sgd``, L2 decay D), ``sgd`` (SGD with momentum 0.9, cycled by
+one-cycle, instead of AdamW; give it its rate with ``lr<L>``).
 
 Each (probe, seed) trains into ``SCRATCH/<probe>@s<seed>/`` (resumable: a killed probe goes on
 from its last finished epoch) and appends one row to ``--csv``; rows already there are not
@@ -69,6 +70,8 @@ def parse_probe(name: str, base: ModelRecipe) -> tuple[ModelRecipe, dict[str, An
             over.update(augment=True, crop=False)
         elif tok == "crop":
             over.update(augment=True, crop=True)
+        elif tok == "sgd":
+            over["optimizer"] = "sgd"
         elif tok.startswith("ls"):
             over["label_smoothing"] = float(tok[2:])
         elif tok.startswith("ep"):
@@ -129,8 +132,22 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """Append ``row``; a CSV written with other columns (an older version of this script) is
+    first rewritten under today's, its missing fields blank, so no row lands under the wrong
+    header."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            old = read_rows(path)
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(old)
+            tmp.replace(path)
+    new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:

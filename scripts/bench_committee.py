@@ -8,8 +8,12 @@ For every committee member of the run (``committee-<model>x<k>``, built by ``tra
 normalised, at ``--threads`` torch threads under ``torch.inference_mode``; one warm-up run of
 each side, then ``--rounds`` rounds, each timing both sides once (their order alternating from
 round to round, so drifts in machine load hit both), and the median per side. Prints ms per
-image for both and the speedup (members' time / the committee's), checks both give the same
-mean probabilities, and writes ``RUN/results/committees.csv``.
+image for both and the speedup (members' time / the committee's): the median of the per-round
+ratios with its 95 % interval (order statistics, as evaluate-routers' speedups; 11 rounds give
+a proper one, fewer than 6 only the range). The verdict "no slower" is read on the interval:
+``faster`` when its lower end is above 1, ``slower`` when its upper end is below 1, ``same``
+when it holds 1 (the two sides do the same arithmetic, so "same" is what a sound module gives).
+Checks both give the same mean probabilities, and writes ``RUN/results/committees.csv``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 import torch
 
 from common.io import write_csv
+from router.timing import paired_speedup
 from zoo.checkpoint import load_model, preprocess_of
 from zoo.committee import KIND
 from zoo.costs import _big_batch
@@ -30,7 +35,8 @@ from zoo.preprocess import prepare
 from zoo.rundir import RunDir
 
 COLUMNS = ["committee", "k", "members", "batch", "threads", "rounds", "committee_ms_per_image",
-           "members_ms_per_image", "speedup", "max_prob_diff", "mode"]
+           "members_ms_per_image", "speedup", "speedup_lo", "speedup_hi", "verdict",
+           "max_prob_diff", "mode"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="a run directory with committee members")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7, help="timed rounds after one warm-up")
+    p.add_argument("--rounds", type=int, default=11,
+                   help="timed rounds after one warm-up (6 or more for a 95%% interval)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.rounds < 1:
         p.error("--batch, --threads and --rounds must be at least 1")
@@ -55,8 +62,9 @@ def _timed(fn) -> float:
 def bench_one(committee: torch.nn.Module, members: list[torch.nn.Module], x: torch.Tensor,
               rounds: int) -> dict[str, float]:
     """Median seconds per batch of the committee and of its members one after the other
-    (the mean of their softmax, what the committee computes), and the largest difference
-    between the two sides' mean probabilities."""
+    (the mean of their softmax, what the committee computes), the paired speedup (members /
+    committee per round: median, 95 % interval) and the largest difference between the two
+    sides' mean probabilities."""
     def one_by_one() -> torch.Tensor:
         return torch.stack([m(x).softmax(dim=1) for m in members]).mean(dim=0)
 
@@ -69,8 +77,16 @@ def bench_one(committee: torch.nn.Module, members: list[torch.nn.Module], x: tor
         order = [("committee", stacked), ("members", one_by_one)]
         for side, fn in order if r % 2 == 0 else order[::-1]:
             times[side].append(_timed(fn))
+    speedup, lo, hi = paired_speedup(times["members"], times["committee"])
     return {"committee_s": statistics.median(times["committee"]),
-            "members_s": statistics.median(times["members"]), "max_prob_diff": diff}
+            "members_s": statistics.median(times["members"]), "max_prob_diff": diff,
+            "speedup": speedup, "speedup_lo": lo, "speedup_hi": hi}
+
+
+def verdict(lo: float, hi: float) -> str:
+    """``faster`` / ``slower`` when the whole speedup interval is above / below 1, else
+    ``same``."""
+    return "faster" if lo > 1.0 else "slower" if hi < 1.0 else "same"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,18 +121,24 @@ def main(argv: list[str] | None = None) -> int:
                          "threads": args.threads, "rounds": args.rounds,
                          "committee_ms_per_image": float(f"{c_ms:.6g}"),
                          "members_ms_per_image": float(f"{m_ms:.6g}"),
-                         "speedup": round(m_ms / c_ms, 4),
+                         "speedup": round(res["speedup"], 4),
+                         "speedup_lo": round(res["speedup_lo"], 4),
+                         "speedup_hi": round(res["speedup_hi"], 4),
+                         "verdict": verdict(res["speedup_lo"], res["speedup_hi"]),
                          "max_prob_diff": f"{res['max_prob_diff']:.2e}",
                          "mode": committee.mode})
     finally:
         torch.set_num_threads(old_threads)
     w = max(len(r["committee"]) for r in rows)
+    span = "95% interval" if args.rounds >= 6 else "range (under 6 rounds: no 95% interval)"
     print(f"batch {args.batch}, {args.threads} threads, median of {args.rounds} rounds after a "
-          "warm-up (ms per image)")
-    print(f"{'committee':<{w}} {'k':>2} {'one module':>10} {'one by one':>10} {'speedup':>8}")
+          f"warm-up (ms per image); speedup = median per-round ratio, [{span}]")
+    print(f"{'committee':<{w}} {'k':>2} {'one module':>10} {'one by one':>10} {'speedup':>8} "
+          f"{'interval':>13}  verdict")
     for r in rows:
         print(f"{r['committee']:<{w}} {r['k']:>2} {r['committee_ms_per_image']:>10.4f} "
-              f"{r['members_ms_per_image']:>10.4f} {r['speedup']:>7.2f}x")
+              f"{r['members_ms_per_image']:>10.4f} {r['speedup']:>7.2f}x "
+              f"[{r['speedup_lo']:.2f}-{r['speedup_hi']:.2f}]  {r['verdict']}")
     for r in rows:
         if float(r["max_prob_diff"]) > 1e-4:
             print(f"WARNING: {r['committee']} and its members one by one differ by up to "

@@ -182,7 +182,18 @@ def test_train_zoo_seeds_and_committee_then_bench(tmp_path, fake_fmnist_dir, cap
     assert float(r["committee_ms_per_image"]) > 0 and float(r["members_ms_per_image"]) > 0
     assert float(r["speedup"]) == pytest.approx(float(r["members_ms_per_image"])
                                                 / float(r["committee_ms_per_image"]), rel=1e-3)
-    assert "committee-tiny_vgg1x2" in out
+    # one round: the interval is that round's ratio, and the verdict reads it
+    assert float(r["speedup_lo"]) == float(r["speedup"]) == float(r["speedup_hi"])
+    assert r["verdict"] == ("faster" if float(r["speedup"]) > 1 else
+                            "slower" if float(r["speedup"]) < 1 else "same")
+    assert "committee-tiny_vgg1x2" in out and "no 95% interval" in out
+
+
+def test_bench_committee_verdict_reads_the_whole_interval():
+    from scripts.bench_committee import verdict
+    assert verdict(1.02, 1.10) == "faster"
+    assert verdict(0.90, 0.99) == "slower"
+    assert verdict(0.97, 1.03) == verdict(1.0, 1.2) == verdict(0.8, 1.0) == "same"
 
 
 def test_train_zoo_refuses_bad_committee_specs(tmp_path, capsys):
