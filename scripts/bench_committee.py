@@ -9,7 +9,7 @@ normalised, at ``--threads`` torch threads under ``torch.inference_mode``; one w
 each side, then ``--rounds`` rounds, each timing both sides once (their order alternating from
 round to round, so drifts in machine load hit both), and the median per side. Prints ms per
 image for both and the speedup (members' time / the committee's): the median of the per-round
-ratios with its 95 % interval (order statistics, as evaluate-routers' speedups; 11 rounds give
+ratios with its 95 % interval (order statistics, as evaluate-routers' speedups; 21 rounds give
 a proper one, fewer than 6 only the range). The verdict "no slower" is read on the interval:
 ``faster`` when its lower end is above 1, ``slower`` when its upper end is below 1, ``same``
 when it holds 1 (the two sides do the same arithmetic, so "same" is what a sound module gives).
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="a run directory with committee members")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=11,
+    p.add_argument("--rounds", type=int, default=21,
                    help="timed rounds after one warm-up (6 or more for a 95%% interval)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.rounds < 1:

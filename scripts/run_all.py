@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision for train-zoo and compress's fine-tunes: bf16 trains "
                    "2-3x faster on CPUs with AVX512-BF16 or AMX; auto: bf16 only where the hardware has "
                    "it (default: the preset's: auto for standard, off for quick and full)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="split and training seed of a new run (train-zoo; default 0): another "
+                   "seed is a replicate of the study on another train/val split; the committee "
+                   "members then train with seeds S, S+1, ...; a run keeps the seed its first "
+                   "call fixed")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for compress, profile-zoo and evaluate-routers timings "
                    "(default: the preset's, 2)")
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run-all: {e}", file=sys.stderr)
             return 2
         data_args += ["--val-fraction", str(val_fraction)]
+    if args.seed is not None:
+        data_args += ["--seed", str(args.seed)]
     device_args = ["--device", args.device] if args.device else []
     if args.threads is not None and args.threads < 1:
         print(f"run-all: --threads {args.threads}: use at least 1", file=sys.stderr)

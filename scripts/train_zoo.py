@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=float, help="width multiplier for every model")
     p.add_argument("--limit-train", type=int, help="first N training indices")
     p.add_argument("--limit-eval", type=int, help="first N val and test indices")
-    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="split and training seed (default: the run's, fixed by its first call; "
+                   "0 for a new run)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training pool held out as val, where every router is "
                    "fitted, selected and certified (default 0.1; fixed by the run's first call, "
@@ -130,6 +132,8 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
     limit_eval = args.limit_eval if args.limit_eval is not None else preset.limit_eval
     main_rank = dist is None or dist.is_main
 
+    if args.seed is None:                 # a run keeps the seed its first call fixed
+        args.seed = rd.load_config().seed if rd.config_path.exists() else RunConfig.seed
     val_fraction = args.val_fraction
     if val_fraction is None:              # a run keeps what its first call fixed
         val_fraction = (rd.load_config().val_fraction if rd.config_path.exists()

@@ -61,6 +61,30 @@ def test_committee_equals_members_one_by_one(mode):
         torch.testing.assert_close(committee(x), out)
 
 
+def test_loop_members_follow_new_weights_and_a_move():
+    """The loop runs member modules whose tensors are views of the stacked ones: weights loaded
+    afterwards (copied in place) are what it runs, and a move to another dtype rebuilds them."""
+    _, first = _members()
+    committee = Committee(first).eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        committee(x)                                     # builds the members
+    others = []
+    for s in range(3):                                   # other weights, same architecture
+        torch.manual_seed(100 + s)
+        others.append(build_arch(first[0].arch).eval())
+    committee.load_state_dict(Committee(others).state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(committee(x).softmax(dim=1), _mean_softmax(others, x),
+                                   atol=1e-5, rtol=0)
+        wide = committee.to(torch.float64)(x.double())
+    members = committee._loop_cache[1]                  # rebuilt on the moved tensors
+    assert {t.dtype for m in members for t in m.state_dict().values()
+            if t.is_floating_point()} == {torch.float64}
+    torch.testing.assert_close(wide.softmax(dim=1), _mean_softmax(others, x),
+                               atol=1e-5, rtol=0)
+
+
 def test_committee_refuses_members_of_different_architectures():
     _, a = _members(1, "tiny_vgg1")
     _, b = _members(1, "tiny_vgg2")

@@ -116,3 +116,6 @@ def test_run_all_hands_val_fraction_to_train_zoo_only_when_given(monkeypatch, tm
     assert main(committee) in (0, None)
     assert main(committee + ["--val-fraction", "0.1"]) in (0, None)
     assert seen[2][-2:] == ["--val-fraction", "0.3"] and seen[3][-2:] == ["--val-fraction", "0.1"]
+    # --seed reaches train-zoo too (a replicate on another split); nothing without it
+    assert main(base + ["--seed", "3"]) in (0, None)
+    assert seen[4][-2:] == ["--seed", "3"] and "--seed" not in seen[1]

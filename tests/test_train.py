@@ -151,6 +151,23 @@ def test_val_fraction_is_fixed_by_the_first_call_and_a_change_is_refused(tmp_pat
     assert "(0, 0.5]" in capsys.readouterr().err
 
 
+def test_seed_is_fixed_by_the_first_call_and_a_change_is_refused(tmp_path, fake_fmnist_dir,
+                                                                  capsys):
+    """train-zoo --seed 2 splits and trains with seed 2; a later call without --seed keeps the
+    run's seed (the model is skipped, not refused), another seed is refused with the fix."""
+    run = tmp_path / "run"
+    argv = ["--run", str(run), "--preset", "smoke", "--models", "tiny_vgg1", "--data-dir",
+            str(fake_fmnist_dir), "--no-download", "--no-progress", "--threads", "1"]
+    assert train_zoo_main(argv + ["--seed", "2"]) == 0
+    assert read_json(run / "config.json")["seed"] == 2
+    assert read_json(run / "zoo" / "tiny_vgg1" / "card.json")["train_config"]["seed"] == 2
+    assert train_zoo_main(argv) == 0
+    assert [r["status"] for r in read_csv(run / "results" / "train_zoo.csv")] == ["skipped"]
+    capsys.readouterr()
+    assert train_zoo_main(argv + ["--seed", "0"]) == 2
+    assert "seed: 2 -> 0" in capsys.readouterr().err
+
+
 def test_bf16_autocast_step_lowers_the_loss_and_keeps_float32_weights(bundle):
     from zoo.train import autocast_context
     from zoo.vgg import VGG
