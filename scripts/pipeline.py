@@ -31,8 +31,11 @@ class PipelinePreset:
     name: str
     train_args: list[str]
     compress_args: list[str]
-    # further compress calls after the first (e.g. int8 copies of the committee members)
+    # further compress calls after the first
     compress_more: list[list[str]] = field(default_factory=list)
+    # a train-zoo preset: after those, one more compress call makes static int8 copies of
+    # every tiny model it trains, every seed (``tiny_models``, named from the run's seed)
+    int8_tiny_of: str | None = None
     profile_args: list[str] = field(default_factory=lambda: ["--threads", "2"])
     evaluate_args: list[str] = field(default_factory=lambda: [
         "--sacrifices", "0", "0.005", "0.01", "0.02", "0.05", "0.1", "--threads", "2"])
@@ -43,16 +46,24 @@ class PipelinePreset:
     val_fraction: float | None = None
 
 
-def tiny_models(preset: str) -> list[str]:
-    """The tiny models train-zoo trains for ``preset``, in its order: each model, then the
-    other seeds its committee needs (``MODEL@sK``; seed 0 keeps the plain name)."""
+def tiny_models(preset: str, seed: int = 0) -> list[str]:
+    """The tiny models train-zoo trains for ``preset`` with ``--seed seed``, in its order: each
+    model, then the other seeds its committee needs (``MODEL@sK``, K = seed + 1, ...; the
+    run's own seed keeps the plain name)."""
     train = get_preset(preset)
     k_of = dict(parse_committee(c) for c in train.committees)
     return [name for m in train.models if m.startswith("tiny_vgg")
-            for name in committee_member_names(m, k_of.get(m, 1), range(k_of.get(m, 1)))]
+            for name in committee_member_names(m, k_of.get(m, 1),
+                                               range(seed, seed + k_of.get(m, 1)))]
 
 
-STANDARD_TINY = tiny_models("standard")
+def run_seed(run: Path, data_args: list[str]) -> int:
+    """The seed train-zoo splits and trains ``run`` with: ``--seed`` of ``data_args``, else the
+    one the run's config fixed, else 0 (train-zoo's default for a new run)."""
+    if "--seed" in data_args:
+        return int(data_args[data_args.index("--seed") + 1])
+    config = Path(run) / "config.json"
+    return int(read_json(config).get("seed", 0)) if config.exists() else 0
 
 PRESETS: dict[str, PipelinePreset] = {
     "quick": PipelinePreset(
@@ -67,7 +78,7 @@ PRESETS: dict[str, PipelinePreset] = {
         compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
         # static int8 copies of the five tiny models (calibration only, no training): the fast
         # stages a committee cascade needs to be both more accurate and faster (issue 33)
-        compress_more=[["--base", *STANDARD_TINY, "--variants", "int8-static"]],
+        int8_tiny_of="standard",
         evaluate_args=["--sacrifices", "-0.005", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
                        "--threads", "2"],
         expected=("about 30 minutes on a 2-core CPU with native bf16 (AVX512-BF16 or AMX); "
@@ -96,13 +107,12 @@ PRESETS: dict[str, PipelinePreset] = {
     ),
 }
 
-STANDARD_COMMITTEE_TINY = tiny_models("standard-committee")
 PRESETS["standard-committee"] = PipelinePreset(
     name="standard-committee",
     train_args=["--preset", "standard-committee", "--amp", "auto"],
     compress_args=["--base", "vgg19_small", "--preset", "standard", "--amp", "auto"],
     # static int8 copies of every tiny model: calibration only (no training), about 10 s each
-    compress_more=[["--base", *STANDARD_COMMITTEE_TINY, "--variants", "int8-static"]],
+    int8_tiny_of="standard-committee",
     # -0.1 %, not -0.5 %: the committee gains 0.2-0.5 points, and certifying a gain of s needs
     # an observed gain near s + 0.3 points (-0.5 % was never certified; on val-only draws of
     # runs/committee-v20, bench_guarantee --committee certified -0.2 % in 6 % of draws and
@@ -176,11 +186,15 @@ def stage_argvs(preset: PipelinePreset, stage: str, run: Path, data_args: list[s
                 device_args: list[str], *, amp: str | None = None,
                 threads: int | None = None) -> list[list[str]]:
     """Every argument list one stage is called with, in order: ``stage_argv``'s, then (for
-    compress) one per ``preset.compress_more``."""
+    compress) one per ``preset.compress_more`` and the int8 copies of ``preset.int8_tiny_of``'s
+    tiny models, named from the run's seed (``run_seed``)."""
     argvs = [stage_argv(preset, stage, run, data_args, device_args, amp=amp, threads=threads)]
     if stage == "compress":
-        argvs += [["--run", str(run)] + with_threads(device_args + more, threads)
-                  for more in preset.compress_more]
+        more = list(preset.compress_more)
+        if preset.int8_tiny_of is not None:
+            tiny = tiny_models(preset.int8_tiny_of, run_seed(run, data_args))
+            more.append(["--base", *tiny, "--variants", "int8-static"])
+        argvs += [["--run", str(run)] + with_threads(device_args + m, threads) for m in more]
     return argvs
 
 

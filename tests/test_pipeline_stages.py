@@ -133,6 +133,27 @@ def test_standard_pipelines_compress_every_tiny_member_to_int8(name):
     assert min(float(x) for x in levels) < 0                        # a level below zero
 
 
+def test_int8_copies_are_named_from_the_runs_seed(tmp_path):
+    """With --seed 1 the committee's other members are tiny_vgg5@s2 and @s3 (seed 1 keeps the
+    plain name); without the flag, the seed the run's config fixed; a new run, seed 0."""
+    import json
+
+    from scripts.pipeline import PRESETS, stage_argvs
+    preset = PRESETS["standard-committee"]
+
+    def seeds_of(run, data_args):
+        more = stage_argvs(preset, "compress", run, data_args, [])[-1]
+        return [b for b in more[more.index("--base") + 1:more.index("--variants")]
+                if b.startswith("tiny_vgg5")]
+    assert seeds_of(tmp_path / "new", []) == ["tiny_vgg5", "tiny_vgg5@s1", "tiny_vgg5@s2"]
+    assert seeds_of(tmp_path / "new", ["--seed", "1"]) == ["tiny_vgg5", "tiny_vgg5@s2",
+                                                           "tiny_vgg5@s3"]
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"seed": 2}))
+    assert seeds_of(run, []) == ["tiny_vgg5", "tiny_vgg5@s3", "tiny_vgg5@s4"]
+
+
 def test_summary_says_no_promise_where_a_negative_level_certified_nothing(tmp_path):
     from common.io import write_csv
     from scripts.pipeline import summary_lines
