@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.io import write_csv  # noqa: E402
 from zoo.amp import resolve_amp  # noqa: E402
 from zoo.data import prepare_data  # noqa: E402
 from zoo.presets import ModelRecipe, get_preset  # noqa: E402
@@ -140,13 +141,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
         if header != COLUMNS:
-            old = read_rows(path)
-            tmp = path.with_suffix(".tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(old)
-            tmp.replace(path)
+            write_csv(path, read_rows(path), COLUMNS)      # atomic; missing fields blank
     new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -22,6 +22,7 @@ from common.io import read_csv, read_json, write_csv, write_json
 from zoo.distributed import Dist
 from zoo.committee import committee_member_names, parse_committee
 from zoo.presets import get_preset
+from zoo.rundir import RunConfig, RunDir
 
 
 @dataclass
@@ -59,11 +60,11 @@ def tiny_models(preset: str, seed: int = 0) -> list[str]:
 
 def run_seed(run: Path, data_args: list[str]) -> int:
     """The seed train-zoo splits and trains ``run`` with: ``--seed`` of ``data_args``, else the
-    one the run's config fixed, else 0 (train-zoo's default for a new run)."""
+    one the run's config fixed, else ``RunConfig.seed`` (train-zoo's default for a new run)."""
     if "--seed" in data_args:
         return int(data_args[data_args.index("--seed") + 1])
-    config = Path(run) / "config.json"
-    return int(read_json(config).get("seed", 0)) if config.exists() else 0
+    rd = RunDir(run)
+    return rd.load_config().seed if rd.config_path.exists() else RunConfig.seed
 
 PRESETS: dict[str, PipelinePreset] = {
     "quick": PipelinePreset(

@@ -132,12 +132,11 @@ def _run(args: argparse.Namespace, argv: list[str], preset: Preset, dist: Dist |
     limit_eval = args.limit_eval if args.limit_eval is not None else preset.limit_eval
     main_rank = dist is None or dist.is_main
 
-    if args.seed is None:                 # a run keeps the seed its first call fixed
-        args.seed = rd.load_config().seed if rd.config_path.exists() else RunConfig.seed
-    val_fraction = args.val_fraction
-    if val_fraction is None:              # a run keeps what its first call fixed
-        val_fraction = (rd.load_config().val_fraction if rd.config_path.exists()
-                        else RunConfig.val_fraction)
+    # a run keeps the seed and val share its first call fixed; a new run takes the defaults
+    fixed = rd.load_config() if rd.config_path.exists() else RunConfig()
+    if args.seed is None:
+        args.seed = fixed.seed
+    val_fraction = args.val_fraction if args.val_fraction is not None else fixed.val_fraction
     try:
         check_val_fraction(val_fraction)
     except ValueError as e:
