@@ -82,8 +82,8 @@ PRESETS: dict[str, PipelinePreset] = {
         int8_tiny_of="standard",
         evaluate_args=["--sacrifices", "-0.005", "0", "0.005", "0.01", "0.02", "0.05", "0.1",
                        "--threads", "2"],
-        expected=("about 30 minutes on a 2-core CPU with native bf16 (AVX512-BF16 or AMX); "
-                  "estimated 2.1-2.7 hours where it has AVX2 only"),
+        expected=("30-48 minutes on a 2-core CPU with native bf16 (AVX512-BF16 or AMX); "
+                  "estimated 2.0-2.2 hours where it has AVX2 only"),
     ),
     "full": PipelinePreset(
         name="full",

@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run-all", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: minutes on a 2-core CPU; standard: a well-trained study with "
-                   "int8 copies of the tiny models, levels from -0.5%% (30 min on a 2-core CPU "
-                   "with native bf16, estimated 2.1-2.7 h with AVX2 only); standard-committee: "
+                   "int8 copies of the tiny models, levels from -0.5%% (30-48 min on a 2-core CPU "
+                   "with native bf16, estimated 2.0-2.2 h with AVX2 only); standard-committee: "
                    "standard plus seed committees, val "
                    f"{round(100 * PRESETS['standard-committee'].val_fraction)}%%, levels from "
                    "-0.1%%; full: the whole study (GPU advised)")

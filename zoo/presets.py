@@ -145,8 +145,10 @@ def _standard() -> Preset:
     # A well-trained study in one sitting on a 2-core CPU: the budget is 2 hours for run-all on
     # an AVX2-only CPU (the slowest kind seen), where it trains in float32; run-all trains in
     # bf16 where the CPU has it natively (--amp auto), 2-3x faster. Measured: 30 minutes on a
-    # 2-core AVX-512 EPYC with bf16 (4a22f6e); estimated 2.1-2.7 h on the AVX2-only one, over
-    # the budget since evaluate-routers grew (docs/results.md).
+    # 2-core AVX-512 EPYC with bf16 (4a22f6e), 48 on a slower one (1e4e563) whose float32 is
+    # 1.49-1.85x the AVX2-only EPYC's; scaled from it, about 2.0-2.2 h on the AVX2-only one
+    # (1.75-2.4 at the ratios' ends): over the budget at its pessimistic end since
+    # evaluate-routers grew (docs/results.md).
     # Cost: bench_train (batch 128, images/s; AVX2 EPYC float32 / AMX Xeon float32 / AMX Xeon
     # bf16): at width 0.5 tiny_vgg1 1455 / 3605 / 7305, tiny_vgg3 547 / 1578 / 4256, tiny_vgg5
     # 267 / 776 / 2182; vgg19_small at 0.25 ~160 / 454 / 1056. On the Xeon the real loop ran at
@@ -188,7 +190,7 @@ def _standard() -> Preset:
     order = ["tiny_vgg1", "tiny_vgg2", "tiny_vgg3", "tiny_vgg4", "vgg19_small", "tiny_vgg5"]
     return Preset(name="standard", models=order, recipes=recipes, base=base,
                   limit_train=None, limit_eval=None,
-                  note="30 min with native bf16; 2.1-2.7 h estimated on a 2-core AVX2 CPU")
+                  note="30-48 min with native bf16; 2.0-2.2 h estimated on a 2-core AVX2 CPU")
 
 
 def _smoke() -> Preset:
