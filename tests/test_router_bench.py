@@ -223,3 +223,34 @@ def test_committee_targets_more_accurate_and_faster_by_hand():
     at0.update(speedup_vs_best_lo=2.2, certified="False")   # not certified at s = 0
     rep = bench_routers(write_and_read(rows, CERT_COLUMNS))
     assert rep.passed["more_accurate_2x"] and not rep.passed["certified_s0_2x"]
+
+
+def test_accuracy_gain_carries_its_paired_test_interval_by_hand():
+    """The gain at s <= 0 is printed with a 95 % interval recovered from the run's margin:
+    margin_se = (acc - (ref - s)) / SE. Selected cascade at s = 0: 0.904 against big's 0.90,
+    SE 0.0015 (margin 0.004 / 0.0015) -> +0.40 +- 1.96 * 0.15 = [+0.106, +0.694] points. The
+    verdict stays on the test figure (+0.40 >= 0.3), not on the interval's lower end."""
+    rows = hand_rows()
+    for r in rows:
+        r.update(certified="True", certified_drop_ucb=-0.001, settings="{}",
+                 budget_margin_se="")
+    at0 = next(r for r in rows if r["sacrifice"] == 0 and r["selected"] and r["zoo"] == "all")
+    at0.update(accuracy=0.904, speedup_vs_best_lo=2.2, speedup_vs_best_hi=2.7,
+               budget_margin_se=0.004 / 0.0015)
+    rep = bench_routers(write_and_read(rows, CERT_COLUMNS + ["budget_margin_se"]))
+    point = next(p for p in rep.points if p.zoo == "all" and p.sacrifice == 0)
+    lo, hi = point.gain_interval(0.90)
+    assert (lo, hi) == (pytest.approx(0.004 - 1.96 * 0.0015), pytest.approx(0.004 + 1.96 * 0.0015))
+    assert "s=0 cascade +0.40 points [95% CI +0.11 to +0.69] at 2.20x" in format_bench(rep)
+    assert rep.passed["more_accurate_2x"]
+    # at a level below zero the target is ref - s: s = -0.001 -> (0.904 - 0.901) / 0.0015 = 2
+    below = next(p for p in rep.points if p.zoo == "all" and p.sacrifice == 0)
+    below.sacrifice, below.margin_se = -0.001, 2.0
+    assert below.gain_interval(0.90) == (pytest.approx(0.004 - 1.96 * 0.0015),
+                                         pytest.approx(0.004 + 1.96 * 0.0015))
+    # the reference answering itself: no SE (same answers), a zero-width interval, no brackets
+    ref = type(point)("all", 0.0, "single:big", 0.90, True, 100.0, 1.0, 1.0, "big", 0.0)
+    assert ref.gain_interval(0.90) == (0.0, 0.0)
+    # a margin of exactly 0 (acc on the target): the SE cannot be recovered
+    point.margin_se = 0.0
+    assert point.gain_interval(0.90) is None
