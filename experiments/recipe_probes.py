@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.io import write_csv  # noqa: E402
+from common.io import read_csv, write_csv  # noqa: E402
 from zoo.amp import resolve_amp  # noqa: E402
 from zoo.data import prepare_data  # noqa: E402
 from zoo.presets import ModelRecipe, get_preset  # noqa: E402
@@ -126,10 +126,8 @@ def zoo_teacher(run: Path, names: list[str], bundle: Any,
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows so far (none before the first probe)."""
+    return read_csv(path) if path.exists() else []
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

@@ -243,10 +243,10 @@ def test_accuracy_gain_carries_its_paired_test_interval_by_hand():
     assert (lo, hi) == (pytest.approx(0.004 - 1.96 * 0.0015), pytest.approx(0.004 + 1.96 * 0.0015))
     assert "s=0 cascade +0.40 points [95% CI +0.11 to +0.69] at 2.20x" in format_bench(rep)
     assert rep.passed["more_accurate_2x"]
-    # at a level below zero the target is ref - s: s = -0.001 -> (0.904 - 0.901) / 0.0015 = 2
-    below = next(p for p in rep.points if p.zoo == "all" and p.sacrifice == 0)
-    below.sacrifice, below.margin_se = -0.001, 2.0
-    assert below.gain_interval(0.90) == (pytest.approx(0.004 - 1.96 * 0.0015),
+    # the same point at a level below zero, where the target is ref - s: s = -0.001 ->
+    # margin (0.904 - 0.901) / 0.0015 = 2, the same SE and interval
+    point.sacrifice, point.margin_se = -0.001, 2.0
+    assert point.gain_interval(0.90) == (pytest.approx(0.004 - 1.96 * 0.0015),
                                          pytest.approx(0.004 + 1.96 * 0.0015))
     # the reference answering itself: no SE (same answers), a zero-width interval, no brackets
     ref = type(point)("all", 0.0, "single:big", 0.90, True, 100.0, 1.0, 1.0, "big", 0.0)
