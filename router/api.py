@@ -33,7 +33,7 @@ from oracle.policy import LABEL_KINDS, Policy, fit_policy, reference_index
 from router.api_inputs import CHANNELS, channels_first, fitted_class_count, fitted_input_shape, \
     member_outputs, to_uint8
 from router.artifact import RoutedClassifier
-from router.base import ConstantRouter, Router, RouterError, budget_margin_se
+from router.base import ConstantRouter, Router, RouterError, budget_margin_se, gain_se
 from router.certified import certify_context, certify_level, certify_singles, \
     reference_certificate
 from router.certify import DEFAULT_DELTA, Certificate, certificate, check_delta, drop_ucb, \
@@ -579,6 +579,7 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
                 "router": clf.meta.get("certificate")}[role]
         rows.append({"role": role, "method": method, "accuracy": acc,
                      "budget_held": held, "budget_margin_se": margin,
+                     "gain_se": gain_se(res.preds == test.labels, ref_right),
                      "budget_status": budget_status(held, margin, sacrifice,
                                                     None if cert is None else cert["certified"]),
                      "certified": None if cert is None else cert["certified"],

@@ -195,6 +195,17 @@ def accuracy_lower_bound(correct: np.ndarray, reference: np.ndarray, z: float) -
     return acc - z * se
 
 
+def gain_se(correct: np.ndarray, reference: np.ndarray) -> float:
+    """Paired standard error of (accuracy - the reference's accuracy) on the same samples
+    (``paired_se``; 0 where the two are right on exactly the same samples)."""
+    c = np.asarray(correct, dtype=bool)
+    r = np.asarray(reference, dtype=bool)
+    if c.shape != r.shape or c.ndim != 1:
+        raise RouterError(f"correct and reference must be the same (n,) shape, got {c.shape} "
+                          f"and {r.shape}")
+    return float(paired_se(int(np.sum(c & ~r)), int(np.sum(~c & r)), len(c)))
+
+
 def budget_margin_se(correct: np.ndarray, reference: np.ndarray, sacrifice: float) -> float | None:
     """How far a router's accuracy is above its budget, in paired standard errors on the same
     samples: (acc - (ref_acc - sacrifice)) / SE(acc - ref_acc). Negative: the budget was
@@ -202,10 +213,7 @@ def budget_margin_se(correct: np.ndarray, reference: np.ndarray, sacrifice: floa
     None where the SE is 0 (the router is right exactly where the reference is)."""
     c = np.asarray(correct, dtype=bool)
     r = np.asarray(reference, dtype=bool)
-    if c.shape != r.shape or c.ndim != 1:
-        raise RouterError(f"correct and reference must be the same (n,) shape, got {c.shape} "
-                          f"and {r.shape}")
-    se = float(paired_se(int(np.sum(c & ~r)), int(np.sum(~c & r)), len(c)))
+    se = gain_se(c, r)
     if se <= 0:
         return None
     return float((c.mean() - (r.mean() - sacrifice)) / se)

@@ -69,6 +69,7 @@ class SelectedPoint:
     cheapest_lo: float | None = None  # ... of vs_cheapest
     cheapest_hi: float | None = None
     status: str = ""                  # held / within test noise / violated
+    gain_se: float | None = None      # paired test SE of (acc - ref acc); None: not recorded
 
     @property
     def counts(self) -> bool:
@@ -77,10 +78,14 @@ class SelectedPoint:
 
     def gain_interval(self, ref_accuracy: float, z: float = 1.96) -> tuple[float, float] | None:
         """95 % interval of (accuracy - the zoo's best single model's) on test, from the paired
-        standard error the run recorded: ``margin_se`` = (acc - (ref - s)) / SE, so SE = (acc -
-        (ref - s)) / margin_se. (0, 0) for the reference itself (the same answers: margin None
-        with a zero difference); None where the SE cannot be recovered (margin 0 or unknown)."""
+        standard error: routers.csv's ``gain_se`` where the run wrote it; otherwise recovered
+        from ``margin_se`` = (acc - (ref - s)) / SE, so SE = (acc - (ref - s)) / margin_se
+        (routers.csv files written before ``gain_se``). (0, 0) for the reference itself (the
+        same answers: SE 0, or margin None with a zero difference); None where the SE cannot
+        be recovered (no ``gain_se``, and a margin of 0 or unknown)."""
         gain = self.accuracy - ref_accuracy
+        if self.gain_se is not None and not math.isnan(self.gain_se):
+            return gain - z * self.gain_se, gain + z * self.gain_se
         if self.margin_se is None or math.isnan(self.margin_se):
             return (0.0, 0.0) if abs(gain) < _EPS and self.method.startswith("single:") else None
         if abs(self.margin_se) < _EPS:
@@ -180,7 +185,8 @@ def bench_routers(rows: Sequence[Mapping[str, str]], *, noise: float = 0.10,
                                     _f(r.get("speedup_vs_best_hi")),
                                     _f(r.get("speedup_vs_cheapest_lo")),
                                     _f(r.get("speedup_vs_cheapest_hi")),
-                                    r.get("budget_status", "")))
+                                    r.get("budget_status", ""),
+                                    _f(r.get("gain_se"))))
     if not points:
         raise ValueError("routers.csv has no selected row; re-run evaluate-routers (it marks the "
                          "answer validation selects at each level)")

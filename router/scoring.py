@@ -15,7 +15,8 @@ import torch
 
 from oracle.metrics import classification_metrics
 from oracle.policy import per_sample_choice
-from router.base import AssignmentRouter, ConstantRouter, Router, RouterError, budget_margin_se
+from router.base import (AssignmentRouter, ConstantRouter, Router, RouterError, budget_margin_se,
+                         gain_se)
 from router.eval_config import EPS, EvalConfig
 from router.execute import ExecResult
 from router.fitting import ZooFit
@@ -177,6 +178,7 @@ class ZooScorer:
             cascade_cost(chosen, stages, zf.cvec) if stages is not None else float(share @ zf.cvec))
         held = bool(row["accuracy"] >= self.ref_test_acc - s - EPS)
         margin = budget_margin_se(preds == test.labels, test.correct[:, zf.ref], s)
+        paired = gain_se(preds == test.labels, test.correct[:, zf.ref])
         certified = None if cert is None else bool(cert.certified)
         row.update({"selection": self.cfg.selection,
                     "delta": self.cfg.delta if self.cfg.selection == "certified" else None,
@@ -186,7 +188,7 @@ class ZooScorer:
         row.update({"budget_held": held,
                     "target_accuracy": self.ref_test_acc - s,
                     "accuracy_drop": self.ref_test_acc - row["accuracy"],
-                    "budget_margin_se": margin,
+                    "budget_margin_se": margin, "gain_se": paired,
                     "macs_per_image": model_macs + router_macs, "router_macs": router_macs,
                     "routing_accuracy": routing_accuracy, "expected_ms_per_image": exp_ms,
                     "fit_ms_per_image": fit_ms, "val_accuracy": val_accuracy,

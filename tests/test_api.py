@@ -268,6 +268,7 @@ def test_measure_costs_and_compare_on_cpu():
     ref = rep.row("best-single")
     assert ref["accuracy"] == pytest.approx(float(vt.accuracy()[vt.model_names.index(
         ref["method"])]))                                      # same images: the table's figure
+    assert ref["gain_se"] == 0.0                               # against itself: no paired SE
     assert rep.device == "cpu" and rep.row("router")["images_per_second"] > 0
     # the certificate from val beside the test result, not a bare held flag
     router = rep.row("router")

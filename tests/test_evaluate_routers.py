@@ -85,8 +85,11 @@ def test_routers_csv_rows_and_invariants(evaluated_run, capsys):
             # is right exactly where the best single model is, so it holds by s >= 0)
             if r["budget_margin_se"] not in ("", None):
                 assert (float(r["budget_margin_se"]) >= -1e-9) == held
+                # gain_se is the SE the margin divides by: margin x SE = acc - (ref - s)
+                assert float(r["budget_margin_se"]) * float(r["gain_se"]) == pytest.approx(
+                    float(r["accuracy"]) - (float(best["accuracy"]) - float(s)), abs=1e-9)
             else:
-                assert held
+                assert held and float(r["gain_se"]) == 0.0
         # the ceiling is every sample's cheapest right model: its accuracy = any model right
         assert float(at["ceiling"]["accuracy"]) == pytest.approx(test.correct.any(1).mean())
         # executed oracle answers equal the simulated ones (timed on all test images here)

@@ -148,6 +148,13 @@ def test_budget_margin_in_standard_errors_by_hand():
     assert budget_margin_se(ref, ref, 0.0) is None          # identical: no SE to divide by
     with pytest.raises(ValueError, match="same"):
         budget_margin_se(rt[:3], ref, 0.0)
+    # the SE itself, routers.csv's gain_se: sqrt(2/3 / 4) and 1/4 as above, 0 when identical
+    from router.base import gain_se
+    assert gain_se(rt, ref) == pytest.approx(np.sqrt(2 / 3 / 4))
+    assert gain_se(np.array([1, 1, 0, 0], bool), ref) == pytest.approx(0.25)
+    assert gain_se(ref, ref) == 0.0
+    with pytest.raises(ValueError, match="same"):
+        gain_se(rt[:3], ref)
 
 
 def test_bench_reports_misses_in_standard_errors():
@@ -255,6 +262,16 @@ def test_accuracy_gain_carries_its_paired_test_interval_by_hand():
     assert point.gain_lower(0.90) == pytest.approx(0.004 - 1.96 * 0.0015)
     assert "s=0 cascade +0.40 points [95% CI +0.11 to +0.69] at 2.20x" in format_bench(rep)
     assert not rep.passed["more_accurate_2x"]
+    # routers.csv's own gain_se column wins over the recovery from the margin: SE 0.0005 ->
+    # [+0.302, +0.498], which passes; it also gives an interval where the margin is 0
+    at0.update(gain_se=0.0005)
+    rep_se = bench_routers(write_and_read(rows, CERT_COLUMNS + ["budget_margin_se", "gain_se"]))
+    assert "s=0 cascade +0.40 points [95% CI +0.30 to +0.50] at 2.20x" in format_bench(rep_se)
+    assert rep_se.passed["more_accurate_2x"]
+    with_se = next(p for p in rep_se.points if p.zoo == "all" and p.sacrifice == 0)
+    with_se.margin_se = 0.0
+    assert with_se.gain_interval(0.90) == (pytest.approx(0.004 - 1.96 * 0.0005),
+                                           pytest.approx(0.004 + 1.96 * 0.0005))
     # the same point at a level below zero, where the target is ref - s: s = -0.001 ->
     # margin (0.904 - 0.901) / 0.0015 = 2, the same SE and interval
     point.sacrifice, point.margin_se = -0.001, 2.0
