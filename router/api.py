@@ -572,14 +572,15 @@ def compare(clf: RoutedClassifier, members: Sequence[Member], test: ImageData,
     for role, method in (("best-single", names[ref]), ("cheapest-single", names[cs]),
                          ("router", clf.name)):
         res, tm = answers[role], timings[role]
-        acc = float((res.preds == test.labels).mean())
+        right = res.preds == test.labels
+        acc = float(right.mean())
         held = bool(acc >= ref_test - sacrifice - 1e-9)
-        margin = budget_margin_se(res.preds == test.labels, ref_right, sacrifice)
+        margin = budget_margin_se(right, ref_right, sacrifice)
         cert = {"best-single": None, "cheapest-single": cs_cert and cs_cert.to_dict(),
                 "router": clf.meta.get("certificate")}[role]
         rows.append({"role": role, "method": method, "accuracy": acc,
                      "budget_held": held, "budget_margin_se": margin,
-                     "gain_se": gain_se(res.preds == test.labels, ref_right),
+                     "gain_se": gain_se(right, ref_right),
                      "budget_status": budget_status(held, margin, sacrifice,
                                                     None if cert is None else cert["certified"]),
                      "certified": None if cert is None else cert["certified"],

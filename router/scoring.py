@@ -177,8 +177,9 @@ class ZooScorer:
         exp_ms = expected_ms if expected_ms is not None else (
             cascade_cost(chosen, stages, zf.cvec) if stages is not None else float(share @ zf.cvec))
         held = bool(row["accuracy"] >= self.ref_test_acc - s - EPS)
-        margin = budget_margin_se(preds == test.labels, test.correct[:, zf.ref], s)
-        paired = gain_se(preds == test.labels, test.correct[:, zf.ref])
+        right, ref_right = preds == test.labels, test.correct[:, zf.ref]
+        margin = budget_margin_se(right, ref_right, s)
+        paired = gain_se(right, ref_right)
         certified = None if cert is None else bool(cert.certified)
         row.update({"selection": self.cfg.selection,
                     "delta": self.cfg.delta if self.cfg.selection == "certified" else None,

@@ -214,18 +214,26 @@ def test_one_configuration_under_two_keys_reports_its_gap():
     assert "base" in rep.twin_gap[1]
 
 
-def test_committee_targets_more_accurate_and_faster_by_hand():
-    """Judged on the pessimistic ends: the gain's lower 95 % end (SE recovered from the run's
-    margin, (acc - (ref - s)) / SE) and the speedup's lower end. Cascade at s = 0: 0.904 against
-    big's 0.90 with SE 0.0005 (margin 0.004 / 0.0005 = 8) -> lower end 0.004 - 1.96 * 0.0005 =
-    0.00302 >= 0.003; at 2.2x on its lower end."""
+def certified_rows(margin_se):
+    """``hand_rows`` with every row certified; the whole zoo's selected cascade at s = 0 made
+    0.904 (+0.4 points over big's 0.90) at 2.2x [2.2-2.7] the best, its margin ``margin_se``
+    paired test SEs. Returns the rows and that cascade's row."""
     rows = hand_rows()
     for r in rows:
         r.update(certified="True", certified_drop_ucb=-0.001, settings="{}",
                  budget_margin_se="")
     at0 = next(r for r in rows if r["sacrifice"] == 0 and r["selected"] and r["zoo"] == "all")
     at0.update(accuracy=0.904, speedup_vs_best_lo=2.2, speedup_vs_best_hi=2.7,
-               budget_margin_se=8.0)
+               budget_margin_se=margin_se)
+    return rows, at0
+
+
+def test_committee_targets_more_accurate_and_faster_by_hand():
+    """Judged on the pessimistic ends: the gain's lower 95 % end (SE recovered from the run's
+    margin, (acc - (ref - s)) / SE) and the speedup's lower end. Cascade at s = 0: 0.904 against
+    big's 0.90 with SE 0.0005 (margin 0.004 / 0.0005 = 8) -> lower end 0.004 - 1.96 * 0.0005 =
+    0.00302 >= 0.003; at 2.2x on its lower end."""
+    rows, at0 = certified_rows(margin_se=8.0)
     columns = CERT_COLUMNS + ["budget_margin_se"]
     rep = bench_routers(write_and_read(rows, columns))
     assert rep.passed["more_accurate_2x"] and rep.passed["certified_s0_2x"]
@@ -248,13 +256,7 @@ def test_accuracy_gain_carries_its_paired_test_interval_by_hand():
     margin_se = (acc - (ref - s)) / SE. Selected cascade at s = 0: 0.904 against big's 0.90,
     SE 0.0015 (margin 0.004 / 0.0015) -> +0.40 +- 1.96 * 0.15 = [+0.106, +0.694] points. Its
     test figure clears 0.3 points, its lower end does not: the target fails."""
-    rows = hand_rows()
-    for r in rows:
-        r.update(certified="True", certified_drop_ucb=-0.001, settings="{}",
-                 budget_margin_se="")
-    at0 = next(r for r in rows if r["sacrifice"] == 0 and r["selected"] and r["zoo"] == "all")
-    at0.update(accuracy=0.904, speedup_vs_best_lo=2.2, speedup_vs_best_hi=2.7,
-               budget_margin_se=0.004 / 0.0015)
+    rows, at0 = certified_rows(margin_se=0.004 / 0.0015)
     rep = bench_routers(write_and_read(rows, CERT_COLUMNS + ["budget_margin_se"]))
     point = next(p for p in rep.points if p.zoo == "all" and p.sacrifice == 0)
     lo, hi = point.gain_interval(0.90)
